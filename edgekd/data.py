@@ -1,0 +1,383 @@
+"""Interaction data: loaders, the synthetic default, leave-one-out splits and batches.
+
+Every loader returns events (user, item, timestamp) in file order; `build_dataset` orders each
+user's events by timestamp (a stable sort, so ties keep file order), remaps ids to contiguous
+indices (0 = padding) and keeps the mapping, which travels with every artifact as vocab.json.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+Event = tuple[str, str, float]  # (user, item, timestamp)
+
+MIN_EVENTS = 3  # leave-one-out needs at least one training item, one validation and one test
+
+
+# ---------------------------------------------------------------- loaders
+
+_LOADERS: dict[str, Callable[[Path], list[Event]]] = {}
+
+
+def register_loader(name: str):
+    def deco(fn):
+        _LOADERS[name] = fn
+        return fn
+    return deco
+
+
+def list_formats() -> list[str]:
+    return sorted(_LOADERS) + ["synthetic"]
+
+
+def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file", hint="check the --data path")
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _number(path: Path, lineno: int, what: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: {what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}:{lineno}: {what} {text!r} is not finite")
+    return value
+
+
+def _id(path: Path, lineno: int, what: str, text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise DataError(f"{path}:{lineno}: empty {what} id")
+    return text
+
+
+@register_loader("movielens")
+def load_movielens(path: Path) -> list[Event]:
+    """MovieLens: `u.data` (user TAB item TAB rating TAB timestamp) or `ratings.dat`
+    (user::item::rating::timestamp). The separator is taken from the first line."""
+    path = Path(path)
+    events: list[Event] = []
+    sep = None
+    for lineno, line in _open_lines(path):
+        if sep is None:
+            sep = "::" if "::" in line else "\t"
+        parts = line.split(sep)
+        if len(parts) != 4:
+            shown = "TAB" if sep == "\t" else sep
+            raise DataError(f"{path}:{lineno}: expected 4 fields separated by {shown} "
+                            f"(user, item, rating, timestamp), got {len(parts)}")
+        _number(path, lineno, "rating", parts[2])
+        events.append((_id(path, lineno, "user", parts[0]), _id(path, lineno, "item", parts[1]),
+                       _number(path, lineno, "timestamp", parts[3])))
+    if not events:
+        raise DataError(f"{path}: no interactions in file")
+    return events
+
+
+@register_loader("sasrec")
+def load_sasrec(path: Path) -> list[Event]:
+    """SASRec text: `user item` per line, each user's lines already in order."""
+    path = Path(path)
+    events: list[Event] = []
+    for lineno, line in _open_lines(path):
+        parts = line.split()
+        if len(parts) != 2:
+            raise DataError(f"{path}:{lineno}: expected 2 fields 'user item', got {len(parts)}")
+        events.append((parts[0], parts[1], float(lineno)))
+    if not events:
+        raise DataError(f"{path}: no interactions in file")
+    return events
+
+
+@register_loader("csv")
+def load_csv(path: Path, user: str = "user", item: str = "item", timestamp: str = "timestamp") -> list[Event]:
+    """CSV with a header naming the columns user, item and timestamp (other columns ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file", hint="check the --data path")
+    events: list[Event] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: empty file") from None
+        except csv.Error as e:
+            raise DataError(f"{path}:1: {e}") from None
+        header = [h.strip().lower() for h in header]
+        missing = [c for c in (user, item, timestamp) if c not in header]
+        if missing:
+            raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)}; "
+                            f"found {', '.join(header) or 'nothing'}")
+        iu, ii, it = header.index(user), header.index(item), header.index(timestamp)
+        try:
+            for row in reader:
+                lineno = reader.line_num
+                if not row or not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(row)}")
+                events.append((_id(path, lineno, "user", row[iu]), _id(path, lineno, "item", row[ii]),
+                               _number(path, lineno, "timestamp", row[it])))
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: {e}") from None
+    if not events:
+        raise DataError(f"{path}: no interactions in file")
+    return events
+
+
+# ---------------------------------------------------------------- the synthetic default
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """A synthetic catalogue with structure a sequence model can learn and popularity can't:
+    Zipf item popularity, users with a few latent tastes, and Markov-like sequential structure
+    (each item has a few likely successors within its taste)."""
+
+    users: int = 2000
+    items: int = 800
+    mean_length: int = 40
+    tastes: int = 20
+    tastes_per_user: int = 2
+    successors: int = 3
+    p_markov: float = 0.6
+    zipf: float = 1.1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("users", "items", "mean_length", "tastes", "tastes_per_user", "successors"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"synthetic {name} must be >= 1, got {getattr(self, name)}")
+        if self.tastes_per_user > self.tastes:
+            raise ConfigError(f"synthetic tastes_per_user ({self.tastes_per_user}) exceeds tastes ({self.tastes})")
+        if self.items < self.tastes:
+            raise ConfigError(f"synthetic items ({self.items}) must be >= tastes ({self.tastes})")
+        if not 0.0 <= self.p_markov <= 1.0:
+            raise ConfigError(f"synthetic p_markov must be in [0, 1], got {self.p_markov}")
+        if self.mean_length < MIN_EVENTS:
+            raise ConfigError(f"synthetic mean_length must be >= {MIN_EVENTS}, got {self.mean_length}")
+
+
+def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> list[Event]:
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.items
+    popularity = 1.0 / np.arange(1, n + 1) ** cfg.zipf
+    popularity = popularity[rng.permutation(n)]  # popular items spread over the tastes
+    taste_of = rng.integers(0, cfg.tastes, size=n)
+    taste_of[rng.permutation(n)[: cfg.tastes]] = np.arange(cfg.tastes)  # every taste non-empty
+    members = [np.flatnonzero(taste_of == t) for t in range(cfg.tastes)]
+    taste_p = [popularity[m] / popularity[m].sum() for m in members]
+    # Successors: a few items of the same taste, chosen by popularity, with decaying weights.
+    succ = np.empty((n, cfg.successors), dtype=np.int64)
+    for i in range(n):
+        m, p = members[taste_of[i]], taste_p[taste_of[i]]
+        succ[i] = rng.choice(m, size=cfg.successors, replace=True, p=p)
+    succ_w = 0.5 ** np.arange(cfg.successors)
+    succ_w /= succ_w.sum()
+    global_p = popularity / popularity.sum()
+
+    events: list[Event] = []
+    for u in range(cfg.users):
+        length = max(MIN_EVENTS, int(rng.geometric(1.0 / cfg.mean_length)))
+        length = min(length, 8 * cfg.mean_length)
+        tastes = rng.choice(cfg.tastes, size=cfg.tastes_per_user, replace=False)
+        mix = rng.dirichlet(np.ones(cfg.tastes_per_user))
+        cur = -1
+        for t in range(length):
+            r = rng.random()
+            if cur >= 0 and r < cfg.p_markov:
+                nxt = succ[cur, rng.choice(cfg.successors, p=succ_w)]
+            elif r < cfg.p_markov + (1 - cfg.p_markov) * 0.8:
+                k = tastes[rng.choice(cfg.tastes_per_user, p=mix)]
+                nxt = rng.choice(members[k], p=taste_p[k])
+            else:
+                nxt = rng.choice(n, p=global_p)
+            cur = int(nxt)
+            events.append((f"u{u + 1}", f"i{cur + 1}", float(t)))
+    return events
+
+
+# ---------------------------------------------------------------- the dataset
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a dataset comes from: enough to load it again in a later stage."""
+
+    format: str = "synthetic"
+    path: str | None = None
+    synthetic: dict = field(default_factory=dict)
+    min_events: int = MIN_EVENTS
+
+    def __post_init__(self):
+        if self.format not in list_formats():
+            raise ConfigError(f"unknown data format {self.format!r}; choose one of {', '.join(list_formats())}")
+        if self.format != "synthetic" and not self.path:
+            raise ConfigError(f"data format {self.format!r} needs a path (--data)")
+        if self.min_events < MIN_EVENTS:
+            raise ConfigError(f"min_events must be >= {MIN_EVENTS}, got {self.min_events}")
+
+    @property
+    def name(self) -> str:
+        if self.format == "synthetic":
+            return "synthetic"
+        p = Path(self.path)
+        return p.parent.name if p.stem in ("u", "ratings", "data") else p.stem
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Dataset:
+    """Users' item sequences in time order, as internal indices 1..num_items."""
+
+    name: str
+    sequences: list[np.ndarray]
+    items: list[str]  # items[k] is the original id of internal index k + 1
+    users: list[str]
+    dropped_users: int = 0
+    spec: DataSpec | None = None
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def num_events(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+    def fingerprint(self) -> str:
+        """sha256 of the item mapping and every sequence: two datasets with the same
+        fingerprint give the same splits."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.items).encode())
+        for s in self.sequences:
+            h.update(np.asarray(s, dtype="<i4").tobytes())
+            h.update(b"|")
+        return h.hexdigest()
+
+    def vocab(self) -> dict:
+        return {
+            "padding_index": 0,
+            "note": "input index k+1 and output column k are the item items[k]",
+            "items": self.items,
+        }
+
+    # Leave-one-out: the last item is the test target, the second-to-last validation.
+    def train_sequences(self) -> list[np.ndarray]:
+        return [s[:-2] for s in self.sequences]
+
+    def eval_split(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """(histories, targets) for 'valid' or 'test'."""
+        if split == "valid":
+            return [s[:-2] for s in self.sequences], np.array([s[-2] for s in self.sequences])
+        if split == "test":
+            return [s[:-1] for s in self.sequences], np.array([s[-1] for s in self.sequences])
+        raise ConfigError(f"unknown split {split!r}; use 'valid' or 'test'")
+
+    def stats(self) -> dict:
+        lengths = np.array([len(s) for s in self.sequences])
+        return {
+            "name": self.name, "users": self.num_users, "items": self.num_items,
+            "events": self.num_events, "dropped_users": self.dropped_users,
+            "mean_length": round(float(lengths.mean()), 2), "max_length": int(lengths.max()),
+            "fingerprint": self.fingerprint()[:16],
+        }
+
+
+def _sort_key(x: str):
+    return (0, int(x), "") if x.lstrip("-").isdigit() else (1, 0, x)
+
+
+def build_dataset(events: Iterable[Event], name: str, min_events: int = MIN_EVENTS,
+                  spec: DataSpec | None = None) -> Dataset:
+    by_user: dict[str, list[tuple[float, str]]] = {}
+    for user, item, ts in events:
+        by_user.setdefault(user, []).append((ts, item))
+    kept: dict[str, list[str]] = {}
+    dropped = 0
+    for user, evs in by_user.items():
+        if len(evs) < min_events:
+            dropped += 1
+            continue
+        evs.sort(key=lambda e: e[0])  # stable: ties keep file order
+        kept[user] = [item for _, item in evs]
+    if not kept:
+        raise DataError(f"{name}: no user has at least {min_events} events "
+                        f"({dropped} users dropped)")
+    items = sorted({i for seq in kept.values() for i in seq}, key=_sort_key)
+    index = {item: k + 1 for k, item in enumerate(items)}
+    users = sorted(kept, key=_sort_key)
+    sequences = [np.array([index[i] for i in kept[u]], dtype=np.int64) for u in users]
+    return Dataset(name=name, sequences=sequences, items=items, users=users,
+                   dropped_users=dropped, spec=spec)
+
+
+def load_data(spec: DataSpec) -> Dataset:
+    if spec.format == "synthetic":
+        cfg = SyntheticConfig(**spec.synthetic)
+        events = generate_synthetic(cfg)
+    else:
+        events = _LOADERS[spec.format](Path(spec.path))
+    return build_dataset(events, name=spec.name, min_events=spec.min_events, spec=spec)
+
+
+def write_sasrec_text(ds: Dataset, path: Path) -> Path:
+    """Write every user's full sequence as `user item` lines with 1-based contiguous ids,
+    the input format of the reference SASRec implementations, which make the same
+    leave-one-out split (last item test, second-to-last validation)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for u, seq in enumerate(ds.sequences, 1):
+            for i in seq:
+                f.write(f"{u} {int(i)}\n")
+    return path
+
+
+# ---------------------------------------------------------------- batches
+
+def pad_left(seqs: list[np.ndarray], maxlen: int) -> np.ndarray:
+    """The last `maxlen` items of each sequence, left-padded with 0: [len(seqs), maxlen] int64."""
+    out = np.zeros((len(seqs), maxlen), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        s = s[-maxlen:]
+        if len(s):
+            out[r, maxlen - len(s):] = s
+    return out
+
+
+def training_pairs(train_seqs: list[np.ndarray], maxlen: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-item targets for every position: each row is a user's training
+    sequence shifted by one, left-padded; target 0 marks padding (no loss)."""
+    seqs = [s for s in train_seqs if len(s) >= 2]
+    x = pad_left([s[:-1] for s in seqs], maxlen)
+    y = pad_left([s[1:] for s in seqs], maxlen)
+    return x, y
+
+
+def history_mask_indices(histories: list[np.ndarray]) -> list[np.ndarray]:
+    """Unique items already seen by each user (internal indices), for exclusion from ranking."""
+    return [np.unique(h) for h in histories]

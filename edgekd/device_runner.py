@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""edgekd device runner: measures one model file on the machine it runs on.
+
+Standalone on purpose: standard library + numpy + one runtime (ONNX Runtime, LiteRT /
+tflite-runtime, or torch), never edgekd itself, so the same file can be copied to a Raspberry
+Pi or run locally and every target measures the same way.
+
+    python device_runner.py --model model.onnx --inputs eval.npz --threads 1 --out result.json
+
+eval.npz holds `inputs` [users, maxlen] item indices (left-padded with 0) and `seen`
+[users, max_seen] (0-padded) item indices to exclude from each user's ranking. The result is
+JSON: latency percentiles at batch 1, cold start, peak resident memory beside the runtime's own
+baseline, and each user's top-K item indices, from which the host computes accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+RUNNER_VERSION = 1
+
+
+# ---------------------------------------------------------------- memory
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set of this process: VmHWM where /proc exists, else ru_maxrss."""
+    kib = _status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(r if sys.platform == "darwin" else r * 1024)
+    return kib * 1024
+
+
+# ---------------------------------------------------------------- runtimes
+
+class OnnxModel:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str, threads: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.dtype = np.int64 if "int64" in inp.type else np.int32
+        batch = inp.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+        self.version = ort.__version__
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: ids.astype(self.dtype, copy=False)})[0]
+
+
+class TFLiteModel:
+    def __init__(self, path: str, threads: int, prefer: str = "auto"):
+        interp_cls, self.runtime, self.version = _tflite_interpreter(prefer)
+        self.interp = interp_cls(model_path=path, num_threads=threads)
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.dtype = self.inp["dtype"]
+        self.fixed_batch = int(self.inp["shape"][0])
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        self.interp.set_tensor(self.inp["index"], ids.astype(self.dtype, copy=False))
+        self.interp.invoke()
+        return self.interp.get_tensor(self.out["index"])
+
+
+def _tflite_interpreter(prefer: str):
+    """ai-edge-litert, falling back to tflite-runtime (what older devices have)."""
+    errors = []
+    order = {"litert": ["litert"], "tflite-runtime": ["tflite-runtime"]}.get(prefer, ["litert", "tflite-runtime"])
+    for name in order:
+        try:
+            if name == "litert":
+                from ai_edge_litert.interpreter import Interpreter
+                from importlib.metadata import version
+
+                return Interpreter, "ai-edge-litert", version("ai-edge-litert")
+            from tflite_runtime.interpreter import Interpreter
+            import tflite_runtime
+
+            return Interpreter, "tflite-runtime", getattr(tflite_runtime, "__version__", "?")
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+    raise RuntimeError("no TFLite runtime: " + "; ".join(errors))
+
+
+class TorchModel:
+    runtime = "torch"
+
+    def __init__(self, path: str, threads: int, card_path: str, code_path: str):
+        import torch
+        from safetensors.torch import load_file
+
+        torch.set_num_threads(threads)
+        spec = importlib.util.spec_from_file_location("edgekd_models_standalone", code_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with open(card_path) as f:
+            card = json.load(f)
+        self.model = module.create_model(card["arch"], **card["arch_kwargs"]).eval()
+        self.model.load_state_dict(load_file(path), strict=True)
+        self.torch = torch
+        self.dtype = np.int64
+        self.fixed_batch = None
+        self.version = torch.__version__
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(ids.astype(np.int64, copy=False))).numpy()
+
+
+def load_model(path: str, runtime: str, threads: int, card: str | None = None, code: str | None = None):
+    if runtime == "auto":
+        runtime = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "tflite",
+                   ".safetensors": "torch"}.get(os.path.splitext(path)[1], "")
+    if runtime == "onnxruntime":
+        return OnnxModel(path, threads)
+    if runtime in ("tflite", "litert", "tflite-runtime"):
+        return TFLiteModel(path, threads, prefer=runtime)
+    if runtime == "torch":
+        if not card or not code:
+            raise ValueError("the torch runtime needs --card (artifact.json) and --code (models.py)")
+        return TorchModel(path, threads, card, code)
+    raise ValueError(f"unknown runtime {runtime!r} for {path}")
+
+
+def run_batched(model, ids: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Scores for every row of `ids`, in batches the model accepts."""
+    step = model.fixed_batch or batch
+    out = []
+    for i in range(0, len(ids), step):
+        chunk = ids[i:i + step]
+        if model.fixed_batch and len(chunk) < step:  # pad a fixed-batch model's last chunk
+            pad = np.zeros((step - len(chunk), ids.shape[1]), dtype=ids.dtype)
+            out.append(model(np.concatenate([chunk, pad]))[: len(chunk)])
+        else:
+            out.append(model(chunk))
+    return np.concatenate(out)
+
+
+def masked_topk(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
+    """1-based item indices of the k best items not in `seen` (0-padded), best first."""
+    s = np.array(scores, dtype=np.float32, copy=True)
+    rows = np.repeat(np.arange(len(s)), seen.shape[1])
+    cols = seen.reshape(-1) - 1
+    ok = cols >= 0
+    s[rows[ok], cols[ok]] = -np.inf
+    k = min(k, s.shape[1])
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1) + 1
+
+
+# ---------------------------------------------------------------- measurement
+
+def percentiles(samples_ms: list[float]) -> dict:
+    a = np.asarray(samples_ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
+            "std_ms": float(a.std()), "min_ms": float(a.min()), "runs": int(len(a))}
+
+
+def time_batch1(model, rows: np.ndarray, warmup: int, min_runs: int, min_seconds: float,
+                max_runs: int) -> list[float]:
+    for i in range(warmup):
+        model(rows[i % len(rows)][None])
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - start < min_seconds):
+        x = rows[len(samples) % len(rows)][None]
+        t0 = time.perf_counter_ns()
+        model(x)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--runtime", default="auto",
+                    choices=["auto", "onnxruntime", "tflite", "litert", "tflite-runtime", "torch"])
+    ap.add_argument("--inputs", required=True, help="npz with `inputs` and `seen`")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--min-runs", type=int, default=200)
+    ap.add_argument("--min-seconds", type=float, default=2.0)
+    ap.add_argument("--max-runs", type=int, default=20000)
+    ap.add_argument("--topk", type=int, default=100)
+    ap.add_argument("--card", help="artifact.json (torch runtime)")
+    ap.add_argument("--code", help="models.py (torch runtime)")
+    ap.add_argument("--out", help="write the JSON here instead of stdout")
+    args = ap.parse_args(argv)
+
+    data = np.load(args.inputs, allow_pickle=False)
+    inputs, seen = data["inputs"], data["seen"]
+    rss_start = peak_rss_bytes()
+
+    # The runtime's own baseline: the same process with the runtime imported, no model.
+    if args.runtime == "torch" or args.model.endswith(".safetensors"):
+        import torch  # noqa: F401
+        import safetensors  # noqa: F401
+    elif args.model.endswith((".onnx", ".ort")):
+        import onnxruntime  # noqa: F401
+    else:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError:
+            import tflite_runtime.interpreter  # noqa: F401
+    baseline = peak_rss_bytes()
+
+    t0 = time.perf_counter()
+    model = load_model(args.model, args.runtime, args.threads, args.card, args.code)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    t1 = time.perf_counter()
+    model(inputs[:1])
+    first_ms = (time.perf_counter() - t1) * 1e3
+
+    lat = time_batch1(model, inputs[: min(len(inputs), 256)], args.warmup, args.min_runs,
+                      args.min_seconds, args.max_runs)
+    peak = peak_rss_bytes()  # after batch-1 inference, before the accuracy pass batches up
+
+    t2 = time.perf_counter()
+    scores = run_batched(model, inputs)
+    eval_s = time.perf_counter() - t2
+    top = masked_topk(scores, seen, args.topk)
+
+    result = {
+        "runner_version": RUNNER_VERSION,
+        "runtime": model.runtime, "runtime_version": model.version,
+        "threads": args.threads, "batch": 1,
+        "latency": percentiles(lat),
+        "cold_start_ms": load_ms + first_ms, "load_ms": load_ms, "first_inference_ms": first_ms,
+        "peak_rss_bytes": peak, "baseline_rss_bytes": baseline, "python_start_rss_bytes": rss_start,
+        "eval_users": int(len(inputs)), "eval_seconds": eval_s,
+        "topk": top.astype(int).tolist(),
+        "device": {"machine": platform.machine(), "system": platform.system(),
+                   "python": platform.python_version(), "numpy": np.__version__,
+                   "cpu_count": os.cpu_count()},
+    }
+    text = json.dumps(result)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Export a torch artifact to ONNX or TFLite, checked for parity before anything is written.
+
+Formats are registered by name (`edgekd list formats`). Each writes one file from a torch
+model; the shared `export` then runs that file in its own runtime on real validation
+sequences, compares it with the torch parent (max abs difference, top-10 overlap, NDCG@10)
+and only then saves the artifact. An fp32 export that breaks parity is an error.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import DEFAULT_STORE, Artifact, save_artifact
+from .data import Dataset
+from .errors import ConfigError, ExportError
+from .metrics import K, evaluate_scores
+from .train import dataset_card, dataset_for, eval_inputs, input_spec, load_torch_model, model_scores, output_spec
+
+# fp32 parity: the export must rank like its parent on validation users.
+FP32_MIN_TOP10_OVERLAP = 0.99
+FP32_MAX_ABS_DIFF = 1e-3
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    suffix: str
+    precision: str  # "fp32" or "int8"
+    writer: Callable[[nn.Module, Path, int], dict]
+    summary: str
+
+
+_FORMATS: dict[str, Format] = {}
+
+
+def register_format(name: str, *, suffix: str, precision: str, summary: str):
+    def deco(writer):
+        _FORMATS[name] = Format(name, suffix, precision, writer, summary)
+        return writer
+    return deco
+
+
+def list_formats() -> list[Format]:
+    return [_FORMATS[k] for k in sorted(_FORMATS)]
+
+
+def get_format(name: str) -> Format:
+    if name not in _FORMATS:
+        raise ConfigError(f"unknown export target {name!r}; export formats: {', '.join(sorted(_FORMATS))} "
+                          "(devices such as local-cpu are for `edgekd bench --target`)")
+    return _FORMATS[name]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converters print progress from Python and from C++ (absl) to stdout/stderr and the
+    root logger; capture all of it at the file-descriptor level to keep our output readable.
+    Set EDGEKD_DEBUG=1 to see it."""
+    if os.environ.get("EDGEKD_DEBUG"):
+        yield None
+        return
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield sink
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            root.setLevel(level)
+
+
+def _sample(maxlen: int, batch: int = 1) -> torch.Tensor:
+    # Real-looking ids so tracing sees no special case; int32 is what apps pass.
+    return torch.ones(batch, maxlen, dtype=torch.int32)
+
+
+# ---------------------------------------------------------------- ONNX
+
+@register_format("onnx-fp32", suffix=".onnx", precision="fp32",
+                 summary="ONNX via torch.onnx (dynamo), dynamic batch, int32 ids")
+def _onnx_fp32(model: nn.Module, path: Path, maxlen: int) -> dict:
+    import warnings
+
+    with _quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            model, (_sample(maxlen),), input_names=["item_ids"], output_names=["scores"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
+            optimize=True, verbose=False)
+        prog.save(str(path))
+    return {"batch": "dynamic", "opset": _onnx_opset(path)}
+
+
+def _onnx_opset(path: Path) -> int | None:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+@register_format("onnx-int8", suffix=".onnx", precision="int8",
+                 summary="ONNX with dynamic int8 weights (onnxruntime.quantization.quantize_dynamic)")
+def _onnx_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = path.with_name("fp32-" + path.name)
+    info = _onnx_fp32(model, fp32, maxlen)
+    with _quiet():
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=False)
+    fp32.unlink()
+    return {**info, "quantization": {"tool": "onnxruntime.quantization.quantize_dynamic",
+                                     "weights": "int8", "activations": "fp32 (quantized on the fly)"}}
+
+
+# ---------------------------------------------------------------- TFLite
+
+@register_format("tflite-fp32", suffix=".tflite", precision="fp32",
+                 summary="TFLite via litert-torch, batch 1, int32 ids")
+def _tflite_fp32(model: nn.Module, path: Path, maxlen: int) -> dict:
+    import litert_torch
+
+    with _quiet():
+        edge = litert_torch.convert(model, (_sample(maxlen),))
+        edge.export(str(path))
+    return {"batch": 1}
+
+
+@register_format("tflite-int8", suffix=".tflite", precision="int8",
+                 summary="TFLite with int8 weights (ai-edge-quantizer dynamic_wi8_afp32)")
+def _tflite_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
+    from ai_edge_quantizer import quantizer, recipe
+
+    fp32 = path.with_name("fp32-" + path.name)
+    info = _tflite_fp32(model, fp32, maxlen)
+    with _quiet():
+        q = quantizer.Quantizer(str(fp32))
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        q.quantize().export_model(str(path), overwrite=True)
+    fp32.unlink()
+    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "dynamic_wi8_afp32",
+                                     "weights": "int8", "activations": "fp32"}}
+
+
+# ---------------------------------------------------------------- the stage
+
+def parity(parent: nn.Module, file: Path, ds: Dataset, users: int | None = 1000) -> dict:
+    """Compare an exported file with its torch parent on validation sequences."""
+    from .device_runner import load_model, run_batched
+
+    x, targets, hist = eval_inputs(ds, "valid", parent.maxlen, users)
+    exported = load_model(str(file), "auto", threads=os.cpu_count() or 1)
+    ref_scores = model_scores(parent, x)
+    exp_scores = run_batched(exported, x)
+    ref, ref_top = evaluate_scores(lambda b: model_scores(parent, b), x, targets, hist, sampled=False)
+    got, _ = evaluate_scores(lambda b: run_batched(exported, b), x, targets, hist, sampled=False,
+                             reference_topk=ref_top)
+    return {
+        "split": "valid", "users": int(len(x)),
+        "max_abs_diff": float(np.max(np.abs(exp_scores - ref_scores))),
+        "top10_overlap": got["top10_overlap"],
+        "ndcg@10": got["ndcg@10"], "parent_ndcg@10": ref["ndcg@10"],
+        "ndcg@10_rel_change": (got["ndcg@10"] - ref["ndcg@10"]) / ref["ndcg@10"] if ref["ndcg@10"] else 0.0,
+        "hr@10": got["hr@10"], "parent_hr@10": ref["hr@10"],
+        "runtime": exported.runtime, "runtime_version": exported.version,
+    }
+
+
+def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | None = None,
+           ds: Dataset | None = None, parity_users: int | None = 1000) -> Artifact:
+    """Export torch artifact `a` to `fmt`; writes nothing unless parity holds."""
+    spec = get_format(fmt)
+    model = load_torch_model(a)
+    ds = ds if ds is not None else dataset_for(a)
+    maxlen = model.maxlen
+    with tempfile.TemporaryDirectory(prefix="edgekd-export-") as tmp:
+        out = Path(tmp) / ("model" + spec.suffix)
+        try:
+            info = spec.writer(model, out, maxlen)
+        except Exception as e:  # a converter failure: say which and keep its message
+            raise ExportError(f"{fmt} export of {a.name} failed: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        check = parity(model, out, ds, users=parity_users)
+        if spec.precision == "fp32" and (check["top10_overlap"] < FP32_MIN_TOP10_OVERLAP
+                                         or check["max_abs_diff"] > FP32_MAX_ABS_DIFF):
+            raise ExportError(
+                f"{fmt} export of {a.name} breaks parity with torch: top-10 overlap "
+                f"{check['top10_overlap']:.3f} (need >= {FP32_MIN_TOP10_OVERLAP}), max abs diff "
+                f"{check['max_abs_diff']:.2e} (need <= {FP32_MAX_ABS_DIFF:g}); nothing written")
+        batch = info.pop("batch")
+        card = {
+            "stage": "exported", "format": fmt, "precision": spec.precision,
+            "arch": a.card["arch"], "arch_kwargs": a.card["arch_kwargs"], "params": a.card.get("params"),
+            "input_spec": input_spec(maxlen, "int32", "batch" if batch == "dynamic" else batch),
+            "output_spec": output_spec(ds.num_items, "batch" if batch == "dynamic" else batch),
+            "config": {"export": {"target": fmt, **info}},
+            "parent": [a.lineage()], "metrics": {"parity": check},
+            "dataset": dataset_card(ds), "seed": a.card.get("seed"),
+        }
+        return save_artifact(store, name or f"{a.name}-{fmt}", out.name,
+                             lambda p: shutil.copyfile(out, p), card, a.vocab())

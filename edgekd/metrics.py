@@ -1,0 +1,110 @@
+"""Ranking metrics: full ranking over the catalogue with the user's seen items excluded
+(the headline), 100 sampled negatives (a second column, for comparison with papers), and the
+agreement of a model's top-K with its teacher's.
+
+Item indices here are internal (1..num_items); score column j is item j + 1.
+Ties are counted against the target (pessimistic), so a model that gives every item the same
+score ranks the target last, not first.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+K = 10
+
+
+def mask_seen(scores: np.ndarray, histories: list[np.ndarray], keep: np.ndarray | None = None) -> np.ndarray:
+    """A copy of `scores` [U, N] with each user's seen items set to -inf, except `keep[u]`
+    (the target: a repeated item is still a valid next item)."""
+    out = np.array(scores, dtype=np.float32, copy=True)
+    for u, h in enumerate(histories):
+        cols = np.asarray(h, dtype=np.int64) - 1
+        cols = cols[cols >= 0]
+        if keep is not None:
+            cols = cols[cols != keep[u] - 1]
+        out[u, cols] = -np.inf
+    return out
+
+
+def full_ranks(scores: np.ndarray, targets: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+    """0-based rank of each target among all items not seen before."""
+    s = mask_seen(scores, histories, keep=targets)
+    t = s[np.arange(len(targets)), targets - 1][:, None]
+    return ((s > t).sum(1) + (s == t).sum(1) - 1).astype(np.int64)
+
+
+def sampled_ranks(scores: np.ndarray, targets: np.ndarray, histories: list[np.ndarray],
+                  negatives: int = 100, seed: int = 0) -> np.ndarray:
+    """0-based rank of each target among `negatives` items drawn uniformly from those the user
+    has not seen (the protocol of SASRec and most papers)."""
+    rng = np.random.default_rng(seed)
+    n = scores.shape[1]
+    ranks = np.empty(len(targets), dtype=np.int64)
+    for u in range(len(targets)):
+        seen = set(np.asarray(histories[u]).tolist()) | {int(targets[u])}
+        cand = []
+        while len(cand) < negatives and len(seen) < n:
+            c = int(rng.integers(1, n + 1))
+            if c not in seen:
+                cand.append(c)
+        t = scores[u, targets[u] - 1]
+        neg = scores[u, np.array(cand, dtype=np.int64) - 1] if cand else np.empty(0)
+        ranks[u] = int((neg > t).sum() + (neg == t).sum())
+    return ranks
+
+
+def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Ranks from top-K lists (internal indices, seen items already excluded); a target not
+    in its list gets rank K, which counts as a miss for every cut-off <= K."""
+    hit = topk == targets[:, None]
+    return np.where(hit.any(1), hit.argmax(1), topk.shape[1]).astype(np.int64)
+
+
+def ranking_metrics(ranks: np.ndarray, k: int = K, prefix: str = "") -> dict[str, float]:
+    ranks = np.asarray(ranks)
+    inside = ranks < k
+    return {
+        f"{prefix}hr@{k}": float(inside.mean()),
+        f"{prefix}ndcg@{k}": float(np.where(inside, 1.0 / np.log2(ranks + 2.0), 0.0).mean()),
+        f"{prefix}mrr": float((1.0 / (ranks + 1.0)).mean()),
+    }
+
+
+def topk(scores: np.ndarray, histories: list[np.ndarray], k: int = K) -> np.ndarray:
+    """Internal indices of the k best unseen items per user, best first."""
+    s = mask_seen(scores, histories)
+    k = min(k, s.shape[1])
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1) + 1
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean fraction of shared items between two sets of top-K lists (order ignored)."""
+    k = a.shape[1]
+    return float(np.mean([len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b)]))
+
+
+def evaluate_scores(score_fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
+                    targets: np.ndarray, histories: list[np.ndarray], *, batch: int = 256,
+                    sampled: bool = True, reference_topk: np.ndarray | None = None,
+                    seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
+    """Run `score_fn` over `inputs` [U, maxlen] in batches and compute every metric.
+    Returns (metrics, top-10 lists); with `reference_topk`, adds the overlap with it."""
+    full, samp, tops = [], [], []
+    for i in range(0, len(inputs), batch):
+        s = np.asarray(score_fn(inputs[i:i + batch]), dtype=np.float32)
+        h, t = histories[i:i + batch], targets[i:i + batch]
+        full.append(full_ranks(s, t, h))
+        if sampled:
+            samp.append(sampled_ranks(s, t, h, seed=seed + i))
+        tops.append(topk(s, h, K))
+    out = ranking_metrics(np.concatenate(full))
+    if sampled:
+        out.update(ranking_metrics(np.concatenate(samp), prefix="sampled_"))
+    top = np.concatenate(tops)
+    if reference_topk is not None:
+        out["top10_overlap"] = topk_overlap(top, reference_topk)
+    return out, top

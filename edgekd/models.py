@@ -1,0 +1,191 @@
+"""Model registry: teachers and students, built by name.
+
+This module imports only torch and the standard library, so that the device runner can load
+it by path to benchmark a torch model without importing the rest of edgekd.
+
+Every model takes item indices [batch, maxlen] (left-padded with 0) and returns one score per
+catalogue item for the last position: [batch, num_items], where column j is item index j + 1
+(index 0 is padding and is never scored).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+try:  # inside the package
+    from .errors import ConfigError
+except ImportError:  # loaded standalone by the device runner
+    ConfigError = ValueError  # type: ignore[misc,assignment]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    defaults: dict
+    role: str  # "teacher" or "student": the size it is meant for
+    summary: str
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, role: str, summary: str, **defaults):
+    """Register a model builder under `name` with default keyword arguments."""
+
+    def deco(builder):
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = ModelSpec(name, builder, dict(defaults), role, summary)
+        return builder
+
+    return deco
+
+
+def list_models() -> list[ModelSpec]:
+    return [_MODELS[k] for k in sorted(_MODELS)]
+
+
+def model_kwargs(name: str, **overrides) -> dict:
+    """The full keyword arguments `create_model(name, ...)` would use (recorded in artifacts)."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS))}")
+    kw = dict(_MODELS[name].defaults)
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return kw
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    kw = model_kwargs(name, **kwargs)
+    return _MODELS[name].builder(**kw)
+
+
+def count_parameters(model: nn.Module) -> int:
+    # Tied weights are one Parameter object, so parameters() counts them once.
+    return sum(p.numel() for p in model.parameters())
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention written out with matmuls so that it exports cleanly to
+    ONNX and TFLite (no fused kernels the converters may not know)."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        if d % heads:
+            raise ConfigError(f"hidden size {d} is not divisible by heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q = q.reshape(b, n, h, d // h).transpose(1, 2)
+        k = k.reshape(b, n, h, d // h).transpose(1, 2)
+        v = v.reshape(b, n, h, d // h).transpose(1, 2)
+        att = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(d // h)) + bias
+        att = self.drop(torch.softmax(att, dim=-1))
+        y = torch.matmul(att, v).transpose(1, 2).reshape(b, n, d)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + ffn(LN(x))."""
+
+    def __init__(self, d: int, heads: int, dropout: float, ffn_mult: int = 1):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = CausalSelfAttention(d, heads, dropout)
+        self.ln2 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, ffn_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * d, d)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), bias))
+        x = x + self.drop(self.ffn(self.ln2(x)))
+        return x
+
+
+class SASRec(nn.Module):
+    """SASRec (Kang & McAuley, 2018): causal self-attention over the item sequence, learned
+    positions, pre-LayerNorm blocks, item embeddings tied with the output layer.
+
+    Trained with full-softmax cross-entropy over the catalogue at every position.
+    """
+
+    def __init__(self, num_items: int, maxlen: int = 200, d: int = 64, blocks: int = 2,
+                 heads: int = 1, dropout: float = 0.2, ffn_mult: int = 1):
+        super().__init__()
+        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d),
+                             ("blocks", blocks), ("heads", heads)):
+            if int(value) < 1:
+                raise ConfigError(f"SASRec {field} must be >= 1, got {value}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"SASRec dropout must be in [0, 1), got {dropout}")
+        self.num_items = int(num_items)
+        self.maxlen = int(maxlen)
+        self.d = int(d)
+        self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(self.maxlen, d)
+        self.emb_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d, heads, dropout, ffn_mult) for _ in range(blocks))
+        self.ln_f = nn.LayerNorm(d)
+        causal = torch.triu(torch.ones(self.maxlen, self.maxlen, dtype=torch.bool), diagonal=1)
+        self.register_buffer("causal", causal, persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states [batch, len, d] for every position."""
+        ids = ids.long()
+        n = ids.shape[1]
+        pad = ids == 0
+        x = self.item_emb(ids) * math.sqrt(self.d)
+        x = x + self.pos_emb.weight[self.maxlen - n:]  # right-aligned: the last item has the last position
+        x = self.emb_drop(x) * (~pad).unsqueeze(-1).to(x.dtype)
+        # Additive bias: -1e4 (not -inf) keeps fully masked rows (padding queries) finite.
+        masked = self.causal[self.maxlen - n:, self.maxlen - n:].unsqueeze(0) | pad.unsqueeze(1)
+        bias = (masked.to(x.dtype) * -1e4).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.ln_f(x)
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores over the catalogue for hidden states [..., d] -> [..., num_items].
+
+        F.linear against the whole table (then dropping the padding column) lets exporters
+        share the one embedding tensor with the input lookup instead of storing a sliced or
+        transposed copy of it."""
+        return nn.functional.linear(h, self.item_emb.weight)[..., 1:]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.score(self.hidden(ids)[:, -1, :])
+
+
+@register_model("sasrec", role="teacher", summary="SASRec, teacher size: d=64, 2 blocks, 1 head",
+                d=64, blocks=2, heads=1, dropout=0.2, maxlen=200)
+def _sasrec(**kw) -> nn.Module:
+    return SASRec(**kw)
+
+
+@register_model("sasrec-student", role="student", summary="SASRec, student size: d=32, 1 block, 1 head",
+                d=32, blocks=1, heads=1, dropout=0.2, maxlen=200)
+def _sasrec_student(**kw) -> nn.Module:
+    return SASRec(**kw)

@@ -1,0 +1,242 @@
+"""THE training loop, top to bottom, and the teacher stage.
+
+`fit` trains any registered model with a loss function that returns its parts
+({"loss", "task_loss", ...}); distillation plugs in by passing a different loss function.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .artifact import DEFAULT_STORE, Artifact, save_artifact
+from .data import Dataset, DataSpec, load_data, pad_left, training_pairs
+from .errors import ArtifactError, ConfigError
+from .metrics import evaluate_scores
+from .models import count_parameters, create_model, model_kwargs
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options with recommended defaults. Model-shape fields left as None take the
+    registered model's defaults."""
+
+    model: str = "sasrec"
+    d: int | None = None
+    blocks: int | None = None
+    heads: int | None = None
+    dropout: float | None = None
+    maxlen: int | None = None
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    min_epochs: int = 1
+    eval_users: int | None = None  # validate on a fixed sample of users (all when None)
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self):
+        model_kwargs(self.model)  # raises ConfigError listing the registered models
+        for name in ("epochs", "batch_size", "patience", "min_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.eval_users is not None and self.eval_users < 1:
+            raise ConfigError(f"eval_users must be >= 1, got {self.eval_users}")
+
+    def arch_kwargs(self, num_items: int) -> dict:
+        return model_kwargs(self.model, num_items=num_items, d=self.d, blocks=self.blocks,
+                            heads=self.heads, dropout=self.dropout, maxlen=self.maxlen)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Full-softmax cross-entropy over the catalogue at every non-padding position."""
+    logits = position_logits(model, x, y)
+    task = F.cross_entropy(logits, y[y > 0] - 1)
+    return {"loss": task, "task_loss": task}
+
+
+def position_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Scores [positions, num_items] for the positions that have a target."""
+    h = model.hidden(x)
+    return model.score(h[y > 0])
+
+
+@torch.no_grad()
+def model_scores(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
+    model.eval()
+    return model(torch.from_numpy(np.asarray(inputs, dtype=np.int64))).numpy()
+
+
+def eval_inputs(ds: Dataset, split: str, maxlen: int, users: int | None = None, seed: int = 0):
+    """(inputs [U, maxlen], targets, histories) for a split, optionally a fixed user sample."""
+    hist, targets = ds.eval_split(split)
+    idx = np.arange(len(hist))
+    if users is not None and users < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=users, replace=False))
+    hist = [hist[i] for i in idx]
+    return pad_left(hist, maxlen), targets[idx], hist
+
+
+def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool = True,
+                   reference_topk: np.ndarray | None = None, users: int | None = None):
+    x, t, h = eval_inputs(ds, split, model.maxlen, users)
+    return evaluate_scores(lambda b: model_scores(model, b), x, t, h, sampled=sampled,
+                           reference_topk=reference_topk)
+
+
+def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
+        progress: Callable[[dict], None] | None = None) -> dict:
+    """Train `model` on the training split with `loss_fn`, early-stopping on validation
+    NDCG@10 (full ranking). Restores the best weights and returns the history."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    x_all, y_all = training_pairs(ds.train_sequences(), model.maxlen)
+    x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best = {"ndcg": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    history = []
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x_all), generator=gen)
+        sums: dict[str, float] = {}
+        batches = 0
+        for i in range(0, len(order), cfg.batch_size):
+            b = order[i:i + cfg.batch_size]
+            parts = loss_fn(model, x_all[b], y_all[b])
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            batches += 1
+        train_s = time.perf_counter() - t0
+        val, _ = evaluate_model(model, ds, "valid", sampled=False, users=cfg.eval_users)
+        row = {"epoch": epoch, **{k: v / batches for k, v in sums.items()},
+               "valid_ndcg@10": val["ndcg@10"], "valid_hr@10": val["hr@10"],
+               "epoch_s": train_s}
+        history.append(row)
+        if val["ndcg@10"] > best["ndcg"]:
+            best = {"ndcg": val["ndcg@10"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        row["best_epoch"] = best["epoch"]
+        if progress:
+            progress(row)
+        if epoch >= cfg.min_epochs and epoch - best["epoch"] >= cfg.patience:
+            break
+    model.load_state_dict(best["state"])
+    model.eval()
+    return {"history": history, "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg"],
+            "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
+            "seconds_per_epoch": float(np.mean([r["epoch_s"] for r in history]))}
+
+
+# ---------------------------------------------------------------- torch artifacts
+
+def save_torch_artifact(model: nn.Module, *, store: Path, name: str, stage: str, arch: str,
+                        arch_kwargs: dict, ds: Dataset, config: dict, metrics: dict,
+                        parent: list[dict] | None = None, seed: int = 0,
+                        extra: dict | None = None) -> Artifact:
+    from safetensors.torch import save_file
+
+    # Tied weights share storage; safetensors refuses shared tensors, so store clones
+    # (the item table is one tensor in this model, so nothing is stored twice).
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+    card = {
+        "stage": stage, "format": "torch", "arch": arch, "arch_kwargs": arch_kwargs,
+        "params": count_parameters(model),
+        "input_spec": input_spec(arch_kwargs["maxlen"], dtype="int64"),
+        "output_spec": output_spec(ds.num_items),
+        "config": config, "parent": parent or [], "metrics": metrics,
+        "dataset": dataset_card(ds), "seed": seed, **(extra or {}),
+    }
+    return save_artifact(store, name, "model.safetensors", lambda p: save_file(state, str(p)),
+                         card, ds.vocab())
+
+
+def input_spec(maxlen: int, dtype: str = "int32", batch: int | str = "batch") -> list[dict]:
+    return [{"name": "item_ids", "shape": [batch, maxlen], "dtype": dtype,
+             "meaning": "item indices (vocab.json items[k] is index k+1), left-padded with 0"}]
+
+
+def output_spec(num_items: int, batch: int | str = "batch") -> list[dict]:
+    return [{"name": "scores", "shape": [batch, num_items], "dtype": "float32",
+             "meaning": "score of every item for the next position; column k is vocab.json items[k]"}]
+
+
+def dataset_card(ds: Dataset) -> dict:
+    return {"name": ds.name, "fingerprint": ds.fingerprint(), "spec": ds.spec.to_dict() if ds.spec else None,
+            "users": ds.num_users, "items": ds.num_items, "events": ds.num_events}
+
+
+def load_torch_model(a: Artifact) -> nn.Module:
+    """Rebuild a torch model from its artifact (safetensors only, never pickle)."""
+    from safetensors.torch import load_file
+
+    if a.format != "torch":
+        raise ArtifactError(f"{a.path}: a {a.format} artifact, not a torch model",
+                            hint="pass the torch artifact it was exported from")
+    model = create_model(a.card["arch"], **a.card["arch_kwargs"])
+    try:
+        state = load_file(str(a.file))
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ArtifactError(f"{a.file}: weights do not fit {a.card['arch']} "
+                            f"{a.card['arch_kwargs']}: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def dataset_for(a: Artifact, spec: DataSpec | None = None) -> Dataset:
+    """The dataset an artifact was trained on (or `spec`), checked against its fingerprint."""
+    if spec is None:
+        raw = (a.card.get("dataset") or {}).get("spec")
+        if not raw:
+            raise ArtifactError(f"{a.path}: artifact.json does not say which data it was trained on",
+                                hint="pass --data and --format")
+        spec = DataSpec(**raw)
+    ds = load_data(spec)
+    a.check_dataset(ds.fingerprint())
+    return ds
+
+
+def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path = DEFAULT_STORE,
+                  name: str | None = None, progress: Callable[[dict], None] | None = None) -> Artifact:
+    """Train a teacher with full-softmax cross-entropy and write its artifact."""
+    seed_everything(cfg.seed)
+    kw = cfg.arch_kwargs(ds.num_items)
+    model = create_model(cfg.model, **kw)
+    log = fit(model, ds, cross_entropy_loss, cfg, progress)
+    test, _ = evaluate_model(model, ds, "test")
+    metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
+    return save_torch_artifact(
+        model, store=store, name=name or f"{ds.name}-teacher", stage="teacher", arch=cfg.model,
+        arch_kwargs=kw, ds=ds, config={"train": cfg.to_dict()}, metrics=metrics, seed=cfg.seed,
+        extra={"training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
