@@ -164,3 +164,18 @@ def load_artifact(path: Path | str, store: Path = DEFAULT_STORE) -> Artifact:
     if not (p / VOCAB).is_file():
         raise ArtifactError(f"{p}: {VOCAB} is missing")
     return Artifact(p, card)
+
+
+def load_parent(child: Artifact, record: dict) -> Artifact:
+    """The parent named by a lineage record: at its recorded path, else beside the child in
+    the same store; its sha256 must match the one recorded."""
+    candidates = [Path(record.get("path", "")), child.path.parent / record["name"]]
+    for c in candidates:
+        if (c / CARD).is_file():
+            parent = load_artifact(c)
+            if parent.sha256 != record["sha256"]:
+                raise ArtifactError(f"{c}: sha256 {parent.sha256[:16]} is not the parent "
+                                    f"{record['sha256'][:16]} that {child.name} was made from")
+            return parent
+    raise ArtifactError(f"{child.path}: its parent {record['name']} is not at "
+                        f"{record.get('path')} nor beside it")

@@ -1,0 +1,308 @@
+"""The edgekd command line: one command per stage; each turns options into a config, calls
+the stage and prints where its output went. Errors end in one line and an exit code:
+0 ok, 1 failed, 2 usage, 3 target unreachable. EDGEKD_DEBUG=1 shows tracebacks."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+
+from .errors import ConfigError, EdgeKDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, distil, export and benchmark sequential recommenders for edge devices.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and convert interaction data.")
+list_app = typer.Typer(no_args_is_help=True, help="List registered models, export formats, bench targets.")
+app.add_typer(data_app, name="data")
+app.add_typer(list_app, name="list")
+console = Console(stderr=True)
+out = Console()
+
+DataOpt = typer.Option(None, "--data", help="interaction file (default: the built-in synthetic dataset)")
+FormatOpt = typer.Option(None, "--format", help="movielens | sasrec | csv | synthetic (default: movielens "
+                         "when --data is given, else synthetic)")
+SynthOpt = typer.Option(None, "--synthetic", help="synthetic dataset setting KEY=VALUE (users, items, "
+                        "mean_length, tastes, p_markov, seed, ...); repeatable")
+StoreOpt = typer.Option(Path("models"), "--out", help="artifact store directory")
+
+
+def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str]] = None):
+    from .data import DataSpec, SyntheticConfig
+
+    fmt = fmt or ("movielens" if data else "synthetic")
+    synth = {}
+    for item in synthetic or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SyntheticConfig.__dataclass_fields__:
+            raise ConfigError(f"--synthetic {item!r}: expected KEY=VALUE with KEY one of "
+                              f"{', '.join(SyntheticConfig.__dataclass_fields__)}")
+        typ = type(getattr(SyntheticConfig(), key))
+        try:
+            synth[key] = typ(value)
+        except ValueError:
+            raise ConfigError(f"--synthetic {key}: {value!r} is not a {typ.__name__}") from None
+    return DataSpec(format=fmt, path=str(data) if data else None, synthetic=synth)
+
+
+def _load(spec):
+    from .data import load_data
+
+    ds = load_data(spec)
+    st = ds.stats()
+    console.print(f"data: {st['name']}: {st['users']} users, {st['items']} items, {st['events']} events"
+                  + (f" ({st['dropped_users']} users with fewer than {spec.min_events} events dropped)"
+                     if st["dropped_users"] else ""))
+    return ds
+
+
+@contextmanager
+def _epochs(label: str, total: int):
+    """A progress bar over epochs that shows the losses and validation NDCG@10."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+                  transient=False) as bar:
+        task = bar.add_task(label, total=total, info="")
+
+        def update(row: dict):
+            info = f"loss {row['loss']:.3f}"
+            if "kd_loss" in row:
+                info += f" (kd {row['kd_loss']:.3f})"
+            info += f"  valid NDCG@10 {row['valid_ndcg@10']:.4f} (best epoch {row['best_epoch']})"
+            bar.update(task, completed=row["epoch"], info=info)
+
+        yield update
+        bar.update(task, total=bar.tasks[0].completed)
+
+
+# ---------------------------------------------------------------- data
+
+@data_app.command("stats")
+def data_stats(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
+               synthetic: Optional[list[str]] = SynthOpt):
+    """Load a dataset and print its size and fingerprint."""
+    ds = _load(_spec(data, format, synthetic))
+    out.print_json(json.dumps(ds.stats()))
+
+
+@data_app.command("convert")
+def data_convert(dest: Path = typer.Argument(..., help="output file (SASRec text: `user item` per line)"),
+                 data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
+                 synthetic: Optional[list[str]] = SynthOpt):
+    """Write the sequences in SASRec text format (same ids, same leave-one-out split) so a
+    reference implementation can run on identical data."""
+    from .data import write_sasrec_text
+
+    ds = _load(_spec(data, format, synthetic))
+    write_sasrec_text(ds, dest)
+    out.print(str(dest))
+
+
+# ---------------------------------------------------------------- list
+
+@list_app.command("models")
+def list_models_cmd():
+    """Registered models (for `train --model` and `distill --model`)."""
+    from .models import list_models
+
+    for m in list_models():
+        out.print(f"{m.name:16} {m.role:8} {m.summary}")
+
+
+@list_app.command("formats")
+def list_formats_cmd():
+    """Export formats (for `export --target`)."""
+    from .export import list_formats
+
+    for f in list_formats():
+        out.print(f"{f.name:14} {f.summary}")
+
+
+@list_app.command("targets")
+def list_targets_cmd():
+    """Bench targets (for `bench --target`): devices, from targets/*.toml."""
+    from .targets import list_targets
+
+    for name, src in list_targets().items():
+        out.print(f"{name:14} {src}")
+
+
+# ---------------------------------------------------------------- stages
+
+@app.command()
+def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
+          synthetic: Optional[list[str]] = SynthOpt,
+          model: str = typer.Option("sasrec", help="registered model (edgekd list models)"),
+          d: Optional[int] = typer.Option(None, help="hidden size (default: the model's)"),
+          blocks: Optional[int] = typer.Option(None), heads: Optional[int] = typer.Option(None),
+          dropout: Optional[float] = typer.Option(None), maxlen: Optional[int] = typer.Option(None),
+          epochs: int = typer.Option(200, help="at most this many epochs"),
+          patience: int = typer.Option(10, help="stop after this many epochs without a better validation NDCG@10"),
+          batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
+          seed: int = typer.Option(0), store: Path = StoreOpt,
+          name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)")):
+    """Train a teacher with early stopping on validation NDCG@10."""
+    from .train import TrainConfig, train_teacher
+
+    cfg = TrainConfig(model=model, d=d, blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen,
+                      epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed)
+    ds = _load(_spec(data, format, synthetic))
+    with _epochs("train teacher", epochs) as progress:
+        a = train_teacher(ds, cfg, store=store, name=name, progress=progress)
+    _done(a)
+
+
+@app.command()
+def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory"),
+            kd: str = typer.Option("on", help="on: distil from the teacher; off: the same student alone (baseline)"),
+            model: str = typer.Option("sasrec-student", help="registered student model"),
+            temperature: float = typer.Option(2.0, "--temperature", "-T"),
+            kd_weight: float = typer.Option(1.0, help="lambda: weight of the KD term"),
+            d: Optional[int] = typer.Option(None), blocks: Optional[int] = typer.Option(None),
+            heads: Optional[int] = typer.Option(None), dropout: Optional[float] = typer.Option(None),
+            epochs: int = typer.Option(200), patience: int = typer.Option(10),
+            batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
+            seed: int = typer.Option(0), store: Path = StoreOpt,
+            name: Optional[str] = typer.Option(None)):
+    """Train a student: cross-entropy + kd_weight * T^2 * KL(teacher/T || student/T)."""
+    from .artifact import load_artifact
+    from .distill import DistillConfig, distill as run
+    from .train import dataset_for
+
+    t = load_artifact(teacher, store)
+    maxlen = t.card["arch_kwargs"]["maxlen"]
+    cfg = DistillConfig(model=model, kd=kd, temperature=temperature, kd_weight=kd_weight, d=d,
+                        blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
+                        patience=patience, batch_size=batch_size, lr=lr, seed=seed)
+    ds = dataset_for(t)
+    with _epochs(f"distill (kd {kd})", epochs) as progress:
+        a = run(t, ds, cfg, store=store, name=name, progress=progress)
+    _done(a)
+
+
+@app.command()
+def export(artifact: Path = typer.Argument(..., help="torch artifact directory (a teacher or student)"),
+           target: str = typer.Option(..., "--target", "-t",
+                                      help="export FORMAT: onnx-fp32 | onnx-int8 | tflite-fp32 | tflite-int8 "
+                                           "(not a device: devices are for `bench --target`)"),
+           store: Path = StoreOpt, name: Optional[str] = typer.Option(None)):
+    """Export to ONNX or TFLite; checked for parity with torch before anything is written."""
+    from .artifact import load_artifact
+    from .export import export as run, get_format
+
+    get_format(target)  # a bad name fails before any loading
+    a = run(load_artifact(artifact, store), target, store=store, name=name)
+    _done(a)
+
+
+@app.command()
+def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories"),
+          target: str = typer.Option("local-cpu", "--target", "-t",
+                                     help="DEVICE to run on (edgekd list targets); not an export format"),
+          teacher: Optional[Path] = typer.Option(None, help="baseline teacher (default: from lineage)"),
+          threads: Optional[int] = typer.Option(None, help="threads (default: the target's)"),
+          users: Optional[int] = typer.Option(None, help="evaluate on a sample of this many test users"),
+          results: Path = typer.Option(Path("benchmarks/results"), "--out", help="results directory"),
+          store: Path = typer.Option(Path("models"), "--store")):
+    """Benchmark artifacts on a device, each in its own process, against the teacher."""
+    from .artifact import load_artifact
+    from .bench import bench as run
+    from .targets import load_target
+
+    tgt = load_target(target)
+    arts = [load_artifact(p, store) for p in artifacts]
+    t = load_artifact(teacher, store) if teacher else None
+    run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
+                        on_result=_print_result)
+    out.print(str(run_dir))
+
+
+def _print_result(rec: dict):
+    if rec["status"] != "ok":
+        console.print(f"[red]failed[/red] {rec['artifact']['name']}: {rec['error']}")
+        return
+    console.print(f"bench {rec['artifact']['name']}: p50 {rec['latency_ms']['p50_ms']:.3f} ms, "
+                  f"NDCG@10 {rec['accuracy']['ndcg@10']:.4f}, peak {rec['peak_rss_bytes'] / 1e6:.0f} MB")
+
+
+@app.command()
+def report(run: Optional[Path] = typer.Argument(None, help="bench run directory (default: the latest)"),
+           results: Path = typer.Option(Path("benchmarks/results"), "--results"),
+           dest: Optional[Path] = typer.Option(None, "--out", help="write the report here (default: the run dir)")):
+    """Markdown + JSON report from bench records and artifact cards."""
+    from .bench import latest_run
+    from .report import build_report
+
+    r = build_report(run or latest_run(results), dest)
+    out.print(r["text"])
+    console.print(f"report: {r['markdown']}")
+
+
+@app.command()
+def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
+             synthetic: Optional[list[str]] = SynthOpt,
+             store: Path = StoreOpt,
+             results: Path = typer.Option(Path("benchmarks/results"), "--results"),
+             maxlen: Optional[int] = typer.Option(None, help="sequence length (default: 200 for files, "
+                                                  "50 for the synthetic default)"),
+             epochs: int = typer.Option(200), patience: int = typer.Option(10),
+             seed: int = typer.Option(0),
+             resume: bool = typer.Option(False, "--resume", help="reuse finished artifacts of an earlier "
+                                         "run with the same settings")):
+    """train -> distill (KD and no-KD) -> export (4 formats) -> bench -> report, in one command."""
+    from .pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(data=_spec(data, format, synthetic), store=store, results=results,
+                         maxlen=maxlen, epochs=epochs, patience=patience, seed=seed, resume=resume)
+    run_pipeline(cfg, console=console, epochs_bar=_epochs, on_result=_print_result)
+
+
+def _done(a):
+    m = a.card.get("metrics", {})
+    bits = [f"{k} {m[k]:.4f}" for k in ("test_ndcg@10", "test_hr@10", "test_top10_overlap") if k in m]
+    if "parity" in m:
+        p = m["parity"]
+        bits.append(f"parity: top-10 overlap {p['top10_overlap']:.4f}, max abs diff {p['max_abs_diff']:.2e}, "
+                    f"valid NDCG@10 change {p['ndcg@10_rel_change'] * 100:+.2f}%")
+    console.print(f"{a.card['stage']} {a.name}: " + ", ".join(bits) + f" ({a.card['size_bytes']} bytes)")
+    out.print(str(a.path))
+
+
+def main() -> None:
+    debug = bool(os.environ.get("EDGEKD_DEBUG"))
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except click.exceptions.NoArgsIsHelpError as e:  # help was printed
+        sys.exit(0)
+    except click.exceptions.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "edgekd"
+        console.print(f"[red]error:[/red] {e.format_message()} (see `{cmd} --help`)", highlight=False)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        console.print("interrupted")
+        sys.exit(130)
+    except EdgeKDError as e:
+        if debug:
+            raise
+        hint = f"; {e.hint}" if e.hint else ""
+        console.print(f"[red]error:[/red] {e}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished artifacts and bench records are kept")
+        sys.exit(130)
+    except Exception as e:  # a bug or an unexpected library failure: one line, traceback on request
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e} (EDGEKD_DEBUG=1 shows the traceback)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,122 @@
+"""`edgekd pipeline`: the flow of DESIGN.md as one ordered list of stages.
+
+    train (teacher) -> distill (KD student, no-KD student) -> export (4 formats) -> bench -> report
+
+Each stage writes an artifact; with `resume`, a stage whose artifact already exists with the
+same inputs and settings is reused instead of rerun, so an interrupted pipeline continues
+where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .artifact import Artifact, load_artifact
+from .data import DataSpec, Dataset, load_data
+from .errors import ArtifactError
+
+EXPORTS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
+SYNTHETIC_MAXLEN = 50
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: DataSpec = field(default_factory=DataSpec)
+    store: Path = Path("models")
+    results: Path = Path("benchmarks/results")
+    maxlen: int | None = None
+    epochs: int = 200
+    patience: int = 10
+    seed: int = 0
+    resume: bool = False
+    target: str = "local-cpu"
+    exports: tuple[str, ...] = EXPORTS
+
+
+def _reusable(store: Path, name: str, check) -> Artifact | None:
+    try:
+        a = load_artifact(store / name)
+    except ArtifactError:
+        return None
+    return a if check(a) else None
+
+
+def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=None) -> dict:
+    from contextlib import nullcontext
+
+    from .bench import bench
+    from .distill import DistillConfig, distill
+    from .export import export, get_format
+    from .report import build_report
+    from .targets import load_target
+    from .train import TrainConfig, train_teacher
+
+    say = console.print if console else print
+    for f in cfg.exports:
+        get_format(f)
+    target = load_target(cfg.target)
+    ds: Dataset = load_data(cfg.data)
+    say(f"data: {ds.name}: {ds.num_users} users, {ds.num_items} items, {ds.num_events} events"
+        + (f" ({ds.dropped_users} users dropped: fewer than {cfg.data.min_events} events)" if ds.dropped_users else ""))
+    fp = ds.fingerprint()
+    maxlen = cfg.maxlen or (SYNTHETIC_MAXLEN if cfg.data.format == "synthetic" else None)
+    bar = epochs_bar or (lambda label, total: nullcontext(None))
+
+    def same_data(a: Artifact) -> bool:
+        return a.card.get("dataset", {}).get("fingerprint") == fp
+
+    # 1. teacher
+    tcfg = TrainConfig(model="sasrec", maxlen=maxlen, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed)
+    name = f"{ds.name}-teacher"
+    teacher = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
+                                       and a.card["config"].get("train") == tcfg.to_dict())
+    if teacher:
+        say(f"reusing {teacher.path}")
+    else:
+        with bar("1/5 train teacher", cfg.epochs) as progress:
+            teacher = train_teacher(ds, tcfg, store=cfg.store, name=name, progress=progress)
+    say(f"teacher: test NDCG@10 {teacher.metrics['test_ndcg@10']:.4f} -> {teacher.path}")
+
+    # 2. students, with and without the teacher
+    students = {}
+    for kd in ("on", "off"):
+        dcfg = DistillConfig(model="sasrec-student", kd=kd, maxlen=teacher.card["arch_kwargs"]["maxlen"],
+                             epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed)
+        name = f"{ds.name}-student-{'kd' if kd == 'on' else 'nokd'}"
+        s = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
+                                     and a.card["parent"][0]["sha256"] == teacher.sha256
+                                     and a.card["config"].get("distill") == dcfg.to_dict())
+        if s:
+            say(f"reusing {s.path}")
+        else:
+            with bar(f"2/5 distill (kd {kd})", cfg.epochs) as progress:
+                s = distill(teacher, ds, dcfg, store=cfg.store, name=name, progress=progress)
+        say(f"student (kd {kd}): test NDCG@10 {s.metrics['test_ndcg@10']:.4f} -> {s.path}")
+        students[kd] = s
+
+    # 3. exports of the distilled student
+    exported = []
+    for fmt in cfg.exports:
+        name = f"{students['on'].name}-{fmt}"
+        e = cfg.resume and _reusable(cfg.store, name, lambda a: a.card["parent"][0]["sha256"] == students["on"].sha256)
+        if e:
+            say(f"reusing {e.path}")
+        else:
+            say(f"3/5 export {fmt} ...")
+            e = export(students["on"], fmt, store=cfg.store, name=name, ds=ds)
+        p = e.metrics["parity"]
+        say(f"export {fmt}: {e.card['size_bytes']} bytes, top-10 overlap {p['top10_overlap']:.4f}, "
+            f"valid NDCG@10 change {p['ndcg@10_rel_change'] * 100:+.2f}% -> {e.path}")
+        exported.append(e)
+
+    # 4. bench everything on the target, the teacher first as the baseline
+    say(f"4/5 bench on {target.name} ({target.threads} thread(s)) ...")
+    run_dir, records = bench([students["on"], students["off"], *exported], target, out=cfg.results,
+                             teacher=teacher, on_result=on_result)
+
+    # 5. report
+    rep = build_report(run_dir)
+    say(rep["text"])
+    say(f"artifacts: {cfg.store}/  bench records: {run_dir}/  report: {rep['markdown']}")
+    return {"teacher": teacher, "students": students, "exports": exported, "run_dir": run_dir,
+            "records": records, "report": rep}
