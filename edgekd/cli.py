@@ -13,6 +13,14 @@ from typing import Optional
 
 import click
 import typer
+
+try:  # typer >= 0.25 carries its own copy of click; catch both
+    from typer._click import exceptions as _tclick
+except ImportError:  # pragma: no cover
+    _tclick = click.exceptions
+USAGE_ERRORS = (click.exceptions.UsageError, _tclick.UsageError)
+NO_ARGS = tuple(getattr(m, "NoArgsIsHelpError") for m in (click.exceptions, _tclick) if hasattr(m, "NoArgsIsHelpError"))
+ABORT = tuple({click.exceptions.Abort, getattr(_tclick, "Abort", click.exceptions.Abort), getattr(typer, "Abort", click.exceptions.Abort)})
 from rich.console import Console
 
 from .errors import ConfigError, EdgeKDError
@@ -23,8 +31,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and convert interacti
 list_app = typer.Typer(no_args_is_help=True, help="List registered models, export formats, bench targets.")
 app.add_typer(data_app, name="data")
 app.add_typer(list_app, name="list")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 DataOpt = typer.Option(None, "--data", help="interaction file (default: the built-in synthetic dataset)")
 FormatOpt = typer.Option(None, "--format", help="movielens | sasrec | csv | synthetic (default: movielens "
@@ -67,6 +75,15 @@ def _load(spec):
 def _epochs(label: str, total: int):
     """A progress bar over epochs that shows the losses and validation NDCG@10."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not console.is_terminal:  # a log file or CI: one plain line per epoch instead of a bar
+        def line(row: dict):
+            kd = f" kd {row['kd_loss']:.3f}" if "kd_loss" in row else ""
+            console.print(f"{label}: epoch {row['epoch']}/{total} loss {row['loss']:.3f}{kd} "
+                          f"valid NDCG@10 {row['valid_ndcg@10']:.4f} (best epoch {row['best_epoch']}) "
+                          f"{row['epoch_s']:.1f}s", highlight=False, soft_wrap=True)
+        yield line
+        return
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
@@ -282,13 +299,13 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
-    except click.exceptions.NoArgsIsHelpError as e:  # help was printed
+    except NO_ARGS:  # help was printed
         sys.exit(0)
-    except click.exceptions.UsageError as e:
+    except USAGE_ERRORS as e:
         cmd = e.ctx.command_path if e.ctx else "edgekd"
         console.print(f"[red]error:[/red] {e.format_message()} (see `{cmd} --help`)", highlight=False)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except ABORT:
         console.print("interrupted")
         sys.exit(130)
     except EdgeKDError as e:

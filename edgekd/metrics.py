@@ -19,12 +19,15 @@ def mask_seen(scores: np.ndarray, histories: list[np.ndarray], keep: np.ndarray 
     """A copy of `scores` [U, N] with each user's seen items set to -inf, except `keep[u]`
     (the target: a repeated item is still a valid next item)."""
     out = np.array(scores, dtype=np.float32, copy=True)
-    for u, h in enumerate(histories):
-        cols = np.asarray(h, dtype=np.int64) - 1
-        cols = cols[cols >= 0]
-        if keep is not None:
-            cols = cols[cols != keep[u] - 1]
-        out[u, cols] = -np.inf
+    if not len(histories):
+        return out
+    lengths = [len(h) for h in histories]
+    rows = np.repeat(np.arange(len(histories)), lengths)
+    cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) - 1
+    ok = cols >= 0
+    if keep is not None:
+        ok &= cols != np.asarray(keep, dtype=np.int64)[rows] - 1
+    out[rows[ok], cols[ok]] = -np.inf
     return out
 
 

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "u.data"
+TINY = {"users": 150, "items": 60, "mean_length": 12, "tastes": 4, "seed": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    from edgekd.data import DataSpec
+
+    return DataSpec(format="synthetic", synthetic=TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_ds(tiny_spec):
+    from edgekd.data import load_data
+
+    return load_data(tiny_spec)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_ds, store):
+    from edgekd.train import TrainConfig, train_teacher
+
+    cfg = TrainConfig(model="sasrec", d=16, maxlen=20, epochs=3, patience=3, eval_users=None, seed=0)
+    return train_teacher(tiny_ds, cfg, store=store, name="tiny-teacher")
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tiny_ds, tiny_teacher, store):
+    from edgekd.distill import DistillConfig, distill
+
+    cfg = DistillConfig(d=8, maxlen=20, epochs=2, patience=2)
+    return distill(tiny_teacher, tiny_ds, cfg, store=store, name="tiny-student")
+
+
+@pytest.fixture
+def fast_target(tmp_path) -> Path:
+    p = tmp_path / "fast-cpu.toml"
+    p.write_text('kind = "local"\nthreads = 1\nwarmup = 2\nmin_runs = 20\nmin_seconds = 0.05\n')
+    return p

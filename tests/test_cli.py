@@ -1,0 +1,78 @@
+"""CLI exit codes: one line, no traceback. 0 ok, 1 failed, 2 usage."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
+    p = subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True,
+                       cwd=cwd, env=env, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def one_clean_line(err: str):
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_malformed_data_is_one_line_naming_file_and_line(tmp_path):
+    bad = tmp_path / "u.data"
+    bad.write_text("1\t2\t3\t4\n1\t2\n")
+    rc, _, err = run("train", "--data", str(bad), "--epochs", "1")
+    assert rc == 1
+    assert f"{bad}:2:" in one_clean_line(err)
+
+
+def test_unknown_export_target_is_a_usage_error(tiny_teacher):
+    rc, _, err = run("export", str(tiny_teacher.path), "--target", "tflite-int4")
+    assert rc == 2
+    assert "export formats" in one_clean_line(err)
+
+
+def test_unknown_bench_target_is_a_usage_error(tiny_teacher):
+    rc, _, err = run("bench", str(tiny_teacher.path), "--target", "pi-zero")
+    assert rc == 2
+    assert "unknown bench target" in one_clean_line(err)
+
+
+def test_missing_artifact_is_one_line(tmp_path):
+    rc, _, err = run("export", str(tmp_path / "nope"), "--target", "onnx-fp32")
+    assert rc == 1
+    assert "not an artifact" in one_clean_line(err)
+
+
+def test_unknown_option_is_a_usage_error():
+    rc, _, err = run("train", "--epochz", "3")
+    assert rc == 2
+    assert "--epochz" in one_clean_line(err)
+
+
+def test_bad_target_file_names_the_field(tmp_path, tiny_teacher):
+    t = tmp_path / "bad.toml"
+    t.write_text('kind = "local"\nthreads = 0\n')
+    rc, _, err = run("bench", str(tiny_teacher.path), "--target", str(t))
+    assert rc == 2
+    assert "'threads'" in one_clean_line(err)
+
+
+def test_list_commands():
+    rc, out, _ = run("list", "models")
+    assert rc == 0 and "sasrec-student" in out
+    rc, out, _ = run("list", "formats")
+    assert rc == 0 and all(f in out for f in ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"))
+
+
+def test_data_convert_and_stats(tmp_path):
+    dest = tmp_path / "seq.txt"
+    rc, out, _ = run("data", "convert", str(dest), "--synthetic", "users=30", "--synthetic", "items=20",
+                     "--synthetic", "tastes=2")
+    assert rc == 0 and dest.is_file()
+    rc, out, _ = run("data", "stats", "--data", str(dest), "--format", "sasrec")
+    assert rc == 0 and '"users": 30' in out
+    rc, _, err = run("data", "stats", "--synthetic", "colour=blue")
+    assert rc == 2 and "colour" in one_clean_line(err)

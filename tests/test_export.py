@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from edgekd.artifact import load_artifact
+from edgekd.errors import ConfigError, ExportError
+from edgekd.export import export, get_format, list_formats
+
+FORMATS = [f.name for f in list_formats()]
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_student, tiny_ds, store):
+    return {f: export(tiny_student, f, store=store, ds=tiny_ds) for f in FORMATS}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_matches_torch_on_validation_sequences(exports, fmt, tiny_student):
+    a = exports[fmt]
+    p = a.metrics["parity"]
+    assert a.card["stage"] == "exported" and a.card["format"] == fmt
+    assert a.card["parent"][0]["sha256"] == tiny_student.sha256
+    assert a.vocab() == tiny_student.vocab()
+    assert a.card["input_spec"][0]["dtype"] == "int32"
+    if get_format(fmt).precision == "fp32":
+        assert p["top10_overlap"] >= 0.99 and p["max_abs_diff"] <= 1e-3
+    else:
+        # int8 accuracy floor on the tiny model: the ranking barely moves
+        assert p["top10_overlap"] >= 0.8
+        assert abs(p["ndcg@10_rel_change"]) <= 0.1
+    load_artifact(a.path)  # verifies sha256
+
+
+def test_int8_files_are_smaller(exports):
+    assert exports["onnx-int8"].card["size_bytes"] < exports["onnx-fp32"].card["size_bytes"]
+    assert exports["tflite-int8"].card["size_bytes"] < exports["tflite-fp32"].card["size_bytes"]
+
+
+def test_exports_run_in_their_runtimes_with_int32_ids(exports, tiny_ds):
+    from edgekd.device_runner import load_model, run_batched
+    from edgekd.train import load_torch_model, model_scores
+
+    ids = np.random.default_rng(0).integers(0, tiny_ds.num_items + 1, size=(3, 20)).astype(np.int32)
+    ref = model_scores(load_torch_model(load_artifact(exports["onnx-fp32"].card["parent"][0]["path"])), ids)
+    for fmt in ("onnx-fp32", "tflite-fp32"):
+        m = load_model(str(exports[fmt].file), "auto", threads=1)
+        assert np.allclose(run_batched(m, ids), ref, atol=1e-4)
+
+
+def test_onnx_stores_the_item_table_once(exports, tiny_ds):
+    import onnx
+
+    m = onnx.load(str(exports["onnx-fp32"].file))
+    tables = [i for i in m.graph.initializer if i.dims and i.dims[0] == tiny_ds.num_items + 1]
+    assert len(tables) == 1
+
+
+def test_broken_parity_is_an_error_and_writes_nothing(tiny_student, tiny_ds, tmp_path, monkeypatch):
+    import edgekd.export as ex
+
+    real = ex._FORMATS["onnx-fp32"]
+
+    def broken(model, path, maxlen):
+        import copy
+
+        import torch
+        wrong = copy.deepcopy(model)
+        with torch.no_grad():
+            wrong.item_emb.weight.mul_(-1.0)  # the file no longer computes the parent's scores
+        return real.writer(wrong, path, maxlen)
+
+    monkeypatch.setitem(ex._FORMATS, "onnx-fp32", ex.Format("onnx-fp32", ".onnx", "fp32", broken, ""))
+    with pytest.raises(ExportError, match="breaks parity"):
+        export(tiny_student, "onnx-fp32", store=tmp_path, ds=tiny_ds)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_format_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="export formats: onnx-fp32"):
+        get_format("local-cpu")

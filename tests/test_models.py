@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from edgekd.errors import ConfigError
+from edgekd.models import count_parameters, create_model, list_models, model_kwargs
+
+MODELS = [m.name for m in list_models()]
+
+
+def small(name):
+    return create_model(name, num_items=30, maxlen=12, dropout=0.0).eval()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_scores_every_item_for_the_last_position(name):
+    m = small(name)
+    ids = torch.randint(1, 31, (3, 12))
+    assert m(ids).shape == (3, 30)
+    assert m(ids.to(torch.int32)).shape == (3, 30)  # apps pass int32
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_causal_a_later_item_does_not_change_earlier_positions(name):
+    m = small(name)
+    ids = torch.randint(1, 31, (1, 12))
+    h = m.hidden(ids)
+    ids2 = ids.clone()
+    ids2[0, -1] = (ids[0, -1] % 30) + 1
+    h2 = m.hidden(ids2)
+    assert torch.allclose(h[:, :-1], h2[:, :-1], atol=1e-6)
+    assert not torch.allclose(h[:, -1], h2[:, -1])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_left_padding_is_ignored(name):
+    """More padding in front of the same history changes nothing at the last position."""
+    m = small(name)
+    seq = torch.tensor([[0, 0, 0, 0, 0, 0, 5, 7, 9, 11, 3, 2]])
+    # same items, but the first real item replaced by padding
+    shorter = seq.clone()
+    shorter[0, 6] = 0
+    longer_pad = torch.tensor([[0] * 7 + [7, 9, 11, 3, 2]])
+    assert torch.allclose(m(shorter), m(longer_pad), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_item_table_is_stored_once(name):
+    m = small(name)
+    names = [n for n, p in m.named_parameters() if p.shape[0] == 31]
+    assert names == ["item_emb.weight"]
+
+
+def test_teacher_and_student_sizes():
+    t = model_kwargs("sasrec", num_items=10)
+    s = model_kwargs("sasrec-student", num_items=10)
+    assert t["d"] >= 64 and t["blocks"] == 2
+    assert s["d"] in (16, 32) and s["blocks"] == 1
+    assert count_parameters(create_model("sasrec-student", num_items=100)) < count_parameters(
+        create_model("sasrec", num_items=100))
+
+
+def test_unknown_model_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="registered models: sasrec"):
+        create_model("bert5rec", num_items=3)
+    with pytest.raises(ConfigError, match="not divisible"):
+        create_model("sasrec", num_items=3, d=10, heads=3)

@@ -1,0 +1,80 @@
+"""The tiny synthetic pipeline end to end: train, distil (KD and no-KD), export x4, bench, report."""
+import json
+
+import pytest
+
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    from edgekd.data import DataSpec
+    from edgekd.pipeline import PipelineConfig, run_pipeline
+
+    root = tmp_path_factory.mktemp("pipe")
+    target = root / "fast.toml"
+    target.write_text('kind = "local"\nthreads = 1\nwarmup = 2\nmin_runs = 20\nmin_seconds = 0.05\n')
+    cfg = PipelineConfig(data=DataSpec(synthetic=TINY), store=root / "models", results=root / "results",
+                         maxlen=20, epochs=2, patience=2, target=str(target))
+    return cfg, run_pipeline(cfg)
+
+
+def test_every_stage_produced_its_output(result):
+    cfg, r = result
+    names = {rec["artifact"]["name"] for rec in r["records"] if rec["status"] == "ok"}
+    assert names == {"synthetic-teacher", "synthetic-student-kd", "synthetic-student-nokd",
+                     *(f"synthetic-student-kd-{f}" for f in ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"))}
+    assert (r["run_dir"] / "report.md").is_file()
+    assert len(list(r["run_dir"].glob("*__*.json"))) == 7
+
+
+def test_bench_records_have_latency_memory_size_accuracy_and_deltas(result):
+    _, r = result
+    teacher = next(rec for rec in r["records"] if rec["artifact"]["stage"] == "teacher")
+    assert teacher["vs_teacher"]["speedup_p50"] == pytest.approx(1.0)
+    for rec in r["records"]:
+        lat = rec["latency_ms"]
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+        assert lat["runs"] >= 20
+        assert rec["peak_rss_bytes"] >= rec["baseline_rss_bytes"] > 0
+        assert rec["size_bytes"] > 0 and rec["threads"] == 1
+        assert 0 <= rec["accuracy"]["ndcg@10"] <= rec["accuracy"]["hr@10"] <= 1
+        assert set(rec["vs_teacher"]) >= {"ndcg@10_rel", "speedup_p50", "size_ratio"}
+
+
+def test_bench_accuracy_comes_from_the_file_itself(result):
+    """The fp32 exports rank like their torch parent; the torch student's bench accuracy equals
+    the figure computed at training time on the same test split."""
+    _, r = result
+    by = {rec["artifact"]["name"]: rec for rec in r["records"]}
+    kd = by["synthetic-student-kd"]
+    assert kd["accuracy"]["ndcg@10"] == pytest.approx(r["students"]["on"].metrics["test_ndcg@10"], abs=1e-6)
+    for fmt in ("onnx-fp32", "tflite-fp32"):
+        assert by[f"synthetic-student-kd-{fmt}"]["accuracy"]["ndcg@10"] == pytest.approx(
+            kd["accuracy"]["ndcg@10"], abs=2e-3)
+
+
+def test_report_is_built_from_the_records(result):
+    _, r = result
+    md = r["report"]["text"]
+    for name in ("synthetic-teacher", "synthetic-student-nokd", "synthetic-student-kd-tflite-int8"):
+        assert name in md
+    rows = json.loads(r["report"]["json"].read_text())["rows"]
+    assert len(rows) == 7
+
+
+def test_resume_reuses_finished_artifacts(result):
+    from dataclasses import replace
+
+    from edgekd.pipeline import run_pipeline
+
+    cfg, r = result
+    lines = []
+
+    class Say:
+        def print(self, *a, **k):
+            lines.append(" ".join(map(str, a)))
+
+    again = run_pipeline(replace(cfg, resume=True), console=Say())
+    assert again["teacher"].sha256 == r["teacher"].sha256
+    assert sum(l.startswith("reusing") for l in lines) == 7
