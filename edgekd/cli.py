@@ -164,7 +164,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           dropout: Optional[float] = typer.Option(None), maxlen: Optional[int] = typer.Option(None),
           epochs: int = typer.Option(200, help="at most this many epochs"),
           patience: int = typer.Option(10, help="stop after this many epochs without a better validation NDCG@10"),
-          batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
+          batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
           seed: int = typer.Option(0), store: Path = StoreOpt,
           name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)")):
     """Train a teacher with early stopping on validation NDCG@10."""
@@ -187,7 +187,7 @@ def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory
             d: Optional[int] = typer.Option(None), blocks: Optional[int] = typer.Option(None),
             heads: Optional[int] = typer.Option(None), dropout: Optional[float] = typer.Option(None),
             epochs: int = typer.Option(200), patience: int = typer.Option(10),
-            batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
+            batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
             seed: int = typer.Option(0), store: Path = StoreOpt,
             name: Optional[str] = typer.Option(None)):
     """Train a student: cross-entropy + kd_weight * T^2 * KL(teacher/T || student/T)."""
@@ -271,8 +271,9 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
              results: Path = typer.Option(Path("benchmarks/results"), "--results"),
              maxlen: Optional[int] = typer.Option(None, help="sequence length (default: 200 for files, "
                                                   "50 for the synthetic default)"),
-             epochs: int = typer.Option(200), patience: int = typer.Option(10),
-             seed: int = typer.Option(0),
+             epochs: Optional[int] = typer.Option(None, help="at most this many epochs per training "
+                                                  "(default: 200 for files, 30 for the synthetic default)"),
+             patience: int = typer.Option(10), seed: int = typer.Option(0),
              resume: bool = typer.Option(False, "--resume", help="reuse finished artifacts of an earlier "
                                          "run with the same settings")):
     """train -> distill (KD and no-KD) -> export (4 formats) -> bench -> report, in one command."""

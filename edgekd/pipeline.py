@@ -17,6 +17,7 @@ from .errors import ArtifactError
 
 EXPORTS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 SYNTHETIC_MAXLEN = 50
+SYNTHETIC_EPOCHS = 30  # keeps the default run within a few minutes on 2 cores
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class PipelineConfig:
     store: Path = Path("models")
     results: Path = Path("benchmarks/results")
     maxlen: int | None = None
-    epochs: int = 200
+    epochs: int | None = None  # default: 200 for files, SYNTHETIC_EPOCHS for the synthetic default
     patience: int = 10
     seed: int = 0
     resume: bool = False
@@ -61,19 +62,20 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     fp = ds.fingerprint()
     maxlen = cfg.maxlen or (SYNTHETIC_MAXLEN if cfg.data.format == "synthetic" else None)
     bar = epochs_bar or (lambda label, total: nullcontext(None))
+    epochs = cfg.epochs or (SYNTHETIC_EPOCHS if cfg.data.format == "synthetic" else 200)
 
     def same_data(a: Artifact) -> bool:
         return a.card.get("dataset", {}).get("fingerprint") == fp
 
     # 1. teacher
-    tcfg = TrainConfig(model="sasrec", maxlen=maxlen, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed)
+    tcfg = TrainConfig(model="sasrec", maxlen=maxlen, epochs=epochs, patience=cfg.patience, seed=cfg.seed)
     name = f"{ds.name}-teacher"
     teacher = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
                                        and a.card["config"].get("train") == tcfg.to_dict())
     if teacher:
         say(f"reusing {teacher.path}")
     else:
-        with bar("1/5 train teacher", cfg.epochs) as progress:
+        with bar("1/5 train teacher", epochs) as progress:
             teacher = train_teacher(ds, tcfg, store=cfg.store, name=name, progress=progress)
     say(f"teacher: test NDCG@10 {teacher.metrics['test_ndcg@10']:.4f} -> {teacher.path}")
 
@@ -81,7 +83,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     students = {}
     for kd in ("on", "off"):
         dcfg = DistillConfig(model="sasrec-student", kd=kd, maxlen=teacher.card["arch_kwargs"]["maxlen"],
-                             epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed)
+                             epochs=epochs, patience=cfg.patience, seed=cfg.seed)
         name = f"{ds.name}-student-{'kd' if kd == 'on' else 'nokd'}"
         s = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
                                      and a.card["parent"][0]["sha256"] == teacher.sha256
@@ -89,7 +91,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         if s:
             say(f"reusing {s.path}")
         else:
-            with bar(f"2/5 distill (kd {kd})", cfg.epochs) as progress:
+            with bar(f"2/5 distill (kd {kd})", epochs) as progress:
                 s = distill(teacher, ds, dcfg, store=cfg.store, name=name, progress=progress)
         say(f"student (kd {kd}): test NDCG@10 {s.metrics['test_ndcg@10']:.4f} -> {s.path}")
         students[kd] = s

@@ -95,6 +95,11 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
             f"{row['p99_ms']:.3f} | {_mb(row['peak_rss_bytes'])} ({_mb(row['baseline_rss_bytes'])}) | "
             f"{row['ndcg@10']:.4f} | {row['hr@10']:.4f} | {_pct(row.get('vs_teacher_ndcg@10_rel'))} | "
             f"{_ratio(row.get('vs_teacher_speedup_p50'))} | {_ratio(row.get('vs_teacher_size_ratio'))} |")
+    floors = next((c["metrics"]["floors_test_ndcg@10"] for c in map(_card, recs)
+                   if c and "floors_test_ndcg@10" in c.get("metrics", {})), None)
+    if floors:
+        lines += ["", "Floors on the same split (test NDCG@10, full ranking): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in floors.items()) + "."]
     parity_rows = [r for r in rows if r.get("parity")]
     if parity_rows:
         lines += ["", "## Export parity (validation split, against the torch parent, from artifact cards)", "",

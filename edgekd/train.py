@@ -41,7 +41,7 @@ class TrainConfig:
     maxlen: int | None = None
     epochs: int = 200
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     patience: int = 10
     min_epochs: int = 1
@@ -236,6 +236,10 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     log = fit(model, ds, cross_entropy_loss, cfg, progress)
     test, _ = evaluate_model(model, ds, "test")
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
+    from .baselines import baseline_metrics
+
+    # The floors a sequence model must clear, on the same split and protocol.
+    metrics["floors_test_ndcg@10"] = {k: v["ndcg@10"] for k, v in baseline_metrics(ds).items()}
     return save_torch_artifact(
         model, store=store, name=name or f"{ds.name}-teacher", stage="teacher", arch=cfg.model,
         arch_kwargs=kw, ds=ds, config={"train": cfg.to_dict()}, metrics=metrics, seed=cfg.seed,
