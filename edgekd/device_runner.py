@@ -121,6 +121,7 @@ class TorchModel:
         torch.set_num_threads(threads)
         spec = importlib.util.spec_from_file_location("edgekd_models_standalone", code_path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up here
         spec.loader.exec_module(module)
         with open(card_path) as f:
             card = json.load(f)
