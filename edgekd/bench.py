@@ -42,7 +42,10 @@ def write_inputs(ds: Dataset, maxlen: int, path: Path, users: int | None = None)
     if users is not None and users < len(hist):
         idx = np.sort(np.random.default_rng(0).choice(len(hist), size=users, replace=False))
         hist, targets = [hist[i] for i in idx], targets[idx]
-    seen = pad_left([np.unique(h) for h in hist], max(len(np.unique(h)) for h in hist))
+    # Items to exclude from each ranking: those seen before, except the target itself (a
+    # repeat is still a valid next item), the same protocol as metrics.full_ranks.
+    seen = [np.setdiff1d(np.unique(h), [t]) for h, t in zip(hist, targets)]
+    seen = pad_left(seen, max(1, max(len(s) for s in seen)))
     np.savez(path, inputs=pad_left(hist, maxlen).astype(np.int32), seen=seen.astype(np.int32))
     return targets, path
 
