@@ -182,6 +182,9 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
         records.append(rec)
         if on_result:
             on_result(rec)
+    # The inputs are derived from the dataset, which may not be redistributable: drop them.
+    for _, npz in inputs.values():
+        npz.unlink(missing_ok=True)
     return run_dir, records
 
 

@@ -260,7 +260,7 @@ def report(run: Optional[Path] = typer.Argument(None, help="bench run directory 
     from .report import build_report
 
     r = build_report(run or latest_run(results), dest)
-    out.print(r["text"])
+    out.print(r["text"], markup=False, highlight=False)
     console.print(f"report: {r['markdown']}")
 
 

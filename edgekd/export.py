@@ -141,9 +141,9 @@ def _onnx_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
 @register_format("tflite-fp32", suffix=".tflite", precision="fp32",
                  summary="TFLite via litert-torch, batch 1, int32 ids")
 def _tflite_fp32(model: nn.Module, path: Path, maxlen: int) -> dict:
-    import litert_torch
-
     with _quiet():
+        import litert_torch  # its import logs through absl to stderr: keep it inside _quiet
+
         edge = litert_torch.convert(model, (_sample(maxlen),))
         edge.export(str(path))
     return {"batch": 1}
@@ -172,7 +172,8 @@ def parity(parent: nn.Module, file: Path, ds: Dataset, users: int | None = 1000)
     from .device_runner import load_model, run_batched
 
     x, targets, hist = eval_inputs(ds, "valid", parent.maxlen, users)
-    exported = load_model(str(file), "auto", threads=os.cpu_count() or 1)
+    with _quiet():  # TFLite announces its XNNPACK delegate on stderr
+        exported = load_model(str(file), "auto", threads=os.cpu_count() or 1)
     ref_scores = model_scores(parent, x)
     exp_scores = run_batched(exported, x)
     ref, ref_top = evaluate_scores(lambda b: model_scores(parent, b), x, targets, hist, sampled=False)

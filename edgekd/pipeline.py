@@ -118,7 +118,10 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
 
     # 5. report
     rep = build_report(run_dir)
-    say(rep["text"])
+    if console is not None:
+        console.print(rep["text"], markup=False, highlight=False)
+    else:
+        print(rep["text"])
     say(f"artifacts: {cfg.store}/  bench records: {run_dir}/  report: {rep['markdown']}")
     return {"teacher": teacher, "students": students, "exports": exported, "run_dir": run_dir,
             "records": records, "report": rep}
