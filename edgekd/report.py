@@ -137,17 +137,21 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     except ImportError:
         return None
     ok = [r for r in rows if r["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in ok:
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    markers = "os^DvP<>Xh"
+    # One legend entry per artifact instead of labels on the points: exports of one model sit
+    # on top of each other and their labels would be unreadable.
+    for i, r in enumerate(ok):
         teacher = r["stage"] == "teacher"
-        ax.scatter(r["p50_ms"], r["ndcg@10"], s=60, marker="*" if teacher else "o",
-                   color="crimson" if teacher else "tab:blue")
-        ax.annotate(r["artifact"], (r["p50_ms"], r["ndcg@10"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        ax.scatter(r["p50_ms"], r["ndcg@10"], s=130 if teacher else 55, alpha=0.85,
+                   marker="*" if teacher else markers[i % len(markers)],
+                   color="crimson" if teacher else plt.cm.tab10(i % 10),
+                   label=f"{r['artifact']} ({r['format']})")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
     ax.set_ylabel("test NDCG@10 (full ranking)")
-    ax.set_title("Latency vs accuracy (teacher: red star)")
+    ax.set_title("Latency vs accuracy at batch 1 (teacher: red star)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
