@@ -166,7 +166,8 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           patience: int = typer.Option(10, help="stop after this many epochs without a better validation NDCG@10"),
           batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
           seed: int = typer.Option(0), store: Path = StoreOpt,
-          name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)")):
+          name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)"),
+          resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
     """Train a teacher with early stopping on validation NDCG@10."""
     from .train import TrainConfig, train_teacher
 
@@ -174,7 +175,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
                       epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed)
     ds = _load(_spec(data, format, synthetic))
     with _epochs("train teacher", epochs) as progress:
-        a = train_teacher(ds, cfg, store=store, name=name, progress=progress)
+        a = train_teacher(ds, cfg, store=store, name=name, progress=progress, resume=resume)
     _done(a)
 
 
@@ -189,7 +190,8 @@ def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory
             epochs: int = typer.Option(200), patience: int = typer.Option(10),
             batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
             seed: int = typer.Option(0), store: Path = StoreOpt,
-            name: Optional[str] = typer.Option(None)):
+            name: Optional[str] = typer.Option(None),
+            resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
     """Train a student: cross-entropy + kd_weight * T^2 * KL(teacher/T || student/T)."""
     from .artifact import load_artifact
     from .distill import DistillConfig, distill as run
@@ -202,7 +204,7 @@ def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory
                         patience=patience, batch_size=batch_size, lr=lr, seed=seed)
     ds = dataset_for(t)
     with _epochs(f"distill (kd {kd})", epochs) as progress:
-        a = run(t, ds, cfg, store=store, name=name, progress=progress)
+        a = run(t, ds, cfg, store=store, name=name, progress=progress, resume=resume)
     _done(a)
 
 
@@ -275,7 +277,7 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
                                                   "(default: 200 for files, 30 for the synthetic default)"),
              patience: int = typer.Option(10), seed: int = typer.Option(0),
              resume: bool = typer.Option(False, "--resume", help="reuse finished artifacts of an earlier "
-                                         "run with the same settings")):
+                                         "run with the same settings and continue interrupted trainings")):
     """train -> distill (KD and no-KD) -> export (4 formats) -> bench -> report, in one command."""
     from .pipeline import PipelineConfig, run_pipeline
 
@@ -316,7 +318,7 @@ def main() -> None:
         console.print(f"[red]error:[/red] {e}{hint}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        console.print("interrupted: finished artifacts and bench records are kept")
+        console.print("interrupted: finished artifacts, bench records and the last epoch's checkpoint are kept; rerun with --resume")
         sys.exit(130)
     except Exception as e:  # a bug or an unexpected library failure: one line, traceback on request
         if debug:

@@ -21,7 +21,7 @@ from .artifact import DEFAULT_STORE, Artifact
 from .data import Dataset
 from .errors import ArtifactError, ConfigError
 from .models import create_model
-from .train import (TrainConfig, cross_entropy_loss, evaluate_model, fit, load_torch_model,
+from .train import (TrainConfig, checkpoint_path, cross_entropy_loss, evaluate_model, fit, load_torch_model,
                     save_torch_artifact, seed_everything)
 
 KD_MODES = ("on", "off")
@@ -65,7 +65,7 @@ def kl_distillation_loss(teacher: nn.Module, temperature: float, kd_weight: floa
 
 def distill(teacher_artifact: Artifact, ds: Dataset, cfg: DistillConfig = DistillConfig(), *,
             store: Path = DEFAULT_STORE, name: str | None = None,
-            progress: Callable[[dict], None] | None = None) -> Artifact:
+            progress: Callable[[dict], None] | None = None, resume: bool = False) -> Artifact:
     """Train a student from `teacher_artifact` (or alone, with kd='off') and write its artifact."""
     teacher_artifact.check_dataset(ds.fingerprint())
     teacher = load_torch_model(teacher_artifact)
@@ -80,14 +80,15 @@ def distill(teacher_artifact: Artifact, ds: Dataset, cfg: DistillConfig = Distil
         loss_fn = kl_distillation_loss(teacher, cfg.temperature, cfg.kd_weight)
     else:
         loss_fn = cross_entropy_loss
-    log = fit(student, ds, loss_fn, cfg, progress)
+    suffix = "student-kd" if cfg.kd == "on" else "student-nokd"
+    name = name or f"{ds.name}-{suffix}"
+    log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume)
     _, teacher_top = evaluate_model(teacher, ds, "test", sampled=False)
     test, _ = evaluate_model(student, ds, "test", reference_topk=teacher_top)
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
     # The teacher is the parent either way: with kd off it fixes the data and is the baseline.
-    suffix = "student-kd" if cfg.kd == "on" else "student-nokd"
     return save_torch_artifact(
-        student, store=store, name=name or f"{ds.name}-{suffix}", stage="student", arch=cfg.model,
+        student, store=store, name=name, stage="student", arch=cfg.model,
         arch_kwargs=kw, ds=ds, config={"distill": cfg.to_dict()}, metrics=metrics,
         parent=[teacher_artifact.lineage()], seed=cfg.seed,
         extra={"training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})

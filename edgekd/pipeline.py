@@ -76,7 +76,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         say(f"reusing {teacher.path}")
     else:
         with bar("1/5 train teacher", epochs) as progress:
-            teacher = train_teacher(ds, tcfg, store=cfg.store, name=name, progress=progress)
+            teacher = train_teacher(ds, tcfg, store=cfg.store, name=name, progress=progress,
+                                        resume=cfg.resume)
     say(f"teacher: test NDCG@10 {teacher.metrics['test_ndcg@10']:.4f} -> {teacher.path}")
 
     # 2. students, with and without the teacher
@@ -92,7 +93,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
             say(f"reusing {s.path}")
         else:
             with bar(f"2/5 distill (kd {kd})", epochs) as progress:
-                s = distill(teacher, ds, dcfg, store=cfg.store, name=name, progress=progress)
+                s = distill(teacher, ds, dcfg, store=cfg.store, name=name, progress=progress,
+                            resume=cfg.resume)
         say(f"student (kd {kd}): test NDCG@10 {s.metrics['test_ndcg@10']:.4f} -> {s.path}")
         students[kd] = s
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, fields
@@ -110,9 +111,15 @@ def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool =
 
 
 def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
-        progress: Callable[[dict], None] | None = None) -> dict:
+        progress: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
+        resume: bool = False) -> dict:
     """Train `model` on the training split with `loss_fn`, early-stopping on validation
-    NDCG@10 (full ranking). Restores the best weights and returns the history."""
+    NDCG@10 (full ranking). Restores the best weights and returns the history.
+
+    With `checkpoint`, the whole training state (weights, optimiser, random generators, best
+    weights, history) is written there after every epoch, so an interrupted run (Ctrl-C, a
+    crash) loses at most the epoch in progress; `resume=True` continues from it and ends where
+    an uninterrupted run with the same seed would. The file is removed when training ends."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -123,7 +130,18 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     best = {"ndcg": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     history = []
     started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    first = 1
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        state = load_checkpoint(Path(checkpoint), cfg)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["order_rng"])
+        best = {"ndcg": state["best_ndcg"], "epoch": state["best_epoch"], "state": state["best_model"]}
+        history = json.loads(state["history"])
+        first = state["epoch"] + 1
+        started -= state["elapsed"]
+    for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(len(x_all), generator=gen)
@@ -147,15 +165,49 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         if val["ndcg@10"] > best["ndcg"]:
             best = {"ndcg": val["ndcg@10"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         row["best_epoch"] = best["epoch"]
+        if checkpoint is not None:
+            save_checkpoint(Path(checkpoint), cfg, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(), "order_rng": gen.get_state(),
+                "best_model": best["state"], "best_ndcg": best["ndcg"], "best_epoch": best["epoch"],
+                "history": json.dumps(history), "epoch": epoch,
+                "elapsed": time.perf_counter() - started})
         if progress:
             progress(row)
         if epoch >= cfg.min_epochs and epoch - best["epoch"] >= cfg.patience:
             break
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     model.load_state_dict(best["state"])
     model.eval()
     return {"history": history, "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg"],
             "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
             "seconds_per_epoch": float(np.mean([r["epoch_s"] for r in history]))}
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, state: dict) -> None:
+    """Atomically write a training checkpoint (tensors, numbers and strings only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({**state, "config": json.dumps(cfg.to_dict(), sort_keys=True)}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+    try:
+        # weights_only: a checkpoint is data, never code (a pickle could run anything)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ArtifactError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})",
+                            hint="delete it to start over") from None
+    if state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
+        raise ArtifactError(f"{path}: checkpoint was made with other settings",
+                            hint="rerun with the same options, or delete it to start over")
+    return state
+
+
+def checkpoint_path(store: Path, name: str) -> Path:
+    return Path(store) / f".{name}.checkpoint.pt"
 
 
 # ---------------------------------------------------------------- torch artifacts
@@ -228,12 +280,15 @@ def dataset_for(a: Artifact, spec: DataSpec | None = None) -> Dataset:
 
 
 def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path = DEFAULT_STORE,
-                  name: str | None = None, progress: Callable[[dict], None] | None = None) -> Artifact:
+                  name: str | None = None, progress: Callable[[dict], None] | None = None,
+                  resume: bool = False) -> Artifact:
     """Train a teacher with full-softmax cross-entropy and write its artifact."""
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
     model = create_model(cfg.model, **kw)
-    log = fit(model, ds, cross_entropy_loss, cfg, progress)
+    name = name or f"{ds.name}-teacher"
+    log = fit(model, ds, cross_entropy_loss, cfg, progress, checkpoint=checkpoint_path(store, name),
+              resume=resume)
     test, _ = evaluate_model(model, ds, "test")
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
     from .baselines import baseline_metrics
@@ -241,6 +296,6 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     # The floors a sequence model must clear, on the same split and protocol.
     metrics["floors_test_ndcg@10"] = {k: v["ndcg@10"] for k, v in baseline_metrics(ds).items()}
     return save_torch_artifact(
-        model, store=store, name=name or f"{ds.name}-teacher", stage="teacher", arch=cfg.model,
+        model, store=store, name=name, stage="teacher", arch=cfg.model,
         arch_kwargs=kw, ds=ds, config={"train": cfg.to_dict()}, metrics=metrics, seed=cfg.seed,
         extra={"training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from edgekd.errors import ArtifactError, ConfigError
+from edgekd.models import create_model
+from edgekd.train import TrainConfig, cross_entropy_loss, fit
+
+CFG = TrainConfig(model="sasrec-student", d=8, maxlen=20, epochs=4, patience=4, seed=1)
+
+
+def fresh(ds):
+    torch.manual_seed(CFG.seed)
+    return create_model(CFG.model, **CFG.arch_kwargs(ds.num_items))
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tiny_ds, tmp_path):
+    ref = fresh(tiny_ds)
+    ref_log = fit(ref, tiny_ds, cross_entropy_loss, CFG, checkpoint=tmp_path / "ref.pt")
+    assert not (tmp_path / "ref.pt").exists()  # removed when training ends
+
+    def interrupt(row):
+        if row["epoch"] == 2:
+            raise Stop()
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Stop):
+        fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, CFG, progress=interrupt, checkpoint=ckpt)
+    assert ckpt.is_file()
+    resumed = fresh(tiny_ds)
+    log = fit(resumed, tiny_ds, cross_entropy_loss, CFG, checkpoint=ckpt, resume=True)
+    assert [r["epoch"] for r in log["history"]] == [1, 2, 3, 4]
+    assert [r["valid_ndcg@10"] for r in log["history"]] == [r["valid_ndcg@10"] for r in ref_log["history"]]
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_a_checkpoint_from_other_settings_is_refused(tiny_ds, tmp_path):
+    def interrupt(row):
+        raise Stop()
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Stop):
+        fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, CFG, progress=interrupt, checkpoint=ckpt)
+    from dataclasses import replace
+
+    with pytest.raises(ArtifactError, match="other settings"):
+        fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, replace(CFG, lr=0.01), checkpoint=ckpt, resume=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ArtifactError, match="unreadable checkpoint"):
+        fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, CFG, checkpoint=ckpt, resume=True)
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_ds):
+    log = fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, TrainConfig(
+        model="sasrec-student", d=8, maxlen=20, epochs=30, patience=1, lr=0.05, seed=0))
+    best = max(r["valid_ndcg@10"] for r in log["history"])
+    assert log["best_valid_ndcg@10"] == best
+    assert log["epochs_run"] - log["best_epoch"] <= 1
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="epochs must be >= 1, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        TrainConfig(lr=0)
