@@ -7,23 +7,19 @@ record carries its change against it: accuracy, latency, size and memory.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .artifact import Artifact, load_artifact
+from .artifact import Artifact
 from .data import Dataset, pad_left
 from .distill import find_teacher
-from .errors import ArtifactError, BenchError
+from .errors import ArtifactError, BenchError, TargetError
 from .metrics import ranking_metrics, ranks_from_topk
-from .targets import Target
+from .targets import LocalTransport, Target
 from .train import dataset_for
 
 SCHEMA = 1
@@ -50,48 +46,136 @@ def write_inputs(ds: Dataset, maxlen: int, path: Path, users: int | None = None)
     return targets, path
 
 
-def host_info() -> dict:
-    cpu = platform.processor() or ""
+PROBE = r"""
+import json, platform, sys
+out = {"python": platform.python_version(), "machine": platform.machine(), "runtimes": {}}
+for mod, dist in (("numpy", "numpy"), ("onnxruntime", "onnxruntime"), ("ai_edge_litert", "ai-edge-litert"),
+                  ("tflite_runtime", "tflite-runtime"), ("torch", "torch")):
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        m = __import__(mod)
+        v = getattr(m, "__version__", None)
+        if v is None:
+            from importlib.metadata import version
+            v = version(dist)
+        out["runtimes"][dist] = v
+        if mod == "onnxruntime":
+            out["onnxruntime_providers"] = m.get_available_providers()
+        if mod == "torch":
+            out["torch_cuda"] = bool(m.cuda.is_available())
+    except Exception:
         pass
-    gov = None
-    try:
-        gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
-    except OSError:
-        pass
-    return {"hostname": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "governor": gov, "machine": platform.machine(), "system": platform.system()}
+print(json.dumps(out))
+"""
 
 
-def run_local(a: Artifact, target: Target, inputs: Path, threads: int) -> dict:
+def check_target(target: Target) -> dict:
+    """Is the target reachable, and which runtimes (and versions) does it have? Raises
+    TargetError when it cannot be reached or cannot run anything edgekd exports."""
+    tr = target.transport()
+    info: dict = {"target": target.name, "kind": target.kind, "via": tr.describe(), "device": target.device}
+    if target.kind == "adb":
+        tr.state()
+        for prop in ("ro.product.model", "ro.build.version.release", "ro.product.cpu.abi"):
+            info[prop] = tr.run(["getprop", prop], timeout=30).stdout.decode().strip()
+        info["benchmark_binary"] = _binary_status(target.benchmark_binary)
+        info["perf_test_binary"] = _binary_status(target.perf_test_binary)
+        return info
+    python = sys.executable if target.kind == "local" else target.python
+    p = tr.run([python, "-c", PROBE], timeout=max(60, target.connect_timeout_s * 3))
+    if p.returncode != 0:
+        raise TargetError(f"{target.name}: `{python}` does not run on {tr.describe()}: "
+                          f"{(p.stderr.decode(errors='replace').strip().splitlines() or ['no output'])[-1]}")
+    info.update(json.loads(p.stdout.decode().strip().splitlines()[-1]))
+    if "numpy" not in info["runtimes"]:
+        raise TargetError(f"{target.name}: numpy is missing on {tr.describe()}; the device runner needs it")
+    if target.device == "cuda":
+        has = info.get("torch_cuda") or "CUDAExecutionProvider" in info.get("onnxruntime_providers", [])
+        if not has:
+            raise TargetError(f"{target.name}: no CUDA device: torch sees none and ONNX Runtime has no "
+                              "CUDA provider here")
+    return info
+
+
+def _binary_status(path: str | None) -> str:
+    if not path:
+        return "not configured"
+    return "ok" if Path(path).expanduser().is_file() else f"missing: {path}"
+
+
+def runtime_for(a: Artifact, target: Target) -> str:
     kind = payload_kind(a)
     runtime = target.runtimes.get(kind)
     if runtime is None:
         raise BenchError(f"{a.name}: no runtime for {a.file.suffix} files on {target.name}")
-    with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(RUNNER), "--model", str(a.file), "--runtime", runtime,
-               "--inputs", str(inputs), "--threads", str(threads), "--warmup", str(target.warmup),
-               "--min-runs", str(target.min_runs), "--min-seconds", str(target.min_seconds),
-               "--out", str(out)]
-        if kind == "torch":
-            cmd += ["--card", str(a.path / "artifact.json"), "--code", str(MODEL_CODE)]
-        # One thread for the BLAS/OpenMP pools too, so "threads" means what it says.
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "OPENBLAS_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=target.timeout_s, env=env)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"{a.name}: the runner took longer than {target.timeout_s:g} s on {target.name}") from None
-        if proc.returncode != 0 or not out.is_file():
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise BenchError(f"{a.name}: the runner failed on {target.name} (exit {proc.returncode}): {tail}")
-        return json.loads(out.read_text())
+    return runtime
+
+
+def run_runner(a: Artifact, target: Target, inputs: Path, threads: int, transport=None) -> dict:
+    """Ship the device runner, the model and the inputs to the target, run, bring the JSON back.
+    The local CPU goes through the same steps, so every target measures the same way."""
+    import posixpath
+
+    tr = transport or target.transport()
+    runtime = runtime_for(a, target)
+    python = sys.executable if target.kind == "local" else target.python
+    with tr.workdir() as wd:
+        j = lambda name: posixpath.join(wd, name)  # noqa: E731
+        tr.put(RUNNER, j("device_runner.py"))
+        tr.put(a.file, j("model" + a.file.suffix))
+        tr.put(inputs, j("inputs.npz"))
+        argv = ["env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}",
+                f"OPENBLAS_NUM_THREADS={threads}", "TF_CPP_MIN_LOG_LEVEL=2",
+                python, j("device_runner.py"), "--model", j("model" + a.file.suffix), "--runtime", runtime,
+                "--inputs", j("inputs.npz"), "--threads", str(threads), "--warmup", str(target.warmup),
+                "--min-runs", str(target.min_runs), "--min-seconds", str(target.min_seconds),
+                "--batch-sizes", ",".join(map(str, target.batch_sizes)), "--device", target.device,
+                "--out", j("result.json")]
+        if payload_kind(a) == "torch":
+            tr.put(a.path / "artifact.json", j("artifact.json"))
+            tr.put(MODEL_CODE, j("models.py"))
+            argv += ["--card", j("artifact.json"), "--code", j("models.py")]
+        p = tr.run(argv, timeout=target.timeout_s)
+        err = p.stderr.decode(errors="replace").strip().splitlines()
+        if p.returncode == 3 and err and err[-1].startswith("device unavailable"):
+            raise TargetError(f"{target.name}: {err[-1]}")
+        if p.returncode != 0:
+            raise BenchError(f"{a.name}: the runner failed on {target.name} (exit {p.returncode}): "
+                             f"{err[-1] if err else 'no output'}")
+        return json.loads(tr.get(j("result.json")))
+
+
+def run_android(a: Artifact, target: Target, threads: int) -> dict:
+    """Time the file with the device's own benchmark tool (TFLite benchmark_model, or
+    onnxruntime_perf_test for ONNX) through adb, and parse what it prints."""
+    import posixpath
+
+    from .android import parse_ort_perf_test, parse_tflite_benchmark
+
+    kind = payload_kind(a)
+    binary = {"tflite": target.benchmark_binary, "onnx": target.perf_test_binary}.get(kind)
+    tool = {"tflite": "benchmark_binary", "onnx": "perf_test_binary"}.get(kind)
+    if tool is None:
+        raise BenchError(f"{a.name}: {a.format} files cannot be benchmarked over adb (tflite and onnx can)")
+    if not binary or not Path(binary).expanduser().is_file():
+        raise BenchError(f"{target.name}: {tool} {binary or '(not set)'} is missing; set `{tool}` in "
+                         f"{target.source} to the Android build of the tool")
+    tr = target.transport()
+    with tr.workdir() as wd:
+        exe, model = posixpath.join(wd, Path(binary).name), posixpath.join(wd, "model" + a.file.suffix)
+        tr.put(Path(binary).expanduser(), exe)
+        tr.run(["chmod", "755", exe], check=True)
+        tr.put(a.file, model)
+        pre = ["taskset", target.taskset] if target.taskset else []
+        if kind == "tflite":
+            argv = pre + [exe, f"--graph={model}", f"--num_threads={threads}", f"--warmup_runs={target.warmup}",
+                          f"--num_runs={target.min_runs}", f"--min_secs={target.min_seconds}",
+                          "--report_peak_memory_footprint=true"]
+        else:
+            argv = pre + [exe, "-e", "cpu", "-x", str(threads), "-r", str(target.min_runs), "-I", model]
+        p = tr.run(argv, timeout=target.timeout_s)
+        text = p.stdout.decode(errors="replace") + "\n" + p.stderr.decode(errors="replace")
+        parsed = parse_tflite_benchmark(text) if kind == "tflite" else parse_ort_perf_test(text)
+    return parsed
 
 
 def _rel(x: float | None, base: float | None) -> float | None:
@@ -104,36 +188,75 @@ def make_record(a: Artifact, target: Target, raw: dict, targets: np.ndarray, run
     acc = ranking_metrics(ranks_from_topk(np.asarray(raw["topk"]), targets))
     return {
         "schema": SCHEMA, "run_id": run_id, "status": "ok",
-        "target": {"name": target.name, "kind": target.kind, "source": target.source},
+        "target": {"name": target.name, "kind": target.kind, "device": target.device, "source": target.source},
         "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256, "stage": a.card["stage"],
                      "format": a.format, "precision": a.card.get("precision", "fp32"),
                      "params": a.card.get("params"), "arch": a.card.get("arch")},
         "runtime": raw["runtime"], "runtime_version": raw["runtime_version"],
-        "threads": raw["threads"], "batch": raw["batch"],
-        "latency_ms": raw["latency"],
+        "threads": raw["threads"], "batch": raw["batch"], "timing_source": "edgekd device runner",
+        "latency_ms": raw["latency"], "batch_sweep": raw.get("batch_sweep", {}),
         "cold_start_ms": raw["cold_start_ms"], "load_ms": raw["load_ms"],
         "first_inference_ms": raw["first_inference_ms"],
         "peak_rss_bytes": raw["peak_rss_bytes"], "baseline_rss_bytes": raw["baseline_rss_bytes"],
         "model_rss_bytes": raw["peak_rss_bytes"] - raw["baseline_rss_bytes"],
         "size_bytes": a.file.stat().st_size,
-        "accuracy": {"split": "test", "users": raw["eval_users"],
-                     "hr@10": acc["hr@10"], "ndcg@10": acc["ndcg@10"],
-                     "note": "full ranking, seen items excluded, from this file's own outputs"},
-        "device": {**raw["device"], **host_info()},
+        "accuracy": accuracy_block(acc, raw["eval_users"], "this file's own outputs on the target"),
+        "device": raw["device"],
         "edgekd_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
+def accuracy_block(acc: dict, users: int, source: str) -> dict:
+    return {"split": "test", "users": users, "hr@10": acc["hr@10"], "ndcg@10": acc["ndcg@10"],
+            "note": f"full ranking, seen items excluded, from {source}"}
+
+
+def make_android_record(a: Artifact, target: Target, parsed: dict, host_raw: dict, targets: np.ndarray,
+                        run_id: str, threads: int, device_info: dict) -> dict:
+    """An Android cell: timings and memory from the device's benchmark tool, accuracy from the
+    same file run on the host (the tools time; they do not return outputs)."""
+    acc = ranking_metrics(ranks_from_topk(np.asarray(host_raw["topk"]), targets))
+    lat = {k: parsed.get(f"{k}_ms") for k in ("p50", "p90", "p99")}
+    lat = {f"{k}_ms": v for k, v in lat.items()}
+    lat.update({"mean_ms": parsed.get("avg_ms"), "std_ms": parsed.get("std_ms"), "min_ms": parsed.get("min_ms"),
+                "runs": parsed.get("runs")})
+    if lat["p50_ms"] is None:  # older tools print no percentiles: the average stands in, and says so
+        lat["p50_ms"] = parsed.get("avg_ms")
+        lat["p50_is_mean"] = True
+    cold = None
+    if parsed.get("init_ms") is not None and parsed.get("first_inference_ms") is not None:
+        cold = parsed["init_ms"] + parsed["first_inference_ms"]
+    return {
+        "schema": SCHEMA, "run_id": run_id, "status": "ok",
+        "target": {"name": target.name, "kind": target.kind, "device": target.device, "source": target.source},
+        "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256, "stage": a.card["stage"],
+                     "format": a.format, "precision": a.card.get("precision", "fp32"),
+                     "params": a.card.get("params"), "arch": a.card.get("arch")},
+        "runtime": parsed["tool"], "runtime_version": None, "threads": threads, "batch": 1,
+        "timing_source": parsed["tool"], "latency_ms": lat, "batch_sweep": {},
+        "cold_start_ms": cold, "load_ms": parsed.get("init_ms"), "first_inference_ms": parsed.get("first_inference_ms"),
+        "peak_rss_bytes": parsed.get("peak_memory_bytes"), "baseline_rss_bytes": None,
+        "model_rss_bytes": parsed.get("overall_memory_delta_bytes"),
+        "size_bytes": a.file.stat().st_size,
+        "accuracy": accuracy_block(acc, host_raw["eval_users"], "the same file run on the host"),
+        "device": device_info, "tool_output": parsed,
+        "edgekd_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def add_deltas(rec: dict, base: dict) -> dict:
-    """The change against the teacher's record from the same run."""
+    """The change against the teacher's record from the same run and target."""
+    def ratio(x, y):
+        return x / y if x and y else None
+
     rec["vs_teacher"] = {
         "teacher": base["artifact"]["name"],
         "ndcg@10_rel": _rel(rec["accuracy"]["ndcg@10"], base["accuracy"]["ndcg@10"]),
         "hr@10_rel": _rel(rec["accuracy"]["hr@10"], base["accuracy"]["hr@10"]),
-        "speedup_p50": base["latency_ms"]["p50_ms"] / rec["latency_ms"]["p50_ms"],
-        "size_ratio": base["size_bytes"] / rec["size_bytes"],
-        "peak_rss_ratio": base["peak_rss_bytes"] / rec["peak_rss_bytes"],
+        "speedup_p50": ratio(base["latency_ms"]["p50_ms"], rec["latency_ms"]["p50_ms"]),
+        "size_ratio": ratio(base["size_bytes"], rec["size_bytes"]),
+        "peak_rss_ratio": ratio(base["peak_rss_bytes"], rec["peak_rss_bytes"]),
     }
     return rec
 
@@ -142,10 +265,26 @@ def record_path(out: Path, a: Artifact, target: Target) -> Path:
     return out / f"{a.name}__{target.name}.json"
 
 
+def _finished(path: Path, a: Artifact) -> dict | None:
+    """A finished (ok) record for this very artifact file, or None."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if rec.get("status") == "ok" and rec.get("artifact", {}).get("sha256") == a.sha256:
+        return rec
+    return None
+
+
 def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
           teacher: Artifact | None = None, threads: int | None = None, run_id: str | None = None,
-          users: int | None = None, on_result=None) -> tuple[Path, list[dict]]:
-    """Benchmark `artifacts` (and their teacher, first) on `target`; returns (run dir, records)."""
+          users: int | None = None, on_result=None, resume: bool = False) -> tuple[Path, list[dict]]:
+    """Benchmark `artifacts` (and their teacher, first) on `target`; returns (run dir, records).
+
+    Each record is written the moment its cell finishes. With `resume`, cells that already
+    have a finished record for the same file in the run directory (`run_id`, or the latest run
+    on this target) are kept and skipped. A cell that fails (a runner error, a dropped
+    connection) is recorded as failed and the rest go on."""
     if not artifacts and teacher is None:
         raise ArtifactError("nothing to benchmark", hint="pass one or more artifact directories")
     teacher = teacher or find_teacher(artifacts[0])
@@ -154,38 +293,65 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
     for a in todo:
         a.check_dataset(ds.fingerprint())
     threads = threads or target.threads
+    device_info = check_target(target)  # unreachable: TargetError (exit 3) before any cell runs
+    if resume and run_id is None:
+        try:
+            run_id = latest_run(out, target.name).name
+        except ArtifactError:
+            pass
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{target.name}"
     run_dir = Path(out) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs: dict[int, tuple[np.ndarray, Path]] = {}
     records = []
     base = None
-    for a in todo:
-        maxlen = int(a.card["arch_kwargs"]["maxlen"])
-        if maxlen not in inputs:
-            inputs[maxlen] = write_inputs(ds, maxlen, run_dir / f"inputs-maxlen{maxlen}.npz", users)
-        targets, npz = inputs[maxlen]
-        try:
-            raw = run_local(a, target, npz, threads)
-            rec = make_record(a, target, raw, targets, run_id)
-        except BenchError as e:
-            if base is None:
-                raise  # no baseline, no comparison: stop here
-            rec = {"schema": SCHEMA, "run_id": run_id, "status": "failed", "error": str(e),
-                   "target": {"name": target.name, "kind": target.kind},
-                   "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256}}
-        if rec["status"] == "ok":
-            base = base or rec
-            add_deltas(rec, base)
-        path = record_path(run_dir, a, target)
-        path.write_text(json.dumps(rec, indent=2) + "\n")  # written the moment it finishes
-        records.append(rec)
-        if on_result:
-            on_result(rec)
-    # The inputs are derived from the dataset, which may not be redistributable: drop them.
-    for _, npz in inputs.values():
-        npz.unlink(missing_ok=True)
+    host = None
+    try:
+        for a in todo:
+            path = record_path(run_dir, a, target)
+            rec = _finished(path, a) if resume else None
+            if rec is not None:
+                rec["resumed"] = True
+            else:
+                maxlen = int(a.card["arch_kwargs"]["maxlen"])
+                if maxlen not in inputs:
+                    inputs[maxlen] = write_inputs(ds, maxlen, run_dir / f"inputs-maxlen{maxlen}.npz", users)
+                targets, npz = inputs[maxlen]
+                try:
+                    if target.kind == "adb":
+                        parsed = run_android(a, target, threads)
+                        host = host or _host_twin(target)
+                        host_raw = run_runner(a, host, npz, threads, LocalTransport(host))
+                        rec = make_android_record(a, target, parsed, host_raw, targets, run_id, threads, device_info)
+                    else:
+                        rec = make_record(a, target, run_runner(a, target, npz, threads), targets, run_id)
+                except (BenchError, TargetError) as e:
+                    rec = {"schema": SCHEMA, "run_id": run_id, "status": "failed", "error": str(e),
+                           "target": {"name": target.name, "kind": target.kind},
+                           "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256,
+                                        "stage": a.card["stage"], "format": a.format},
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            if rec["status"] == "ok":
+                base = base or (rec if a.sha256 == teacher.sha256 else None)
+                if base is not None:
+                    add_deltas(rec, base)
+            path.write_text(json.dumps(rec, indent=2) + "\n")  # written the moment it finishes
+            records.append(rec)
+            if on_result:
+                on_result(rec)
+    finally:
+        # The inputs are derived from the dataset, which may not be redistributable: drop them.
+        for _, npz in inputs.values():
+            npz.unlink(missing_ok=True)
     return run_dir, records
+
+
+def _host_twin(target: Target) -> Target:
+    """The local CPU with few timed runs: computes an adb cell's accuracy from the same file."""
+    from dataclasses import replace
+
+    return replace(target, kind="local", device="cpu", warmup=1, min_runs=5, min_seconds=0.0,
+                   batch_sizes=(1,), name=f"{target.name}-host")
 
 
 def load_records(run_dir: Path) -> list[dict]:
@@ -202,8 +368,9 @@ def load_records(run_dir: Path) -> list[dict]:
     return recs
 
 
-def latest_run(out: Path = DEFAULT_OUT) -> Path:
-    runs = sorted((p for p in Path(out).glob("*") if p.is_dir() and any(p.glob("*__*.json"))),
+def latest_run(out: Path = DEFAULT_OUT, target: str | None = None) -> Path:
+    pattern = f"*__{target}.json" if target else "*__*.json"
+    runs = sorted((p for p in Path(out).glob("*") if p.is_dir() and any(p.glob(pattern))),
                   key=lambda p: p.stat().st_mtime)
     if not runs:
         raise ArtifactError(f"no bench runs under {out}", hint="run `edgekd bench` first")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -147,10 +146,35 @@ def list_formats_cmd():
 @list_app.command("targets")
 def list_targets_cmd():
     """Bench targets (for `bench --target`): devices, from targets/*.toml."""
-    from .targets import list_targets
+    targets_list()
+
+
+targets_app = typer.Typer(no_args_is_help=True, help="Bench targets: devices described by targets/*.toml.")
+app.add_typer(targets_app, name="targets")
+
+
+@targets_app.command("list")
+def targets_list():
+    """Every target file found, with its kind and where it points."""
+    from .targets import list_targets, load_target
 
     for name, src in list_targets().items():
-        out.print(f"{name:14} {src}")
+        try:
+            t = load_target(src if src.endswith(".toml") else name)
+            where = t.transport().describe() + (f", {t.device}" if t.device != "cpu" else "")
+            out.print(f"{name:14} {t.kind:6} {where:32} {t.threads} thread(s)  {src}")
+        except EdgeKDError as e:
+            out.print(f"{name:14} invalid: {e}")
+
+
+@targets_app.command("check")
+def targets_check(name: str = typer.Argument(..., help="target name or path to a .toml")):
+    """Is the target reachable, and which runtimes (and versions) does it have?"""
+    from .bench import check_target
+    from .targets import load_target
+
+    info = check_target(load_target(name))
+    out.print_json(json.dumps(info))
 
 
 # ---------------------------------------------------------------- stages
@@ -231,7 +255,10 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
           threads: Optional[int] = typer.Option(None, help="threads (default: the target's)"),
           users: Optional[int] = typer.Option(None, help="evaluate on a sample of this many test users"),
           results: Path = typer.Option(Path("benchmarks/results"), "--out", help="results directory"),
-          store: Path = typer.Option(Path("models"), "--store")):
+          store: Path = typer.Option(Path("models"), "--store"),
+          run_id: Optional[str] = typer.Option(None, "--run", help="run directory name (default: a new "
+                                               "timestamped one; with --resume, the latest on this target)"),
+          resume: bool = typer.Option(False, "--resume", help="keep finished cells of the run and do the rest")):
     """Benchmark artifacts on a device, each in its own process, against the teacher."""
     from .artifact import load_artifact
     from .bench import bench as run
@@ -241,16 +268,18 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
     arts = [load_artifact(p, store) for p in artifacts]
     t = load_artifact(teacher, store) if teacher else None
     run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
-                        on_result=_print_result)
+                        on_result=_print_result, run_id=run_id, resume=resume)
     out.print(str(run_dir))
 
 
 def _print_result(rec: dict):
     if rec["status"] != "ok":
-        console.print(f"[red]failed[/red] {rec['artifact']['name']}: {rec['error']}")
+        console.print(f"[red]failed[/red] {rec['artifact']['name']}: {rec['error']}", highlight=False)
         return
-    console.print(f"bench {rec['artifact']['name']}: p50 {rec['latency_ms']['p50_ms']:.3f} ms, "
-                  f"NDCG@10 {rec['accuracy']['ndcg@10']:.4f}, peak {rec['peak_rss_bytes'] / 1e6:.0f} MB")
+    peak = rec.get("peak_rss_bytes")
+    console.print(f"bench {rec['artifact']['name']}{' (kept from the earlier run)' if rec.get('resumed') else ''}: "
+                  f"p50 {rec['latency_ms']['p50_ms']:.3f} ms, NDCG@10 {rec['accuracy']['ndcg@10']:.4f}"
+                  + (f", peak {peak / 1e6:.0f} MB" if peak else ""), highlight=False)
 
 
 @app.command()

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
 
 
 # ---------------------------------------------------------------- memory
@@ -51,19 +51,77 @@ def peak_rss_bytes() -> int:
     return kib * 1024
 
 
+# ---------------------------------------------------------------- the device's state
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def device_state() -> dict:
+    """What was true of the device while it ran: CPU, governor, frequency, temperature and, on a
+    Raspberry Pi, the firmware's throttling flags."""
+    import shutil
+    import subprocess
+
+    cpu = None
+    info = _read("/proc/cpuinfo") or ""
+    for key in ("model name", "Model", "Hardware", "Processor"):
+        for line in info.splitlines():
+            if line.split(":")[0].strip() == key:
+                cpu = line.split(":", 1)[1].strip()
+                break
+        if cpu:
+            break
+    state = {
+        "machine": platform.machine(), "system": platform.system(), "release": platform.release(),
+        "hostname": platform.node(), "cpu": cpu or platform.processor() or None,
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cur_freq_khz": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
+        "max_freq_khz": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq"),
+    }
+    temp = _read("/sys/class/thermal/thermal_zone0/temp")
+    state["temperature_c"] = int(temp) / 1000 if temp and temp.lstrip("-").isdigit() else None
+    state["throttled"] = None
+    if shutil.which("vcgencmd"):  # Raspberry Pi firmware: 0x0 means never throttled
+        try:
+            out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5)
+            state["throttled"] = out.stdout.strip().split("=")[-1] or None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return state
+
+
 # ---------------------------------------------------------------- runtimes
+
+class DeviceUnavailable(RuntimeError):
+    """The requested device (a GPU) is not there: the host reports the target unreachable."""
+
 
 class OnnxModel:
     runtime = "onnxruntime"
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, device: str = "cpu"):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DeviceUnavailable("ONNX Runtime has no CUDAExecutionProvider here "
+                                        f"(available: {', '.join(ort.get_available_providers())})")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(path, so, providers=providers)
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise DeviceUnavailable("ONNX Runtime could not start its CUDA provider")
+        # session.run copies outputs to host memory before it returns: timings include the sync
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.dtype = np.int64 if "int64" in inp.type else np.int32
@@ -114,11 +172,14 @@ def _tflite_interpreter(prefer: str):
 class TorchModel:
     runtime = "torch"
 
-    def __init__(self, path: str, threads: int, card_path: str, code_path: str):
+    def __init__(self, path: str, threads: int, card_path: str, code_path: str, device: str = "cpu"):
         import torch
         from safetensors.torch import load_file
 
+        if device == "cuda" and not torch.cuda.is_available():
+            raise DeviceUnavailable("torch sees no CUDA device")
         torch.set_num_threads(threads)
+        self.device = device
         spec = importlib.util.spec_from_file_location("edgekd_models_standalone", code_path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses look their module up here
@@ -127,6 +188,7 @@ class TorchModel:
             card = json.load(f)
         self.model = module.create_model(card["arch"], **card["arch_kwargs"]).eval()
         self.model.load_state_dict(load_file(path), strict=True)
+        self.model.to(device)
         self.torch = torch
         self.dtype = np.int64
         self.fixed_batch = None
@@ -134,21 +196,28 @@ class TorchModel:
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(ids.astype(np.int64, copy=False))).numpy()
+            x = self.torch.from_numpy(ids.astype(np.int64, copy=False)).to(self.device)
+            y = self.model(x)
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()  # CUDA runs asynchronously: time the finished work
+            return y.cpu().numpy()
 
 
-def load_model(path: str, runtime: str, threads: int, card: str | None = None, code: str | None = None):
+def load_model(path: str, runtime: str, threads: int, card: str | None = None, code: str | None = None,
+               device: str = "cpu"):
     if runtime == "auto":
         runtime = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "tflite",
                    ".safetensors": "torch"}.get(os.path.splitext(path)[1], "")
     if runtime == "onnxruntime":
-        return OnnxModel(path, threads)
+        return OnnxModel(path, threads, device)
     if runtime in ("tflite", "litert", "tflite-runtime"):
+        if device != "cpu":
+            raise DeviceUnavailable(f"the TFLite runtime here runs on the CPU only, not {device}")
         return TFLiteModel(path, threads, prefer=runtime)
     if runtime == "torch":
         if not card or not code:
             raise ValueError("the torch runtime needs --card (artifact.json) and --code (models.py)")
-        return TorchModel(path, threads, card, code)
+        return TorchModel(path, threads, card, code, device)
     raise ValueError(f"unknown runtime {runtime!r} for {path}")
 
 
@@ -202,6 +271,32 @@ def time_batch1(model, rows: np.ndarray, warmup: int, min_runs: int, min_seconds
     return samples
 
 
+def time_batches(model, rows: np.ndarray, sizes: list[int], min_runs: int, min_seconds: float,
+                 max_runs: int) -> dict:
+    """Latency percentiles and throughput for each batch size the model accepts."""
+    out = {}
+    for b in sizes:
+        if b == 1:
+            continue
+        if model.fixed_batch and model.fixed_batch != b:
+            out[str(b)] = {"skipped": f"the model's batch dimension is fixed at {model.fixed_batch}"}
+            continue
+        reps = -(-b // len(rows))
+        batch = np.concatenate([rows] * reps)[:b]
+        model(batch)  # warm-up for this shape
+        samples = []
+        start = time.perf_counter()
+        while len(samples) < max_runs and (len(samples) < max(10, min_runs // 10)
+                                           or time.perf_counter() - start < min_seconds / 3):
+            t0 = time.perf_counter_ns()
+            model(batch)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        p = percentiles(samples)
+        p["items_per_s"] = b / (p["p50_ms"] / 1e3)
+        out[str(b)] = p
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -214,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=2.0)
     ap.add_argument("--max-runs", type=int, default=20000)
     ap.add_argument("--topk", type=int, default=100)
+    ap.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes to sweep, e.g. 1,8,32")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--card", help="artifact.json (torch runtime)")
     ap.add_argument("--code", help="models.py (torch runtime)")
     ap.add_argument("--out", help="write the JSON here instead of stdout")
@@ -237,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     baseline = peak_rss_bytes()
 
     t0 = time.perf_counter()
-    model = load_model(args.model, args.runtime, args.threads, args.card, args.code)
+    try:
+        model = load_model(args.model, args.runtime, args.threads, args.card, args.code, args.device)
+    except DeviceUnavailable as e:
+        sys.stderr.write(f"device unavailable: {e}\n")
+        return 3
     load_ms = (time.perf_counter() - t0) * 1e3
     t1 = time.perf_counter()
     model(inputs[:1])
@@ -246,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     lat = time_batch1(model, inputs[: min(len(inputs), 256)], args.warmup, args.min_runs,
                       args.min_seconds, args.max_runs)
     peak = peak_rss_bytes()  # after batch-1 inference, before the accuracy pass batches up
+    sweep = time_batches(model, inputs[: min(len(inputs), 256)],
+                         [int(b) for b in args.batch_sizes.split(",") if b.strip()],
+                         args.min_runs, args.min_seconds, args.max_runs)
 
     t2 = time.perf_counter()
     scores = run_batched(model, inputs)
@@ -255,15 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "runner_version": RUNNER_VERSION,
         "runtime": model.runtime, "runtime_version": model.version,
-        "threads": args.threads, "batch": 1,
-        "latency": percentiles(lat),
+        "threads": args.threads, "batch": 1, "device_kind": args.device,
+        "latency": percentiles(lat), "batch_sweep": sweep,
         "cold_start_ms": load_ms + first_ms, "load_ms": load_ms, "first_inference_ms": first_ms,
         "peak_rss_bytes": peak, "baseline_rss_bytes": baseline, "python_start_rss_bytes": rss_start,
         "eval_users": int(len(inputs)), "eval_seconds": eval_s,
         "topk": top.astype(int).tolist(),
-        "device": {"machine": platform.machine(), "system": platform.system(),
-                   "python": platform.python_version(), "numpy": np.__version__,
-                   "cpu_count": os.cpu_count()},
+        "device": device_state(),
     }
     text = json.dumps(result)
     if args.out:

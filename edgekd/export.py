@@ -25,7 +25,7 @@ from torch import nn
 from .artifact import DEFAULT_STORE, Artifact, save_artifact
 from .data import Dataset
 from .errors import ConfigError, ExportError
-from .metrics import K, evaluate_scores
+from .metrics import evaluate_scores
 from .train import dataset_card, dataset_for, eval_inputs, input_spec, load_torch_model, model_scores, output_spec
 
 # fp32 parity: the export must rank like its parent on validation users.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .artifact import load_artifact
 from .bench import load_records
-from .errors import ArtifactError, EdgeKDError
+from .errors import ArtifactError
 
 
 def _mb(b: float | None) -> str:

@@ -1,17 +1,39 @@
-"""Benchmark targets: devices described by TOML files in targets/ (`edgekd list targets`)."""
+"""Benchmark targets: devices described by TOML files in targets/ (`edgekd targets list`),
+and the transports that reach them: local (this machine, CPU or CUDA), ssh (a Raspberry Pi or
+any Linux box, through the OpenSSH client) and adb (an Android phone, through the adb client).
+
+A transport does four things: run a command on the device, copy a file there and back, and
+give a private working directory that is removed afterwards. Nothing unquoted reaches a remote
+shell: commands are argument lists, joined with shlex.join where a shell is unavoidable.
+"""
 from __future__ import annotations
 
+import contextlib
+import shlex
+import shutil
+import subprocess
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from .errors import ConfigError
+from .errors import BenchError, ConfigError, TargetError
 
-KINDS = ("local",)  # ssh (Raspberry Pi) and adb (Android) are planned; see the README
+KINDS = ("local", "ssh", "adb")
+DEVICES = ("cpu", "cuda")
 SEARCH_PATH = [Path("targets"), Path(__file__).resolve().parent.parent / "targets"]
 RUNTIME_CHOICES = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtime", "tflite"),
                    "torch": ("torch",)}
 BUILTIN = {"local-cpu": {"kind": "local", "description": "the host CPU, one thread", "threads": 1}}
+# ssh options that would switch off host-key checking: refused, whatever the target file says
+UNSAFE_SSH = {"stricthostkeychecking": {"no", "off"}, "userknownhostsfile": {"/dev/null", "none"}}
+
+
+class TargetFileError(TargetError):
+    """A target file that is malformed or names a bad value: the bench cannot start."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -20,16 +42,63 @@ class Target:
     kind: str
     description: str = ""
     threads: int = 1
+    device: str = "cpu"
     runtimes: dict = field(default_factory=lambda: {"onnx": "onnxruntime", "tflite": "litert", "torch": "torch"})
     warmup: int = 20
     min_runs: int = 300
     min_seconds: float = 3.0
     timeout_s: float = 900.0
+    batch_sizes: tuple = (1,)
+    # ssh
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    python: str = "python3"
+    remote_tmp: str = "/tmp"
+    ssh_config: str | None = None
+    identity_file: str | None = None
+    connect_timeout_s: int = 10
+    ssh_options: tuple = ()
+    # adb
+    serial: str | None = None
+    adb: str = "adb"
+    benchmark_binary: str | None = None
+    perf_test_binary: str | None = None
+    remote_dir: str = "/data/local/tmp"
+    taskset: str | None = None
     source: str = "built-in"
 
+    def transport(self) -> "Transport":
+        if self.kind == "ssh":
+            return SSHTransport(self)
+        if self.kind == "adb":
+            return ADBTransport(self)
+        return LocalTransport(self)
 
-def _fail(src: str, field_name: str, msg: str) -> ConfigError:
-    return ConfigError(f"{src}: field {field_name!r} {msg}")
+
+def _fail(src: str, field_name: str, msg: str) -> TargetFileError:
+    return TargetFileError(f"{src}: field {field_name!r} {msg}")
+
+
+_INT = {"threads": 1, "warmup": 0, "min_runs": 1, "port": 1, "connect_timeout_s": 1}
+_NUM = {"min_seconds": 0, "timeout_s": 1}
+_STR = ("description", "host", "user", "python", "remote_tmp", "ssh_config", "identity_file",
+        "serial", "adb", "benchmark_binary", "perf_test_binary", "remote_dir", "taskset", "kind", "device")
+
+
+def parse_ssh_url(url: str) -> tuple[str | None, str, int | None]:
+    """`ssh://user@host:port` -> (user, host, port); plain `host` or `user@host` pass through."""
+    rest = url[len("ssh://"):] if url.startswith("ssh://") else url
+    user = None
+    if "@" in rest:
+        user, rest = rest.rsplit("@", 1)
+    port = None
+    if url.startswith("ssh://") and rest.count(":") == 1:
+        rest, p = rest.split(":")
+        if not p.isdigit():
+            raise ValueError(f"port {p!r} is not a number")
+        port = int(p)
+    return user, rest.strip("[]"), port
 
 
 def target_from_dict(name: str, raw: dict, source: str) -> Target:
@@ -39,18 +108,64 @@ def target_from_dict(name: str, raw: dict, source: str) -> Target:
             raise _fail(source, key, f"is not a target field; known fields: {', '.join(sorted(known))}")
     kind = raw.get("kind")
     if kind not in KINDS:
-        raise _fail(source, "kind", f"is {kind!r}; this version supports: {', '.join(KINDS)}")
-    for key, typ, lo in (("threads", int, 1), ("warmup", int, 0), ("min_runs", int, 1),
-                         ("min_seconds", (int, float), 0), ("timeout_s", (int, float), 1)):
-        if key in raw and (not isinstance(raw[key], typ) or isinstance(raw[key], bool) or raw[key] < lo):
-            raise _fail(source, key, f"must be a number >= {lo}, got {raw[key]!r}")
+        raise _fail(source, "kind", f"is {kind!r}; allowed: {', '.join(KINDS)}")
+    for key, lo in _INT.items():
+        v = raw.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < lo):
+            raise _fail(source, key, f"must be an integer >= {lo}, got {v!r}")
+    for key, lo in _NUM.items():
+        v = raw.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < lo):
+            raise _fail(source, key, f"must be a number >= {lo}, got {v!r}")
+    for key in _STR:
+        if key in raw and not isinstance(raw[key], str):
+            raise _fail(source, key, f"must be a string, got {raw[key]!r}")
+    if raw.get("device", "cpu") not in DEVICES:
+        raise _fail(source, "device", f"is {raw['device']!r}; allowed: {', '.join(DEVICES)}")
+    out = dict(raw)
+    bs = raw.get("batch_sizes", [1])
+    if not isinstance(bs, list) or not bs or not all(isinstance(b, int) and b >= 1 for b in bs):
+        raise _fail(source, "batch_sizes", f"must be a list of integers >= 1, got {bs!r}")
+    out["batch_sizes"] = tuple(sorted(set(bs) | {1}))
     runtimes = dict(Target.__dataclass_fields__["runtimes"].default_factory())
-    for fmt, rt in (raw.get("runtimes") or {}).items():
+    rts = raw.get("runtimes") or {}
+    if not isinstance(rts, dict):
+        raise _fail(source, "runtimes", f"must be a table, got {rts!r}")
+    for fmt, rt in rts.items():
         if fmt not in RUNTIME_CHOICES or rt not in RUNTIME_CHOICES[fmt]:
             allowed = "; ".join(f"{k} = {' | '.join(v)}" for k, v in RUNTIME_CHOICES.items())
             raise _fail(source, f"runtimes.{fmt}", f"is {rt!r}; allowed: {allowed}")
         runtimes[fmt] = rt
-    return Target(name=name, source=source, **{**raw, "runtimes": runtimes})
+    out["runtimes"] = runtimes
+    opts = raw.get("ssh_options", [])
+    if not isinstance(opts, list) or not all(isinstance(o, str) and "=" in o for o in opts):
+        raise _fail(source, "ssh_options", f"must be a list of 'Key=Value' strings, got {opts!r}")
+    for o in opts:
+        k, v = o.split("=", 1)
+        if v.strip().lower() in UNSAFE_SSH.get(k.strip().lower(), ()):
+            raise _fail(source, "ssh_options", f"{o!r} would switch off host-key checking; add the "
+                        "host's key to known_hosts instead (ssh-keyscan, then check its fingerprint)")
+    out["ssh_options"] = tuple(opts)
+    if kind == "ssh":
+        if not raw.get("host"):
+            raise _fail(source, "host", "is required for kind 'ssh' (an ssh-config alias, user@host or "
+                        "ssh://user@host:port)")
+        try:
+            user, host, port = parse_ssh_url(raw["host"])
+        except ValueError as e:
+            raise _fail(source, "host", str(e)) from None
+        if host.startswith("-") or not host:
+            raise _fail(source, "host", f"{raw['host']!r} is not a host name")
+        out["host"], out["user"] = host, raw.get("user") or user
+        out["port"] = raw.get("port") or port
+    if kind == "adb" and raw.get("taskset") is not None:
+        try:
+            int(raw["taskset"], 16)
+        except ValueError:
+            raise _fail(source, "taskset", f"must be a hex CPU mask such as 'f0', got {raw['taskset']!r}") from None
+    if kind != "ssh" and raw.get("host"):
+        raise _fail(source, "host", f"applies to kind 'ssh' only, not {kind!r}")
+    return Target(name=name, source=source, **out)
 
 
 def list_targets() -> dict[str, str]:
@@ -67,7 +182,9 @@ def list_targets() -> dict[str, str]:
 def load_target(name: str) -> Target:
     """A target by name (targets/<name>.toml) or by path to a TOML file."""
     p = Path(name)
-    if p.suffix == ".toml" and p.is_file():
+    if p.suffix == ".toml":
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such target file")
         path = p
     else:
         path = next((d / f"{name}.toml" for d in SEARCH_PATH if (d / f"{name}.toml").is_file()), None)
@@ -79,5 +196,183 @@ def load_target(name: str) -> Target:
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        raise TargetFileError(f"{path}: not valid TOML ({e})") from None
     return target_from_dict(path.stem, raw, str(path))
+
+
+# ---------------------------------------------------------------- transports
+
+class Transport:
+    """How edgekd reaches a device. Subclasses implement _cmd (the argv that runs a command
+    there), put, get and workdir."""
+
+    def __init__(self, target: Target):
+        self.t = target
+
+    def run(self, argv: list[str], timeout: float | None = None, check: bool = False,
+            stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        cmd = self._cmd(argv)
+        try:
+            p = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout or self.t.timeout_s)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{self.t.name}: `{shlex.join(argv)[:80]}` took longer than "
+                             f"{timeout or self.t.timeout_s:g} s") from None
+        except FileNotFoundError:
+            raise TargetError(f"{self.t.name}: the client `{cmd[0]}` is not installed") from None
+        self._check_link(p)
+        if check and p.returncode != 0:
+            raise BenchError(f"{self.t.name}: `{shlex.join(argv)[:80]}` failed (exit {p.returncode}): "
+                             f"{_last_line(p.stderr) or _last_line(p.stdout)}")
+        return p
+
+    def _cmd(self, argv: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def _check_link(self, p: subprocess.CompletedProcess) -> None:
+        """Raise TargetError when the link itself (not the remote command) failed."""
+
+    def put(self, local: Path, remote: str) -> None:
+        raise NotImplementedError
+
+    def get(self, remote: str) -> bytes:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def workdir(self) -> Iterator[str]:
+        raise NotImplementedError
+        yield ""
+
+    def describe(self) -> str:
+        return self.t.kind
+
+
+def _last_line(b: bytes | str | None) -> str:
+    if not b:
+        return ""
+    s = b.decode(errors="replace") if isinstance(b, bytes) else b
+    lines = [l.strip() for l in s.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+class LocalTransport(Transport):
+    def _cmd(self, argv):
+        return list(argv)
+
+    def put(self, local, remote):
+        shutil.copyfile(local, remote)
+
+    def get(self, remote):
+        return Path(remote).read_bytes()
+
+    @contextlib.contextmanager
+    def workdir(self):
+        with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as d:
+            yield d
+
+
+class SSHTransport(Transport):
+    """The OpenSSH client, so ~/.ssh/config, keys, agents and ProxyJump all apply. BatchMode:
+    never prompt (a missing key or an unknown host key is an error, not a question)."""
+
+    def base(self) -> list[str]:
+        t = self.t
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={t.connect_timeout_s}",
+               "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if t.ssh_config:
+            cmd += ["-F", t.ssh_config]
+        if t.identity_file:
+            cmd += ["-i", t.identity_file]
+        if t.port:
+            cmd += ["-p", str(t.port)]
+        for o in t.ssh_options:
+            cmd += ["-o", o]
+        cmd += [f"{t.user}@{t.host}" if t.user else t.host]
+        return cmd
+
+    def _cmd(self, argv):
+        # ssh hands the remote side one string for its shell: quote every argument.
+        return self.base() + ["--", shlex.join(argv)]
+
+    def _check_link(self, p):
+        if p.returncode == 255:  # ssh's own failure: connection, authentication or host key
+            msg = _last_line(p.stderr) or "connection failed"
+            hint = None
+            if "Host key verification failed" in msg or "host key" in msg.lower():
+                hint = "add the host's key to known_hosts (ssh-keyscan, then check its fingerprint)"
+            raise TargetError(f"{self.t.name}: cannot reach {self.t.host} over ssh: {msg}", hint=hint)
+
+    def put(self, local, remote):
+        # Through the same ssh connection settings, no scp: `cat > FILE` with a quoted path.
+        p = self.run(["sh", "-c", 'cat > "$1"', "sh", remote], stdin=Path(local).read_bytes())
+        if p.returncode != 0:
+            raise BenchError(f"{self.t.name}: could not write {remote}: {_last_line(p.stderr)}")
+
+    def get(self, remote):
+        p = self.run(["cat", remote])
+        if p.returncode != 0:
+            raise BenchError(f"{self.t.name}: could not read {remote}: {_last_line(p.stderr)}")
+        return p.stdout
+
+    @contextlib.contextmanager
+    def workdir(self):
+        p = self.run(["mktemp", "-d", f"{self.t.remote_tmp.rstrip('/')}/edgekd.XXXXXXXX"], check=True)
+        d = p.stdout.decode().strip()
+        if not d.startswith(self.t.remote_tmp.rstrip("/") + "/edgekd."):
+            raise BenchError(f"{self.t.name}: unexpected work directory {d!r}")
+        try:
+            yield d
+        finally:
+            with contextlib.suppress(TargetError, BenchError):
+                self.run(["rm", "-rf", "--", d], timeout=60)
+
+    def describe(self):
+        return f"ssh {self.t.user + '@' if self.t.user else ''}{self.t.host}{':' + str(self.t.port) if self.t.port else ''}"
+
+
+class ADBTransport(Transport):
+    """The adb client. `adb shell` joins its arguments into one line for the device's shell,
+    so the command is quoted with shlex.join."""
+
+    def base(self) -> list[str]:
+        return [self.t.adb] + (["-s", self.t.serial] if self.t.serial else [])
+
+    def _cmd(self, argv):
+        return self.base() + ["shell", shlex.join(argv)]
+
+    def state(self) -> None:
+        try:
+            p = subprocess.run(self.base() + ["get-state"], capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            raise TargetError(f"{self.t.name}: the adb client `{self.t.adb}` is not installed") from None
+        except subprocess.TimeoutExpired:
+            raise TargetError(f"{self.t.name}: adb did not answer within 30 s") from None
+        if p.returncode != 0 or p.stdout.strip() != "device":
+            who = self.t.serial or "any device"
+            raise TargetError(f"{self.t.name}: no Android device ({who}) reachable over adb: "
+                              f"{_last_line(p.stderr) or p.stdout.strip() or 'not connected'}",
+                              hint="connect it, enable USB debugging, and check `adb devices`")
+
+    def put(self, local, remote):
+        p = subprocess.run(self.base() + ["push", str(local), remote], capture_output=True, timeout=self.t.timeout_s)
+        if p.returncode != 0:
+            raise BenchError(f"{self.t.name}: adb push {Path(local).name} failed: {_last_line(p.stderr)}")
+
+    def get(self, remote):
+        with tempfile.TemporaryDirectory() as d:
+            p = subprocess.run(self.base() + ["pull", remote, d + "/f"], capture_output=True, timeout=self.t.timeout_s)
+            if p.returncode != 0:
+                raise BenchError(f"{self.t.name}: adb pull {remote} failed: {_last_line(p.stderr)}")
+            return Path(d, "f").read_bytes()
+
+    @contextlib.contextmanager
+    def workdir(self):
+        p = self.run(["mktemp", "-d", f"{self.t.remote_dir.rstrip('/')}/edgekd.XXXXXXXX"], check=True)
+        d = p.stdout.decode().strip()
+        try:
+            yield d
+        finally:
+            with contextlib.suppress(TargetError, BenchError, subprocess.TimeoutExpired):
+                self.run(["rm", "-rf", d], timeout=60)
+
+    def describe(self):
+        return f"adb {self.t.serial or '(default device)'}"

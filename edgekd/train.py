@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -34,6 +34,6 @@ def test_a_short_training_beats_popularity(ml, tmp_path):
     from edgekd.baselines import baseline_metrics
     from edgekd.train import TrainConfig, train_teacher
 
-    cfg = TrainConfig(model="sasrec-student", maxlen=50, epochs=3, patience=3, eval_users=300)
+    cfg = TrainConfig(model="sasrec", maxlen=100, epochs=6, patience=6, eval_users=300)
     a = train_teacher(ml, cfg, store=tmp_path, name="ml-short")
     assert a.metrics["test_ndcg@10"] > baseline_metrics(ml)["popularity"]["ndcg@10"]

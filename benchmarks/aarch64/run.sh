@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Check that edgekd's device runner gives the same top-K on aarch64 as on x86 for the same
+# artifact: build (once, cached) an arm64 Debian bookworm root, put the aarch64 wheels of numpy
+# and ai-edge-litert (or tflite-runtime) in it, make a small synthetic model with edgekd on the
+# host, run edgekd/device_runner.py on x86 and under qemu-aarch64, and compare (compare.py).
+#
+#   sudo bash benchmarks/aarch64/run.sh        # as root: apt-get, debootstrap, chroot
+#
+# Environment (all optional):
+#   EDGEKD_ARM64_ROOT     cache directory (rootfs, wheels, scratch)   [/var/tmp/edgekd-arm64-root]
+#   EDGEKD_ARM64_MIRROR   Debian mirror           [the one apt uses here, else deb.debian.org]
+#   EDGEKD_ARM64_RUNTIME  auto | litert | tflite-runtime   (auto: litert, else tflite-runtime)
+#   EDGEKD_ARM64_EXEC     auto | chroot | qemu    (qemu: qemu-aarch64-static -L ROOT, no binfmt)
+#   EDGEKD_ARM64_MAX_DIFF largest fraction of users whose top-10 may differ     [0.02]
+#   EDGEKD_PYTHON         host python with edgekd installed          [REPO/.venv/bin/python]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${EDGEKD_ARM64_ROOT:-/var/tmp/edgekd-arm64-root}
+ROOTFS=$CACHE/rootfs
+WHEELS=$CACHE/wheels
+WORK=$CACHE/work                 # models, inputs, results of this run: rebuilt every run
+SUITE=bookworm                   # python3.11, as on the host
+PY=${EDGEKD_PYTHON:-$REPO/.venv/bin/python}
+RUNTIME=${EDGEKD_ARM64_RUNTIME:-auto}
+EXEC=${EDGEKD_ARM64_EXEC:-auto}
+MAX_DIFF=${EDGEKD_ARM64_MAX_DIFF:-0.02}
+QEMU=/usr/bin/qemu-aarch64-static
+IN_ROOT=/tmp/edgekd-run          # where the runner, model and inputs go inside the root
+RUNNER_ARGS=(--threads 1 --min-runs 20 --min-seconds 0.1 --warmup 2 --topk 20)
+
+T_START=$(date +%s)
+log() { printf '[aarch64 %4ss] %s\n' "$(( $(date +%s) - T_START ))" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+declare -A SECONDS_OF=()
+mark() { SECONDS_OF[$1]=$(( $(date +%s) - $2 )); }
+
+[[ $(id -u) == 0 ]] || die "run as root (apt-get, debootstrap and chroot need it)"
+[[ $(uname -m) == x86_64 ]] || log "warning: host is $(uname -m), not x86_64"
+[[ -x $PY ]] || die "no host python at $PY (make the venv, or set EDGEKD_PYTHON)"
+mkdir -p "$CACHE" "$WHEELS"
+
+# ---------------------------------------------------------------- 1. host packages
+t=$(date +%s)
+need=()
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v update-binfmts >/dev/null || need+=(binfmt-support)
+[[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || need+=(debian-archive-keyring)
+if (( ${#need[@]} )); then
+    log "apt-get install ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+mark apt "$t"
+
+# ---------------------------------------------------------------- 2. the arm64 root
+# The mirror apt uses on this machine (the only one reachable here): the first enabled `deb`
+# source for Debian's main archive, in one-line (.list) or deb822 (.sources) form.
+apt_mirror() {
+    local f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -f $f ]] || continue
+        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; break } }' "$f"
+    done
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        awk 'BEGIN { RS = ""; FS = "\n" }
+             { types = uris = ""; on = 1
+               for (i = 1; i <= NF; i++) {
+                 if ($i ~ /^Types:/) types = $i
+                 if ($i ~ /^URIs:/) { uris = $i; sub(/^URIs:[ \t]*/, "", uris) }
+                 if ($i ~ /^Enabled:[ \t]*no/) on = 0 }
+               if (on && types ~ /[ \t]deb([ \t]|$)/ && uris != "") { split(uris, u, /[ \t]+/); print u[1] } }' "$f"
+    done
+}
+pick_mirror() {
+    local m
+    # The main archive, not -security/-updates or third-party repositories.
+    m=$(apt_mirror | grep -E '/debian/?$' | head -n1 || true)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+MIRROR=${EDGEKD_ARM64_MIRROR:-$(pick_mirror)}
+
+# Can the kernel run arm64 ELF files through qemu (binfmt_misc)? Needed by chroot and by
+# debootstrap's second stage; without it the script extracts the packages and runs python as
+# `qemu-aarch64-static -L ROOT`, which needs no kernel support.
+binfmt_ok() { [[ -x $ROOTFS/bin/true ]] && chroot "$ROOTFS" /bin/true 2>/dev/null; }
+try_binfmt() {
+    binfmt_ok && return 0
+    [[ $EXEC == qemu ]] && return 1
+    if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || return 1
+    fi
+    if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+        update-binfmts --enable qemu-aarch64 2>/dev/null \
+            || update-binfmts --import qemu-aarch64 2>/dev/null || true
+    fi
+    if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 && -w /proc/sys/fs/binfmt_misc/register ]]; then
+        # F: the kernel opens the interpreter now, so it needs not exist inside the root.
+        printf '%s' ':qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:'"$QEMU"':F' \
+            > /proc/sys/fs/binfmt_misc/register 2>/dev/null || true
+    fi
+    [[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] && echo 1 > /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || true
+    binfmt_ok
+}
+
+t=$(date +%s)
+STAMP=$ROOTFS/.edgekd-rootfs
+if [[ -f $STAMP ]]; then
+    log "arm64 root cached at $ROOTFS ($(cat "$STAMP"))"
+else
+    log "building arm64 $SUITE root at $ROOTFS from $MIRROR"
+    rm -rf "$ROOTFS"
+    keyring=()
+    [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] \
+        && keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
+    debootstrap --arch=arm64 --foreign --variant=minbase "${keyring[@]}" \
+        --include=python3,libstdc++6 "$SUITE" "$ROOTFS" "$MIRROR" > "$CACHE/debootstrap-1.log" 2>&1 \
+        || { tail -n 20 "$CACHE/debootstrap-1.log" >&2; die "debootstrap (first stage) failed"; }
+    cp "$QEMU" "$ROOTFS/usr/bin/"   # for a non-F binfmt registration, which looks it up in the root
+    if try_binfmt; then
+        log "second stage under qemu-aarch64 (binfmt_misc), a few minutes"
+        chroot "$ROOTFS" /debootstrap/debootstrap --second-stage > "$CACHE/debootstrap-2.log" 2>&1 \
+            || { tail -n 20 "$CACHE/debootstrap-2.log" >&2; die "debootstrap (second stage) failed"; }
+        echo "debootstrap second stage, $(date -u +%FT%TZ)" > "$STAMP"
+    else
+        # No binfmt_misc (a container): the packages debootstrap fetched, unpacked as dpkg would
+        # without running their scripts; enough for python3 and the wheels.
+        log "no binfmt_misc for arm64: unpacking the packages with dpkg-deb (no maintainer scripts)"
+        n=0
+        for deb in "$ROOTFS"/var/cache/apt/archives/*.deb; do
+            dpkg-deb -x "$deb" "$ROOTFS"; n=$((n + 1))
+        done
+        (( n )) || die "debootstrap fetched no packages into $ROOTFS/var/cache/apt/archives"
+        echo "dpkg-deb -x of $n packages, $(date -u +%FT%TZ)" > "$STAMP"
+    fi
+fi
+mark rootfs "$t"
+
+# How to run the root's python: chroot when the kernel runs arm64 binaries, else qemu -L.
+if [[ $EXEC == auto ]]; then
+    if try_binfmt; then EXEC=chroot; else EXEC=qemu; fi
+elif [[ $EXEC == chroot ]]; then
+    try_binfmt || die "EDGEKD_ARM64_EXEC=chroot but the kernel can't run arm64 binaries (binfmt_misc)"
+fi
+[[ $EXEC == chroot || $EXEC == qemu ]] || die "EDGEKD_ARM64_EXEC must be auto, chroot or qemu"
+ARM_PY=/usr/bin/python3.11
+[[ -e $ROOTFS$ARM_PY ]] || die "no $ARM_PY in $ROOTFS (remove $CACHE and rerun)"
+
+# arm_python SITE ARGS...: the root's python3.11 with SITE (a path inside the root) as its only
+# non-stdlib packages: -S skips site-packages, so nothing from the host or the root leaks in.
+arm_python() {
+    local site=$1; shift
+    local env=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8
+               PYTHONPATH="$site" PYTHONDONTWRITEBYTECODE=1)
+    if [[ $EXEC == chroot ]]; then
+        chroot "$ROOTFS" "${env[@]}" "$ARM_PY" -S "$@"
+    else
+        # -L: the guest's paths resolve inside ROOTFS first (loader, libraries, /tmp/edgekd-run).
+        "${env[@]}" "$QEMU" -L "$ROOTFS" "$ROOTFS$ARM_PY" -S "$@"
+    fi
+}
+log "aarch64 python: $(arm_python / -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])') via $EXEC"
+
+# ---------------------------------------------------------------- 3. aarch64 wheels
+# Installed with the host's pip for the target platform (no emulated pip), one dir per runtime.
+PIP_PLATFORM=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none
+              --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64
+              --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64)
+host_version() { "$PY" -c "from importlib.metadata import version; print(version('$1'))"; }
+# install_wheels NAME REQUIREMENT...: wheels to $WHEELS/NAME, installed to /opt/edgekd/NAME.
+install_wheels() {
+    local name=$1; shift
+    local site=/opt/edgekd/$name stamp="$ROOTFS/opt/edgekd/.$name"
+    if [[ -f $stamp && $(cat "$stamp") == "$*" ]]; then
+        log "wheels for $name cached: $*"
+    else
+        log "aarch64 wheels for $name: $*"
+        rm -rf "$ROOTFS$site" "$stamp"
+        # (errexit is off inside a function called from `&&`/`||`: every step checks itself)
+        mkdir -p "$WHEELS/$name" || return 1
+        "$PY" -m pip download -q "${PIP_PLATFORM[@]}" -d "$WHEELS/$name" "$@" >&2 || return 1
+        "$PY" -m pip install -q --no-index --find-links "$WHEELS/$name" "${PIP_PLATFORM[@]}" \
+            --no-compile --target "$ROOTFS$site" "$@" >&2 || return 1
+        echo "$*" > "$stamp" || return 1
+    fi
+    echo "$site"
+}
+t=$(date +%s)
+# The same versions as the host's venv, so only the CPU differs.
+NUMPY_V=$(host_version numpy)
+LITERT_V=$(host_version ai-edge-litert 2>/dev/null || echo "")
+mark wheels "$t"
+
+# ---------------------------------------------------------------- 4. artifacts (host, x86)
+t=$(date +%s)
+rm -rf "$WORK"
+mkdir -p "$WORK"
+log "training + exporting a small synthetic model with edgekd on the host"
+(cd "$REPO" && "$PY" "$HERE/make_artifacts.py" "$WORK" > "$WORK/make_artifacts.log" 2>&1) \
+    || { tail -n 30 "$WORK/make_artifacts.log" >&2; die "make_artifacts.py failed"; }
+mark artifacts "$t"
+
+# ---------------------------------------------------------------- 5. run on x86 and aarch64
+RUN_DIR=$ROOTFS$IN_ROOT
+rm -rf "$RUN_DIR"
+mkdir -p "$RUN_DIR"
+cp "$REPO/edgekd/device_runner.py" "$WORK/eval.npz" "$RUN_DIR/"
+FORMATS=(tflite-fp32 tflite-int8)
+for fmt in "${FORMATS[@]}"; do
+    cp "$WORK/models/arm-$fmt/model.tflite" "$RUN_DIR/$fmt.tflite"
+done
+
+t=$(date +%s)
+for fmt in "${FORMATS[@]}"; do
+    log "x86 host: $fmt"
+    "$PY" "$REPO/edgekd/device_runner.py" --model "$RUN_DIR/$fmt.tflite" --runtime litert \
+        --inputs "$RUN_DIR/eval.npz" "${RUNNER_ARGS[@]}" --out "$WORK/x86-$fmt.json" 2> "$WORK/x86-$fmt.log" \
+        || { cat "$WORK/x86-$fmt.log" >&2; die "device_runner failed on the host for $fmt"; }
+done
+mark x86_runs "$t"
+
+# arm_run RUNTIME SITE FMT: device_runner.py under emulation; writes $WORK/aarch64-FMT.json.
+arm_run() {
+    local rt=$1 site=$2 fmt=$3
+    arm_python "$site" "$IN_ROOT/device_runner.py" --model "$IN_ROOT/$fmt.tflite" --runtime "$rt" \
+        --inputs "$IN_ROOT/eval.npz" "${RUNNER_ARGS[@]}" --out "$IN_ROOT/aarch64-$fmt.json" \
+        > "$WORK/aarch64-$fmt.log" 2>&1 || return 1
+    cp "$RUN_DIR/aarch64-$fmt.json" "$WORK/aarch64-$fmt.json"
+}
+t=$(date +%s)
+FALLBACK_REASON=""
+arm_all() {
+    local rt=$1 site=$2 fmt
+    for fmt in "${FORMATS[@]}"; do
+        log "aarch64 ($EXEC, $rt): $fmt"
+        arm_run "$rt" "$site" "$fmt" || { FALLBACK_REASON="$rt on $fmt: $(tail -n 3 "$WORK/aarch64-$fmt.log" | tr '\n' ' ')"; return 1; }
+    done
+}
+ARM_RUNTIME=""
+if [[ $RUNTIME == auto || $RUNTIME == litert ]]; then
+    [[ -n $LITERT_V ]] || LITERT_V=$("$PY" -m pip index versions ai-edge-litert 2>/dev/null | sed -n 's/.*(\(.*\)).*/\1/p' | head -n1)
+    site=$(install_wheels litert "numpy==$NUMPY_V" "ai-edge-litert==$LITERT_V") \
+        && arm_all litert "$site" && ARM_RUNTIME=litert \
+        || { [[ $RUNTIME == litert ]] && die "ai-edge-litert on aarch64 failed: $FALLBACK_REASON"
+             log "ai-edge-litert did not work under emulation, falling back to tflite-runtime: $FALLBACK_REASON"; }
+fi
+if [[ -z $ARM_RUNTIME ]]; then
+    site=$(install_wheels tflite-runtime "numpy<2" "tflite-runtime==2.14.0")
+    arm_all tflite-runtime "$site" || die "tflite-runtime on aarch64 failed: $FALLBACK_REASON"
+    ARM_RUNTIME=tflite-runtime
+fi
+mark aarch64_runs "$t"
+
+# ---------------------------------------------------------------- 6. compare + summary
+T_TOTAL=$(( $(date +%s) - T_START ))
+{
+    printf '{"exec": "%s", "rootfs": "%s", "mirror": "%s", "arm_runtime_requested": "%s",' \
+        "$EXEC" "$(cat "$STAMP")" "$MIRROR" "$RUNTIME"
+    printf ' "fallback_reason": "%s", "host_kernel": "%s", "qemu": "%s", "runner_args": "%s",' \
+        "$(printf '%s' "$FALLBACK_REASON" | tr -d '"\\' | cut -c1-300)" "$(uname -r)" \
+        "$("$QEMU" --version | head -n1)" "${RUNNER_ARGS[*]}"
+    printf ' "seconds": {'
+    sep=""
+    for k in apt rootfs wheels artifacts x86_runs aarch64_runs; do
+        printf '%s"%s": %s' "$sep" "$k" "${SECONDS_OF[$k]}"; sep=", "
+    done
+    printf ', "total_before_compare": %s}}\n' "$T_TOTAL"
+} > "$WORK/meta.json"
+
+pairs=()
+for fmt in "${FORMATS[@]}"; do pairs+=(--pair "$fmt" "$WORK/x86-$fmt.json" "$WORK/aarch64-$fmt.json"); done
+"$PY" "$HERE/compare.py" "${pairs[@]}" --k 10 --max-diff "$MAX_DIFF" \
+    --manifest "$WORK/manifest.json" --meta "$WORK/meta.json" \
+    --out "$HERE/results-$(date +%Y%m%d).json"
