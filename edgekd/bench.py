@@ -102,6 +102,7 @@ def _binary_status(path: str | None) -> str:
     return "ok" if Path(path).expanduser().is_file() else f"missing: {path}"
 
 
+
 def runtime_for(a: Artifact, target: Target) -> str:
     kind = payload_kind(a)
     runtime = target.runtimes.get(kind)
@@ -333,9 +334,10 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if rec["status"] == "ok":
                 base = base or (rec if a.sha256 == teacher.sha256 else None)
-                if base is not None:
+                if base is not None and not rec.get("resumed"):
                     add_deltas(rec, base)
-            path.write_text(json.dumps(rec, indent=2) + "\n")  # written the moment it finishes
+            if not rec.get("resumed"):  # a kept record stays exactly as it was written
+                path.write_text(json.dumps(rec, indent=2) + "\n")  # written the moment it finishes
             records.append(rec)
             if on_result:
                 on_result(rec)

@@ -32,17 +32,15 @@ def _card(rec: dict) -> dict | None:
         return None
 
 
-def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> dict:
-    """Write report.md and report.json (and latency_vs_ndcg.png) for one bench run."""
-    run_dir = Path(run_dir)
-    recs = load_records(run_dir)
-    if not recs:
-        raise ArtifactError(f"{run_dir}: no bench records", hint="run `edgekd bench` first")
-    out = Path(out) if out else run_dir
-    out.mkdir(parents=True, exist_ok=True)
+def _sorted(recs: list[dict]) -> list[dict]:
+    """Teacher first, then students, then exports; failed cells last."""
     order = {"teacher": 0, "student": 1, "exported": 2}
-    recs.sort(key=lambda r: (r["status"] != "ok", order.get(r["artifact"].get("stage"), 9), r["artifact"]["name"]))
-    ok = [r for r in recs if r["status"] == "ok"]
+    return sorted(recs, key=lambda r: (r["status"] != "ok", order.get(r["artifact"].get("stage"), 9),
+                                       r["artifact"]["name"]))
+
+
+def _rows(recs: list[dict]) -> list[dict]:
+    """One flat row per record, with the figures from its artifact card beside it."""
     rows = []
     for r in recs:
         card = _card(r) or {}
@@ -53,10 +51,11 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
         }
         if r["status"] == "ok":
             row.update({
-                "runtime": f"{r['runtime']} {r['runtime_version']}", "threads": r["threads"],
+                "runtime": f"{r['runtime']} {r['runtime_version'] or ''}".strip(), "threads": r["threads"],
+                "target": r["target"]["name"],
                 "params": r["artifact"].get("params"), "size_bytes": r["size_bytes"],
-                "p50_ms": r["latency_ms"]["p50_ms"], "p90_ms": r["latency_ms"]["p90_ms"],
-                "p99_ms": r["latency_ms"]["p99_ms"], "runs": r["latency_ms"]["runs"],
+                "p50_ms": r["latency_ms"]["p50_ms"], "p90_ms": r["latency_ms"].get("p90_ms"),
+                "p99_ms": r["latency_ms"].get("p99_ms"), "runs": r["latency_ms"].get("runs"),
                 "cold_start_ms": r["cold_start_ms"],
                 "peak_rss_bytes": r["peak_rss_bytes"], "baseline_rss_bytes": r["baseline_rss_bytes"],
                 "ndcg@10": r["accuracy"]["ndcg@10"], "hr@10": r["accuracy"]["hr@10"],
@@ -70,6 +69,20 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
             row["error"] = r.get("error")
         rows.append(row)
 
+    return rows
+
+
+def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> dict:
+    """Write report.md and report.json (and latency_vs_ndcg.png) for one bench run."""
+    run_dir = Path(run_dir)
+    recs = load_records(run_dir)
+    if not recs:
+        raise ArtifactError(f"{run_dir}: no bench records", hint="run `edgekd bench` first")
+    out = Path(out) if out else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    recs = _sorted(recs)
+    ok = [r for r in recs if r["status"] == "ok"]
+    rows = _rows(recs)
     target = recs[0]["target"]["name"]
     dev = next((r["device"] for r in ok), {})
     lines = [
@@ -91,8 +104,8 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
             continue
         lines.append(
             f"| {row['artifact']} | {row['stage']} | {row['format']} | {row['runtime']} | "
-            f"{row['params'] or '-'} | {_kb(row['size_bytes'])} | {row['p50_ms']:.3f} | {row['p90_ms']:.3f} | "
-            f"{row['p99_ms']:.3f} | {_mb(row['peak_rss_bytes'])} ({_mb(row['baseline_rss_bytes'])}) | "
+            f"{row['params'] or '-'} | {_kb(row['size_bytes'])} | {row['p50_ms']:.3f} | {_f(row['p90_ms'])} | "
+            f"{_f(row['p99_ms'])} | {_mb(row['peak_rss_bytes'])} ({_mb(row['baseline_rss_bytes'])}) | "
             f"{row['ndcg@10']:.4f} | {row['hr@10']:.4f} | {_pct(row.get('vs_teacher_ndcg@10_rel'))} | "
             f"{_ratio(row.get('vs_teacher_speedup_p50'))} | {_ratio(row.get('vs_teacher_size_ratio'))} |")
     floors = next((c["metrics"]["floors_test_ndcg@10"] for c in map(_card, recs)
@@ -122,11 +135,14 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
         png = _plot(rows, out / "latency_vs_ndcg.png")
         if png:
             lines += ["", f"![latency vs NDCG@10]({png.name})"]
+    page = build_html(run_dir, out) if plot and ok else None
+    if page:
+        lines += ["", f"Charts per target (Pareto front, size, memory): [{page.name}]({page.name})"]
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     (out / "report.json").write_text(json.dumps({"run": run_dir.name, "target": target, "rows": rows},
                                                 indent=2) + "\n")
-    return {"markdown": out / "report.md", "json": out / "report.json", "rows": rows, "text": md}
+    return {"markdown": out / "report.md", "json": out / "report.json", "html": page, "rows": rows, "text": md}
 
 
 def _plot(rows: list[dict], path: Path) -> Path | None:
@@ -157,3 +173,141 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------- HTML
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and NDCG (higher),
+    ordered by latency."""
+    idx = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in idx:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _png(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _charts(rows: list[dict]) -> list[tuple[str, str]]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok" and r.get("p50_ms")]
+    if not ok:
+        return []
+    teacher = next((r for r in ok if r["stage"] == "teacher"), None)
+    names = [r["artifact"] for r in ok]
+    colors = ["crimson" if r["stage"] == "teacher" else plt.cm.tab10(i % 10) for i, r in enumerate(ok)]
+    charts = []
+
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    pts = [(r["p50_ms"], r["ndcg@10"]) for r in ok]
+    front = pareto_front(pts)
+    fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="grey", lw=1, ls="--", label="Pareto front")
+    for i, r in enumerate(ok):
+        ax.scatter(*pts[i], s=140 if r["stage"] == "teacher" else 60, color=colors[i],
+                   marker="*" if r["stage"] == "teacher" else "o", edgecolor="black" if i in front else "none",
+                   label=f"{r['artifact']} ({r['format']})", zorder=3)
+    if teacher:
+        ax.axhline(teacher["ndcg@10"], color="crimson", lw=0.8, ls=":", label="teacher NDCG@10")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency at batch 1, ms (log)")
+    ax.set_ylabel("test NDCG@10, full ranking")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
+    ax.set_title("Latency vs accuracy (outlined: on the Pareto front)")
+    charts.append(("Latency vs NDCG@10", _png(fig)))
+    plt.close(fig)
+
+    for key, label, scale in (("size_bytes", "file size, KiB", 1 / 1024), ("peak_rss_bytes", "peak resident memory, MB", 1e-6)):
+        vals = [(r.get(key) or 0) * scale for r in ok]
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(ok) + 1.2))
+        y = range(len(ok))
+        ax.barh(y, vals, color=colors)
+        if key == "peak_rss_bytes":
+            base = [(r.get("baseline_rss_bytes") or 0) * scale for r in ok]
+            ax.barh(y, base, color="white", alpha=0.55, hatch="//", edgecolor="grey", label="runtime alone (no model)")
+            ax.legend(fontsize=7, loc="lower right")
+        if teacher and teacher.get(key):
+            ax.axvline(teacher[key] * scale, color="crimson", ls="--", lw=1)
+            ax.text(teacher[key] * scale, len(ok) - 0.5, " teacher", color="crimson", fontsize=7, va="bottom")
+        ax.set_yticks(list(y), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, axis="x")
+        charts.append((label[0].upper() + label[1:], _png(fig)))
+        plt.close(fig)
+    return charts
+
+
+def build_html(run_dir: Path, out: Path | None = None) -> Path:
+    """One self-contained page for a bench run: per target, a table and the charts (images
+    inlined), the teacher as the baseline on every chart."""
+    import html
+
+    run_dir = Path(run_dir)
+    recs = load_records(run_dir)
+    if not recs:
+        raise ArtifactError(f"{run_dir}: no bench records", hint="run `edgekd bench` first")
+    out = Path(out) if out else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    by_target: dict[str, list[dict]] = {}
+    for r in _sorted(recs):
+        by_target.setdefault(r["target"]["name"], []).append(r)
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgekd report {e(run_dir.name)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "td.n{text-align:right;font-variant-numeric:tabular-nums}tr.teacher{background:#fde8ea}"
+             "tr.failed{color:#a00}img{max-width:100%;display:block;margin:1em 0}.meta{color:#555;font-size:13px}</style>"
+             f"</head><body><h1>edgekd report: {e(run_dir.name)}</h1>"]
+    for target, trecs in by_target.items():
+        rows = _rows(trecs)
+        ok = [r for r in trecs if r["status"] == "ok"]
+        dev = ok[0]["device"] if ok else {}
+        parts.append(f"<h2>Target {e(target)}</h2><p class='meta'>{e(str(dev.get('cpu') or '?'))}, "
+                     f"{e(str(dev.get('machine') or '?'))}; governor {e(str(dev.get('governor')))}; "
+                     f"temperature {e(str(dev.get('temperature_c')))} °C; throttled {e(str(dev.get('throttled')))}; "
+                     f"batch 1, {ok[0]['threads'] if ok else '?'} thread(s). Accuracy: test split, full ranking, "
+                     "seen items excluded, from each file's own outputs. Ratios against the teacher on the same target.</p>")
+        head = ["model", "stage", "format", "runtime", "size KiB", "p50 ms", "p90 ms", "p99 ms", "cold start ms",
+                "peak MB (runtime)", "NDCG@10", "HR@10", "NDCG vs teacher", "speed vs teacher", "size vs teacher"]
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
+        for r in rows:
+            if r["status"] != "ok":
+                parts.append(f"<tr class='failed'><td>{e(r['artifact'])}</td><td>{e(str(r['stage']))}</td>"
+                             f"<td>{e(str(r['format']))}</td><td colspan='{len(head) - 3}'>failed: {e(str(r.get('error')))}</td></tr>")
+                continue
+            peak = (f"{_mb(r['peak_rss_bytes'])} ({_mb(r['baseline_rss_bytes'])})" if r.get("peak_rss_bytes") else "-")
+            cells = [r["artifact"], r["stage"], r["format"], r["runtime"]]
+            nums = [_kb(r["size_bytes"]), f"{r['p50_ms']:.3f}", _f(r.get("p90_ms")), _f(r.get("p99_ms")),
+                    _f(r.get("cold_start_ms"), 1), peak, f"{r['ndcg@10']:.4f}", f"{r['hr@10']:.4f}",
+                    _pct(r.get("vs_teacher_ndcg@10_rel")), _ratio(r.get("vs_teacher_speedup_p50")),
+                    _ratio(r.get("vs_teacher_size_ratio"))]
+            cls = " class='teacher'" if r["stage"] == "teacher" else ""
+            parts.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in cells)
+                         + "".join(f"<td class='n'>{e(str(c))}</td>" for c in nums) + "</tr>")
+        parts.append("</table>")
+        for title, src in _charts(rows):
+            parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='{src}'>")
+    parts.append("<p class='meta'>Built by edgekd from the bench records in this directory and the artifact "
+                 "cards they name.</p></body></html>")
+    page = out / "report.html"
+    page.write_text("\n".join(parts))
+    return page
+
+
+def _f(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

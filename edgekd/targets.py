@@ -334,7 +334,7 @@ class ADBTransport(Transport):
     so the command is quoted with shlex.join."""
 
     def base(self) -> list[str]:
-        return [self.t.adb] + (["-s", self.t.serial] if self.t.serial else [])
+        return [shutil.which(self.t.adb) or self.t.adb] + (["-s", self.t.serial] if self.t.serial else [])
 
     def _cmd(self, argv):
         return self.base() + ["shell", shlex.join(argv)]

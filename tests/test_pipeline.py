@@ -78,3 +78,50 @@ def test_resume_reuses_finished_artifacts(result):
     again = run_pipeline(replace(cfg, resume=True), console=Say())
     assert again["teacher"].sha256 == r["teacher"].sha256
     assert sum(l.startswith("reusing") for l in lines) == 7
+
+
+def test_html_report_is_self_contained_with_charts(result):
+    import re
+
+    _, r = result
+    page = r["report"]["html"].read_text()
+    assert page.startswith("<!doctype html>")
+    assert page.count("<img ") == 3  # latency-vs-NDCG with its Pareto front, size, memory
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == 3  # images inlined
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    assert page.index("synthetic-teacher") < page.index("synthetic-student-kd-onnx-fp32")
+
+
+def test_pareto_front():
+    from edgekd.report import pareto_front
+
+    pts = [(1.0, 0.5), (2.0, 0.6), (1.5, 0.4), (3.0, 0.6), (0.5, 0.1)]
+    assert pareto_front(pts) == [4, 0, 1]
+
+
+def test_resume_after_an_interrupted_bench_keeps_finished_cells(result, tmp_path):
+    from edgekd.bench import bench
+    from edgekd.targets import load_target
+
+    cfg, r = result
+    arts = [r["students"]["on"], *r["exports"]]
+    target = load_target(cfg.target)
+    seen = []
+
+    def interrupt(rec):
+        seen.append(rec)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    import pytest
+    with pytest.raises(KeyboardInterrupt):
+        bench(arts, target, out=tmp_path, teacher=r["teacher"], run_id="run1", on_result=interrupt)
+    finished = {p.name: p.read_text() for p in (tmp_path / "run1").glob("*__*.json")}
+    assert len(finished) == 3
+    assert not list((tmp_path / "run1").glob("*.npz"))  # derived inputs removed even on Ctrl-C
+    run_dir, recs = bench(arts, target, out=tmp_path, teacher=r["teacher"], resume=True)
+    assert run_dir.name == "run1"
+    assert sum(bool(x.get("resumed")) for x in recs) == 3
+    assert len(recs) == 1 + len(arts) and all(x["status"] == "ok" for x in recs)
+    for name, text in finished.items():  # kept exactly as written
+        assert (run_dir / name).read_text() == text
