@@ -155,6 +155,9 @@ class SASRec(nn.Module):
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Hidden states [batch, len, d] for every position."""
         ids = ids.long()
+        # An id outside the catalogue (an item the app's vocab does not know, garbage input)
+        # reads as padding instead of crashing the runtime's embedding lookup.
+        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)
         n = ids.shape[1]
         pad = ids == 0
         x = self.item_emb(ids) * math.sqrt(self.d)

@@ -64,3 +64,12 @@ def test_unknown_model_lists_the_registered_ones():
         create_model("bert5rec", num_items=3)
     with pytest.raises(ConfigError, match="not divisible"):
         create_model("sasrec", num_items=3, d=10, heads=3)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_ids_outside_the_catalogue_read_as_padding(name):
+    m = small(name)
+    seq = torch.tensor([[0, 0, 5, 7, 9, 11, 3, 2, 4, 6, 8, 10]])
+    bad = seq.clone()
+    bad[0, 0], bad[0, 1] = -32, 31  # below 0 and one past the last item
+    assert torch.equal(m(bad), m(seq))

@@ -78,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = compare(load(x86), load(arm), args.k)
         results[label]["ok"] = results[label]["users_differing"] <= args.max_diff * results[label]["users"]
 
+    meta = load(args.meta) if args.meta else {}
     for label, r in results.items():
         k, big_k = r["k"], r["K"]
+        logs = meta.get("logs", {})
+        xnn = {s: logs.get(f"{s}-{label}", {}).get("xnnpack_delegate") for s in ("x86", "aarch64")}
+        r["xnnpack_delegate"] = xnn
+        if xnn["x86"] is not None and xnn["x86"] != xnn["aarch64"]:
+            print(f"   WARNING {label}: XNNPACK delegate x86={xnn['x86']} aarch64={xnn['aarch64']}: "
+                  "the two sides ran different kernels", file=sys.stderr)
         print(f"== {label}: {r['users']} users", file=sys.stderr)
         print(f"   top-{k} identical: {r[f'top{k}_identical_frac']:.4f} ({r['users_differing']} users differ), "
               f"same set: {r[f'top{k}_same_set_frac']:.4f}, overlap: {r[f'top{k}_overlap']:.4f}; "
@@ -90,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             d = s["device"]
             print(f"   {name:8s} machine={s['machine']} python={d.get('python')} numpy={d.get('numpy')} "
                   f"{s['runtime']}={s['runtime_version']} p50={s['p50_ms']:.3f} ms "
-                  f"cold_start={s['cold_start_ms']:.1f} ms", file=sys.stderr)
+                  f"cold_start={s['cold_start_ms']:.1f} ms xnnpack={r['xnnpack_delegate'][name]}",
+                  file=sys.stderr)
         for ex in r["examples"]:
             print(f"   differs: row {ex['user_row']} from rank {ex['first_differing_rank']}: "
                   f"x86 {ex['x86']} vs aarch64 {ex['aarch64']}", file=sys.stderr)
@@ -112,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                              for f, info in m.get("models", {}).items()}
         summary["inputs_sha256"] = m.get("inputs", {}).get("sha256")
         summary["host_versions"] = m.get("versions")
-    if args.meta:
-        summary["run"] = load(args.meta)
+    if meta:
+        summary["run"] = meta
     text = json.dumps(summary, indent=2)
     if args.out:
         with open(args.out, "w") as f:

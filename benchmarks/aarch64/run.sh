@@ -11,6 +11,8 @@
 #   EDGEKD_ARM64_MIRROR   Debian mirror           [the one apt uses here, else deb.debian.org]
 #   EDGEKD_ARM64_RUNTIME  auto | litert | tflite-runtime   (auto: litert, else tflite-runtime)
 #   EDGEKD_ARM64_EXEC     auto | chroot | qemu    (qemu: qemu-aarch64-static -L ROOT, no binfmt)
+#   EDGEKD_ARM64_CPU      the emulated CPU (QEMU_CPU) [cortex-a76, as a Raspberry Pi 5; `max` has
+#                         SME, whose emulation in Debian 12's qemu 7.2 gives wrong int8 scores]
 #   EDGEKD_ARM64_MAX_DIFF largest fraction of users whose top-10 may differ     [0.02]
 #   EDGEKD_PYTHON         host python with edgekd installed          [REPO/.venv/bin/python]
 set -euo pipefail
@@ -26,6 +28,7 @@ PY=${EDGEKD_PYTHON:-$REPO/.venv/bin/python}
 RUNTIME=${EDGEKD_ARM64_RUNTIME:-auto}
 EXEC=${EDGEKD_ARM64_EXEC:-auto}
 MAX_DIFF=${EDGEKD_ARM64_MAX_DIFF:-0.02}
+ARM_CPU=${EDGEKD_ARM64_CPU:-cortex-a76}
 QEMU=/usr/bin/qemu-aarch64-static
 IN_ROOT=/tmp/edgekd-run          # where the runner, model and inputs go inside the root
 RUNNER_ARGS=(--threads 1 --min-runs 20 --min-seconds 0.1 --warmup 2 --topk 20)
@@ -35,6 +38,29 @@ log() { printf '[aarch64 %4ss] %s\n' "$(( $(date +%s) - T_START ))" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 declare -A SECONDS_OF=()
 mark() { SECONDS_OF[$1]=$(( $(date +%s) - $2 )); }
+
+# Mounts this run makes inside the root (proc, sys, cpuinfo), undone on exit, last first.
+MOUNTS=()
+unmount_all() {
+    local i
+    for (( i = ${#MOUNTS[@]} - 1; i >= 0; i-- )); do
+        umount "${MOUNTS[i]}" 2>/dev/null || umount -l "${MOUNTS[i]}" 2>/dev/null || true
+    done
+    MOUNTS=()
+}
+trap unmount_all EXIT
+is_mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
+mount_in_root() {   # mount_in_root TARGET MOUNT-ARGS...
+    local target=$1; shift
+    is_mounted "$target" || { mount "$@" "$target" && MOUNTS+=("$target"); }
+}
+# Anything a killed earlier run left mounted in the root, before deleting any of it.
+unmount_stale() {
+    local m
+    findmnt -rn -o TARGET 2>/dev/null | grep -F "$ROOTFS/" | sort -r | while read -r m; do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
+}
 
 [[ $(id -u) == 0 ]] || die "run as root (apt-get, debootstrap and chroot need it)"
 [[ $(uname -m) == x86_64 ]] || log "warning: host is $(uname -m), not x86_64"
@@ -112,7 +138,8 @@ if [[ -f $STAMP ]]; then
     log "arm64 root cached at $ROOTFS ($(cat "$STAMP"))"
 else
     log "building arm64 $SUITE root at $ROOTFS from $MIRROR"
-    rm -rf "$ROOTFS"
+    unmount_stale
+    rm -rf --one-file-system "$ROOTFS"
     keyring=()
     [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] \
         && keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
@@ -153,7 +180,7 @@ ARM_PY=/usr/bin/python3.11
 # non-stdlib packages: -S skips site-packages, so nothing from the host or the root leaks in.
 arm_python() {
     local site=$1; shift
-    local env=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8
+    local env=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 QEMU_CPU="$ARM_CPU"
                PYTHONPATH="$site" PYTHONDONTWRITEBYTECODE=1)
     if [[ $EXEC == chroot ]]; then
         chroot "$ROOTFS" "${env[@]}" "$ARM_PY" -S "$@"
@@ -162,7 +189,21 @@ arm_python() {
         "${env[@]}" "$QEMU" -L "$ROOTFS" "$ROOTFS$ARM_PY" -S "$@"
     fi
 }
-log "aarch64 python: $(arm_python / -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])') via $EXEC"
+log "aarch64 python: $(arm_python / -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])') via $EXEC, QEMU_CPU=$ARM_CPU"
+
+# What the runtime's CPU detection reads on a device: /proc (with an arm64 cpuinfo, which
+# qemu 7.2 does not provide: see cpuinfo.py) and /sys. Without them XNNPACK is silently off.
+cp "$HERE/cpuinfo.py" "$ROOTFS/tmp/edgekd-cpuinfo.py"
+arm_python / /tmp/edgekd-cpuinfo.py "$(nproc)" > "$CACHE/cpuinfo" || die "cpuinfo.py failed under emulation"
+if [[ $EXEC == chroot ]]; then
+    mount_in_root "$ROOTFS/proc" -t proc proc
+    mount_in_root "$ROOTFS/proc/cpuinfo" --bind "$CACHE/cpuinfo"
+    mount_in_root "$ROOTFS/sys" -t sysfs sysfs
+elif ! is_mounted "$ROOTFS/proc"; then
+    # qemu -L looks a guest path up in the root first, then on the host: the root's
+    # /proc/cpuinfo (a plain file here), the host's /proc/self and /sys.
+    cp "$CACHE/cpuinfo" "$ROOTFS/proc/cpuinfo"
+fi
 
 # ---------------------------------------------------------------- 3. aarch64 wheels
 # Installed with the host's pip for the target platform (no emulated pip), one dir per runtime.
@@ -181,17 +222,37 @@ install_wheels() {
         rm -rf "$ROOTFS$site" "$stamp"
         # (errexit is off inside a function called from `&&`/`||`: every step checks itself)
         mkdir -p "$WHEELS/$name" || return 1
-        "$PY" -m pip download -q "${PIP_PLATFORM[@]}" -d "$WHEELS/$name" "$@" >&2 || return 1
-        "$PY" -m pip install -q --no-index --find-links "$WHEELS/$name" "${PIP_PLATFORM[@]}" \
-            --no-compile --target "$ROOTFS$site" "$@" >&2 || return 1
+        { "$PY" -m pip download -q "${PIP_PLATFORM[@]}" -d "$WHEELS/$name" "$@" \
+          && "$PY" -m pip install -q --no-index --find-links "$WHEELS/$name" "${PIP_PLATFORM[@]}" \
+                 --no-compile --no-warn-conflicts --target "$ROOTFS$site" "$@"; } > "$CACHE/pip-$name.log" 2>&1 \
+            || { tail -n 5 "$CACHE/pip-$name.log" >&2; return 1; }
         echo "$*" > "$stamp" || return 1
     fi
     echo "$site"
 }
 t=$(date +%s)
-# The same versions as the host's venv, so only the CPU differs.
+# The same versions as the host's venv, so that only the CPU differs.
 NUMPY_V=$(host_version numpy)
-LITERT_V=$(host_version ai-edge-litert 2>/dev/null || echo "")
+LITERT_V=$(host_version ai-edge-litert 2>/dev/null || true)
+ARM_RUNTIME="" ARM_SITE="" FALLBACK_REASON=""
+use_tflite_runtime() {   # the fallback: what older devices have, built against numpy 1
+    ARM_SITE=$(install_wheels tflite-runtime "numpy<2" "tflite-runtime==2.14.0") \
+        || die "no aarch64 wheels for tflite-runtime either"
+    ARM_RUNTIME=tflite-runtime
+}
+case $RUNTIME in
+    auto|litert)
+        if [[ -n $LITERT_V ]] && ARM_SITE=$(install_wheels litert "numpy==$NUMPY_V" "ai-edge-litert==$LITERT_V"); then
+            ARM_RUNTIME=litert
+        else
+            FALLBACK_REASON="no aarch64 wheels for ai-edge-litert${LITERT_V:+==$LITERT_V} (numpy==$NUMPY_V)"
+            [[ $RUNTIME == litert ]] && die "$FALLBACK_REASON"
+            log "$FALLBACK_REASON: falling back to tflite-runtime"
+            use_tflite_runtime
+        fi ;;
+    tflite-runtime) use_tflite_runtime ;;
+    *) die "EDGEKD_ARM64_RUNTIME must be auto, litert or tflite-runtime" ;;
+esac
 mark wheels "$t"
 
 # ---------------------------------------------------------------- 4. artifacts (host, x86)
@@ -205,12 +266,13 @@ mark artifacts "$t"
 
 # ---------------------------------------------------------------- 5. run on x86 and aarch64
 RUN_DIR=$ROOTFS$IN_ROOT
-rm -rf "$RUN_DIR"
+rm -rf --one-file-system "$RUN_DIR"
 mkdir -p "$RUN_DIR"
 cp "$REPO/edgekd/device_runner.py" "$WORK/eval.npz" "$RUN_DIR/"
 FORMATS=(tflite-fp32 tflite-int8)
 for fmt in "${FORMATS[@]}"; do
     cp "$WORK/models/arm-$fmt/model.tflite" "$RUN_DIR/$fmt.tflite"
+    : > "$RUN_DIR/aarch64-$fmt.json"   # exists in the root, so qemu -L writes it there too
 done
 
 t=$(date +%s)
@@ -231,44 +293,57 @@ arm_run() {
     cp "$RUN_DIR/aarch64-$fmt.json" "$WORK/aarch64-$fmt.json"
 }
 t=$(date +%s)
-FALLBACK_REASON=""
-arm_all() {
-    local rt=$1 site=$2 fmt
+arm_all() {   # (errexit is off in functions called from `if`: return codes by hand)
+    local fmt
     for fmt in "${FORMATS[@]}"; do
-        log "aarch64 ($EXEC, $rt): $fmt"
-        arm_run "$rt" "$site" "$fmt" || { FALLBACK_REASON="$rt on $fmt: $(tail -n 3 "$WORK/aarch64-$fmt.log" | tr '\n' ' ')"; return 1; }
+        log "aarch64 ($EXEC, QEMU_CPU=$ARM_CPU, $ARM_RUNTIME): $fmt"
+        if ! arm_run "$ARM_RUNTIME" "$ARM_SITE" "$fmt"; then
+            FALLBACK_REASON="$ARM_RUNTIME failed on $fmt: $(tail -n 3 "$WORK/aarch64-$fmt.log" | tr '\n' ' ')"
+            return 1
+        fi
     done
 }
-ARM_RUNTIME=""
-if [[ $RUNTIME == auto || $RUNTIME == litert ]]; then
-    [[ -n $LITERT_V ]] || LITERT_V=$("$PY" -m pip index versions ai-edge-litert 2>/dev/null | sed -n 's/.*(\(.*\)).*/\1/p' | head -n1)
-    site=$(install_wheels litert "numpy==$NUMPY_V" "ai-edge-litert==$LITERT_V") \
-        && arm_all litert "$site" && ARM_RUNTIME=litert \
-        || { [[ $RUNTIME == litert ]] && die "ai-edge-litert on aarch64 failed: $FALLBACK_REASON"
-             log "ai-edge-litert did not work under emulation, falling back to tflite-runtime: $FALLBACK_REASON"; }
-fi
-if [[ -z $ARM_RUNTIME ]]; then
-    site=$(install_wheels tflite-runtime "numpy<2" "tflite-runtime==2.14.0")
-    arm_all tflite-runtime "$site" || die "tflite-runtime on aarch64 failed: $FALLBACK_REASON"
-    ARM_RUNTIME=tflite-runtime
+if ! arm_all; then
+    [[ $RUNTIME == auto && $ARM_RUNTIME == litert ]] || die "$FALLBACK_REASON"
+    log "$FALLBACK_REASON: falling back to tflite-runtime"
+    use_tflite_runtime
+    arm_all || die "$FALLBACK_REASON"
 fi
 mark aarch64_runs "$t"
 
 # ---------------------------------------------------------------- 6. compare + summary
-T_TOTAL=$(( $(date +%s) - T_START ))
-{
-    printf '{"exec": "%s", "rootfs": "%s", "mirror": "%s", "arm_runtime_requested": "%s",' \
-        "$EXEC" "$(cat "$STAMP")" "$MIRROR" "$RUNTIME"
-    printf ' "fallback_reason": "%s", "host_kernel": "%s", "qemu": "%s", "runner_args": "%s",' \
-        "$(printf '%s' "$FALLBACK_REASON" | tr -d '"\\' | cut -c1-300)" "$(uname -r)" \
-        "$("$QEMU" --version | head -n1)" "${RUNNER_ARGS[*]}"
-    printf ' "seconds": {'
-    sep=""
-    for k in apt rootfs wheels artifacts x86_runs aarch64_runs; do
-        printf '%s"%s": %s' "$sep" "$k" "${SECONDS_OF[$k]}"; sep=", "
-    done
-    printf ', "total_before_compare": %s}}\n' "$T_TOTAL"
-} > "$WORK/meta.json"
+# How this run was made, for the summary (JSON written by python: no quoting by hand).
+timings=""
+for k in apt rootfs wheels artifacts x86_runs aarch64_runs; do timings+="$k=${SECONDS_OF[$k]} "; done
+EXEC="$EXEC" ARM_CPU="$ARM_CPU" ROOTFS_HOW="$(cat "$STAMP")" MIRROR="$MIRROR" RUNTIME="$RUNTIME" \
+ARM_RUNTIME="$ARM_RUNTIME" FALLBACK_REASON="$FALLBACK_REASON" QEMU_VERSION="$("$QEMU" --version | head -n1)" \
+RUNNER_ARGS="${RUNNER_ARGS[*]}" TIMINGS="$timings" TOTAL=$(( $(date +%s) - T_START )) \
+WORK="$WORK" CPUINFO="$CACHE/cpuinfo" FORMATS="${FORMATS[*]}" "$PY" - > "$WORK/meta.json" <<'PY'
+import json, os, platform
+e = os.environ
+work = e["WORK"]
+cpu = {}
+for line in open(e["CPUINFO"]):
+    k, _, v = line.partition(":")
+    if k.strip() in ("Features", "CPU implementer", "CPU part", "CPU variant") and k.strip() not in cpu:
+        cpu[k.strip()] = v.strip()
+def log_facts(path):
+    text = open(path).read() if os.path.exists(path) else ""
+    return {"xnnpack_delegate": "XNNPACK delegate for CPU" in text,
+            "cpuinfo_errors": text.count("Error in cpuinfo")}
+print(json.dumps({
+    "exec": e["EXEC"], "qemu": e["QEMU_VERSION"], "qemu_cpu": e["ARM_CPU"], "guest_cpuinfo": cpu,
+    "rootfs": e["ROOTFS_HOW"], "mirror": e["MIRROR"],
+    "arm_runtime_requested": e["RUNTIME"], "arm_runtime": e["ARM_RUNTIME"],
+    "fallback_reason": e["FALLBACK_REASON"] or None,
+    "host": {"machine": platform.machine(), "kernel": platform.release()},
+    "runner_args": e["RUNNER_ARGS"],
+    "logs": {f"{side}-{fmt}": log_facts(f"{work}/{side}-{fmt}.log")
+             for fmt in e["FORMATS"].split() for side in ("x86", "aarch64")},
+    "seconds": {**{k: int(v) for k, v in (kv.split("=") for kv in e["TIMINGS"].split())},
+                "total_before_compare": int(e["TOTAL"])},
+}))
+PY
 
 pairs=()
 for fmt in "${FORMATS[@]}"; do pairs+=(--pair "$fmt" "$WORK/x86-$fmt.json" "$WORK/aarch64-$fmt.json"); done
