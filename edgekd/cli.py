@@ -22,7 +22,7 @@ NO_ARGS = tuple(getattr(m, "NoArgsIsHelpError") for m in (click.exceptions, _tcl
 ABORT = tuple({click.exceptions.Abort, getattr(_tclick, "Abort", click.exceptions.Abort), getattr(typer, "Abort", click.exceptions.Abort)})
 from rich.console import Console
 
-from .errors import ConfigError, EdgeKDError
+from .errors import BenchError, ConfigError, EdgeKDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, distil, export and benchmark sequential recommenders for edge devices.")
@@ -270,6 +270,10 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
     run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
                         on_result=_print_result, run_id=run_id, resume=resume)
     out.print(str(run_dir))
+    failed = [r for r in recs if r["status"] != "ok"]
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(recs)} cells failed on {tgt.name} (first: {failed[0]['error']}); "
+                         f"the rest are in {run_dir}")
 
 
 def _print_result(rec: dict):

@@ -57,7 +57,7 @@ mount_in_root() {   # mount_in_root TARGET MOUNT-ARGS...
 # Anything a killed earlier run left mounted in the root, before deleting any of it.
 unmount_stale() {
     local m
-    findmnt -rn -o TARGET 2>/dev/null | grep -F "$ROOTFS/" | sort -r | while read -r m; do
+    for m in $( (findmnt -rn -o TARGET 2>/dev/null || true) | grep -F "$ROOTFS/" | sort -r || true); do
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
 }

@@ -1,0 +1,89 @@
+"""The adb target's orchestration, end to end, against a stand-in device: a fake `adb` that runs
+`shell` commands on this machine and copies files for push/pull, and a fake `benchmark_model`
+that prints a real benchmark_model output sample. What is tested is edgekd's side: quoting
+through `adb shell`, pushing the tool and the model, taskset and threads, parsing, accuracy from
+the same file on the host, and cleaning up. (A real phone is needed to test the phone.)"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLES = Path(__file__).parent / "data" / "android"
+
+FAKE_ADB = r"""#!/bin/bash
+# stand-in for the adb client: one always-connected device, which is this machine
+[ "$1" = "-s" ] && shift 2
+cmd=$1; shift
+case "$cmd" in
+  get-state) echo device ;;
+  push) cp "$1" "$2" ;;
+  pull) cp "$1" "$2" ;;
+  shell)
+    case "$*" in
+      getprop*) echo fake-phone ;;
+      *) exec sh -c "$*" ;;
+    esac ;;
+  *) echo "fake adb: unsupported $cmd" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.fixture
+def android(tmp_path) -> Path:
+    adb = tmp_path / "adb"
+    adb.write_text(FAKE_ADB)
+    adb.chmod(0o755)
+    sample = next(SAMPLES.glob("tflite_new_*.txt"))
+    tool = tmp_path / "benchmark_model"
+    tool.write_text(f"#!/bin/sh\necho \"args: $*\" >&2\ncat '{sample}'\n")
+    tool.chmod(0o755)
+    device_dir = tmp_path / "data local tmp"
+    device_dir.mkdir()
+    t = tmp_path / "phone.toml"
+    t.write_text(f'kind = "adb"\nadb = "{adb}"\nserial = "emulator-5554"\nbenchmark_binary = "{tool}"\n'
+                 f'remote_dir = "{device_dir}"\nthreads = 2\ntaskset = "1"\nmin_runs = 10\n')
+    return t
+
+
+def test_tflite_over_adb_parses_the_tool_and_takes_accuracy_from_the_host(android, tiny_student, tiny_ds, store, tmp_path):
+    from edgekd.android import parse_tflite_benchmark
+    from edgekd.bench import bench
+    from edgekd.export import export
+    from edgekd.targets import load_target
+
+    e = export(tiny_student, "tflite-fp32", store=store, ds=tiny_ds, name="adb-tflite")
+    run_dir, recs = bench([e], load_target(str(android)), out=tmp_path / "r", teacher=tiny_student)
+    by = {r["artifact"]["name"]: r for r in recs}
+    assert by["tiny-student"]["status"] == "failed"  # torch files have no runtime on a phone
+    assert "cannot be benchmarked over adb" in by["tiny-student"]["error"]
+    rec = by["adb-tflite"]
+    assert rec["status"] == "ok" and rec["timing_source"] == "benchmark_model"
+    sample = parse_tflite_benchmark(next(SAMPLES.glob("tflite_new_*.txt")).read_text())
+    assert rec["latency_ms"]["p50_ms"] == pytest.approx(sample["p50_ms"] or sample["avg_ms"])
+    assert rec["latency_ms"]["mean_ms"] == pytest.approx(sample["avg_ms"])
+    assert rec["device"]["ro.product.model"] == "fake-phone"
+    assert 0 <= rec["accuracy"]["ndcg@10"] <= 1 and rec["accuracy"]["users"] == tiny_ds.num_users
+    assert list((android.parent / "data local tmp").iterdir()) == []  # cleaned up on the device
+
+
+def test_a_missing_benchmark_binary_fails_the_cell_with_one_clear_line(android, tiny_student, tiny_ds, store, tmp_path):
+    import os
+
+    from edgekd.export import export
+
+    e = export(tiny_student, "tflite-fp32", store=store, ds=tiny_ds, name="adb-tflite-2")
+    text = android.read_text().replace("benchmark_binary = ", 'benchmark_binary = "/nowhere/benchmark_model"\n#')
+    android.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
+    p = subprocess.run([sys.executable, "-m", "edgekd", "bench", str(e.path), "--teacher", str(tiny_student.path),
+                        "--target", str(android), "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1
+    errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in p.stderr
+    rec = json.loads(next((tmp_path / "r").glob("*/adb-tflite-2__phone.json")).read_text())
+    assert rec["status"] == "failed" and "benchmark_binary /nowhere/benchmark_model is missing" in rec["error"]
