@@ -114,8 +114,8 @@ MIRROR=${EDGEKD_ARM64_MIRROR:-$(pick_mirror)}
 # `qemu-aarch64-static -L ROOT`, which needs no kernel support.
 binfmt_ok() { [[ -x $ROOTFS/bin/true ]] && chroot "$ROOTFS" /bin/true 2>/dev/null; }
 try_binfmt() {
-    binfmt_ok && return 0
     [[ $EXEC == qemu ]] && return 1
+    binfmt_ok && return 0
     if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
         mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || return 1
     fi
