@@ -207,9 +207,10 @@ fi
 
 # ---------------------------------------------------------------- 3. aarch64 wheels
 # Installed with the host's pip for the target platform (no emulated pip), one dir per runtime.
+# Any manylinux tag up to the root's glibc (2.36 in bookworm): tflite-runtime 2.14 is 2_34.
 PIP_PLATFORM=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none
-              --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64
-              --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64)
+              --platform manylinux2014_aarch64)
+for minor in $(seq 17 36); do PIP_PLATFORM+=(--platform "manylinux_2_${minor}_aarch64"); done
 host_version() { "$PY" -c "from importlib.metadata import version; print(version('$1'))"; }
 # install_wheels NAME REQUIREMENT...: wheels to $WHEELS/NAME, installed to /opt/edgekd/NAME.
 install_wheels() {
