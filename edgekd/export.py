@@ -235,11 +235,20 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
                 f"{check['top10_overlap']:.3f} (need >= {FP32_MIN_TOP10_OVERLAP}), max abs diff "
                 f"{check['max_abs_diff']:.2e} (need <= {FP32_MAX_ABS_DIFF:g}); nothing written")
         batch = info.pop("batch")
+        from .inspect import inspect_path
+
+        # The signature as the file itself states it (TFLite names its tensors itself).
+        seen = inspect_path(out)
+        card_sig = {"inputs": seen["inputs"], "outputs": seen["outputs"], "quantization": seen["quantization"],
+                    "operators": seen["operators"]}
         card = {
             "stage": "exported", "format": fmt, "precision": spec.precision,
             "arch": a.card["arch"], "arch_kwargs": a.card["arch_kwargs"], "params": a.card.get("params"),
-            "input_spec": input_spec(maxlen, "int32", "batch" if batch == "dynamic" else batch),
-            "output_spec": output_spec(ds.num_items, "batch" if batch == "dynamic" else batch),
+            "input_spec": input_spec(maxlen, "int32", "batch" if batch == "dynamic" else batch,
+                                     name=seen["inputs"][0]["name"]),
+            "output_spec": output_spec(ds.num_items, "batch" if batch == "dynamic" else batch,
+                                       name=seen["outputs"][0]["name"]),
+            "signature": card_sig,
             "config": {"export": {"target": fmt, **info}},
             "parent": [a.lineage()], "metrics": {"parity": check},
             "dataset": dataset_card(ds), "seed": a.card.get("seed"),

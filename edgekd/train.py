@@ -233,13 +233,13 @@ def save_torch_artifact(model: nn.Module, *, store: Path, name: str, stage: str,
                          card, ds.vocab())
 
 
-def input_spec(maxlen: int, dtype: str = "int32", batch: int | str = "batch") -> list[dict]:
-    return [{"name": "item_ids", "shape": [batch, maxlen], "dtype": dtype,
+def input_spec(maxlen: int, dtype: str = "int32", batch: int | str = "batch", name: str = "item_ids") -> list[dict]:
+    return [{"name": name, "shape": [batch, maxlen], "dtype": dtype,
              "meaning": "item indices (vocab.json items[k] is index k+1), left-padded with 0"}]
 
 
-def output_spec(num_items: int, batch: int | str = "batch") -> list[dict]:
-    return [{"name": "scores", "shape": [batch, num_items], "dtype": "float32",
+def output_spec(num_items: int, batch: int | str = "batch", name: str = "scores") -> list[dict]:
+    return [{"name": name, "shape": [batch, num_items], "dtype": "float32",
              "meaning": "score of every item for the next position; column k is vocab.json items[k]"}]
 
 

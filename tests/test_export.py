@@ -94,3 +94,30 @@ def test_broken_parity_is_an_error_and_writes_nothing(tiny_student, tiny_ds, tmp
 def test_unknown_format_names_the_valid_ones():
     with pytest.raises(ConfigError, match="export formats: onnx-fp32"):
         get_format("local-cpu")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_inspect_reads_signature_and_quantisation_from_the_file(exports, fmt, tiny_ds):
+    from edgekd.inspect import inspect_path
+
+    info = inspect_path(exports[fmt].path)
+    assert info["inputs"][0]["dtype"] == "int32" and info["inputs"][0]["shape"][-1] == 20
+    assert info["outputs"][0]["shape"][-1] == tiny_ds.num_items
+    assert info["size_bytes"] == exports[fmt].card["size_bytes"]
+    assert ("none" in info["quantization"]) == fmt.endswith("fp32")
+    assert exports[fmt].card["signature"]["inputs"] == info["inputs"]
+    assert sum(info["operators"].values()) > 5
+
+
+def test_inspect_torch_weights_and_bad_files(tiny_teacher, tmp_path):
+    from edgekd.errors import ArtifactError
+    from edgekd.inspect import inspect_path
+    from edgekd.models import count_parameters
+    from edgekd.train import load_torch_model
+
+    info = inspect_path(tiny_teacher.path)
+    assert info["parameters"] == count_parameters(load_torch_model(tiny_teacher))
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ArtifactError, match="not a readable ONNX model"):
+        inspect_path(bad)

@@ -41,7 +41,8 @@ def main(work: Path) -> int:
     for fmt in FORMATS:
         a = export(teacher, fmt, store=store, ds=ds, name=f"arm-{fmt}")
         models[fmt] = {"file": str(a.file), "sha256": sha256(a.file), "bytes": a.file.stat().st_size,
-                       "artifact": a.name, "parity": a.metrics.get("parity", {})}
+                       "artifact": a.name, "export": a.card.get("config", {}).get("export"),
+                       "parity": a.metrics.get("parity", {})}
     _, npz = write_inputs(ds, MAXLEN, work / "eval.npz")
     manifest = {
         "data": {"synthetic": SYNTHETIC, "maxlen": MAXLEN, "users": len(ds.sequences),

@@ -276,10 +276,12 @@ for fmt in "${FORMATS[@]}"; do
     : > "$RUN_DIR/aarch64-$fmt.json"   # exists in the root, so qemu -L writes it there too
 done
 
+# The host runs the same copy of the runner as the root: alone in its directory, as on a device
+# (run from edgekd/, a module there named like a stdlib one would shadow it).
 t=$(date +%s)
 for fmt in "${FORMATS[@]}"; do
     log "x86 host: $fmt"
-    "$PY" "$REPO/edgekd/device_runner.py" --model "$RUN_DIR/$fmt.tflite" --runtime litert \
+    "$PY" "$RUN_DIR/device_runner.py" --model "$RUN_DIR/$fmt.tflite" --runtime litert \
         --inputs "$RUN_DIR/eval.npz" "${RUNNER_ARGS[@]}" --out "$WORK/x86-$fmt.json" 2> "$WORK/x86-$fmt.log" \
         || { cat "$WORK/x86-$fmt.log" >&2; die "device_runner failed on the host for $fmt"; }
 done

@@ -1,0 +1,150 @@
+"""`edgekd inspect`: what is in a model file: its signature, operators, size and how it is
+quantised, read from the file itself (and, for an artifact directory, its card)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError
+
+
+def inspect_path(path: Path) -> dict:
+    p = Path(path)
+    card = None
+    if p.is_dir():
+        from .artifact import load_artifact
+
+        a = load_artifact(p)
+        card, p = a.card, a.file
+    if not p.is_file():
+        raise ArtifactError(f"{p}: no such file")
+    kind = p.suffix
+    if kind == ".onnx":
+        info = inspect_onnx(p)
+    elif kind == ".tflite":
+        info = inspect_tflite(p)
+    elif kind == ".safetensors":
+        info = inspect_safetensors(p)
+    else:
+        raise ArtifactError(f"{p}: not a model file edgekd knows (.onnx, .tflite, .safetensors)")
+    info = {"file": str(p), "size_bytes": p.stat().st_size, **info}
+    if card:
+        info["artifact"] = {k: card.get(k) for k in ("name", "stage", "format", "sha256", "arch", "params")}
+        info["artifact"]["parent"] = [x.get("name") for x in card.get("parent", [])]
+        if "parity" in card.get("metrics", {}):
+            info["artifact"]["parity"] = card["metrics"]["parity"]
+    return info
+
+
+def _bytes_by_dtype(arrays) -> dict:
+    out: Counter = Counter()
+    for dtype, nbytes in arrays:
+        out[str(dtype)] += int(nbytes)
+    return dict(out)
+
+
+def inspect_onnx(path: Path) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        m = onnx.load(str(path))
+    except Exception as e:  # protobuf's own errors have no common base class
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    init_names = {i.name for i in m.graph.initializer}
+    elem = {v: k for k, v in onnx.TensorProto.DataType.items()}
+
+    def sig(values):
+        out = []
+        for v in values:
+            if v.name in init_names:
+                continue
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": elem.get(t.elem_type, "?").lower()})
+        return out
+
+    ops = Counter(n.op_type for n in m.graph.node)
+    arrays = [(numpy_helper.to_array(i).dtype, numpy_helper.to_array(i).nbytes) for i in m.graph.initializer]
+    qops = {"DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear", "DequantizeLinear", "QLinearMatMul",
+            "ConvInteger", "QLinearConv"}
+    int8 = [i.name for i in m.graph.initializer if numpy_helper.to_array(i).dtype in (np.int8, np.uint8)]
+    quant = "none (fp32)"
+    if ops.keys() & {"DynamicQuantizeLinear", "MatMulInteger"}:
+        quant = "dynamic int8 (int8 weights, activations quantised at run time)"
+    elif ops.keys() & {"QuantizeLinear", "QLinearMatMul"}:
+        quant = "static int8 (QDQ)"
+    elif int8:
+        quant = "int8 weights, dequantised in the graph"
+    return {
+        "format": "onnx", "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
+        "inputs": sig(m.graph.input), "outputs": sig(m.graph.output),
+        "operators": dict(sorted(ops.items())), "weights_bytes": _bytes_by_dtype(arrays),
+        "quantization": quant, "quantization_ops": sorted(ops.keys() & qops), "int8_tensors": len(int8),
+    }
+
+
+def inspect_tflite(path: Path) -> dict:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+    try:
+        it = Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: not a readable TFLite model ({e})") from None
+
+    def sig(details):
+        return [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+                for d in details]
+
+    ops = Counter(o["op_name"] for o in it._get_ops_details())
+    weights = []
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils as fu
+
+        m = fu.read_model(str(path))
+        types = {v: k for k, v in vars(__import__("ai_edge_litert.schema_py_generated", fromlist=["TensorType"]).TensorType).items()
+                 if not k.startswith("_")}
+        for t in m.subgraphs[0].tensors:
+            b = m.buffers[t.buffer]
+            if b.data is not None and len(b.data):
+                weights.append((types.get(t.type, t.type), len(b.data)))
+    except ImportError:  # tflite-runtime has no flatbuffer reader
+        pass
+    kinds = {w[0] for w in weights}
+    if "DEQUANTIZE" in ops and "INT8" in kinds:
+        quant = "int8 weights, fp32 compute (weight-only)"
+    elif "INT8" in kinds and "FLOAT32" not in {np.dtype(d["dtype"]).name.upper() for d in it.get_input_details()}:
+        quant = "full integer"
+    elif "INT8" in kinds:
+        quant = "int8 weights (dynamic range / hybrid kernels)"
+    elif "FLOAT16" in kinds:
+        quant = "fp16 weights"
+    else:
+        quant = "none (fp32)"
+    return {
+        "format": "tflite", "inputs": sig(it.get_input_details()), "outputs": sig(it.get_output_details()),
+        "operators": dict(sorted(ops.items())), "weights_bytes": _bytes_by_dtype(weights), "quantization": quant,
+    }
+
+
+def inspect_safetensors(path: Path) -> dict:
+    from safetensors import safe_open
+
+    tensors, arrays = {}, []
+    with safe_open(str(path), "np") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            tensors[k] = {"shape": list(t.shape), "dtype": str(t.dtype)}
+            arrays.append((t.dtype, t.nbytes))
+    params = sum(int(np.prod(v["shape"])) for v in tensors.values())
+    return {"format": "safetensors (torch weights)", "tensors": tensors, "parameters": params,
+            "weights_bytes": _bytes_by_dtype(arrays), "quantization": "none (fp32)"}
+
+
+def to_json(info: dict) -> str:
+    return json.dumps(info, indent=2, default=str)
