@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-import pytest
+
 
 
 def run(*args, cwd=None):

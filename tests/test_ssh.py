@@ -28,7 +28,7 @@ def sshd(tmp_path_factory):
 
 def ssh_target(tmp_path: Path, sshd, remote_tmp: Path, python: str = sys.executable, **extra) -> Path:
     remote_tmp.mkdir(parents=True, exist_ok=True)
-    lines = [f'kind = "ssh"', f'host = "{sshd.alias}"', f'ssh_config = "{sshd.config}"',
+    lines = ['kind = "ssh"', f'host = "{sshd.alias}"', f'ssh_config = "{sshd.config}"',
              f'python = "{python}"', f'remote_tmp = "{remote_tmp}"', "threads = 1", "warmup = 2",
              "min_runs = 30", "min_seconds = 0.1", "timeout_s = 300"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
