@@ -250,7 +250,7 @@ def export(artifact: Path = typer.Argument(..., help="torch artifact directory (
 @app.command()
 def inspect(path: Path = typer.Argument(..., help="a .onnx, .tflite or .safetensors file, or an artifact directory")):
     """Print a model file's signature, operators, size and how it is quantised."""
-    from .inspect import inspect_path, to_json
+    from .inspection import inspect_path, to_json
 
     out.print_json(to_json(inspect_path(path)))
 

@@ -235,7 +235,7 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
                 f"{check['top10_overlap']:.3f} (need >= {FP32_MIN_TOP10_OVERLAP}), max abs diff "
                 f"{check['max_abs_diff']:.2e} (need <= {FP32_MAX_ABS_DIFF:g}); nothing written")
         batch = info.pop("batch")
-        from .inspect import inspect_path
+        from .inspection import inspect_path
 
         # The signature as the file itself states it (TFLite names its tensors itself).
         seen = inspect_path(out)

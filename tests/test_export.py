@@ -98,7 +98,7 @@ def test_unknown_format_names_the_valid_ones():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_inspect_reads_signature_and_quantisation_from_the_file(exports, fmt, tiny_ds):
-    from edgekd.inspect import inspect_path
+    from edgekd.inspection import inspect_path
 
     info = inspect_path(exports[fmt].path)
     assert info["inputs"][0]["dtype"] == "int32" and info["inputs"][0]["shape"][-1] == 20
@@ -111,7 +111,7 @@ def test_inspect_reads_signature_and_quantisation_from_the_file(exports, fmt, ti
 
 def test_inspect_torch_weights_and_bad_files(tiny_teacher, tmp_path):
     from edgekd.errors import ArtifactError
-    from edgekd.inspect import inspect_path
+    from edgekd.inspection import inspect_path
     from edgekd.models import count_parameters
     from edgekd.train import load_torch_model
 

@@ -29,7 +29,8 @@ def overlap(a: list[int], b: list[int], k: int) -> float:
 def side(r: dict) -> dict:
     lat = r.get("latency", {})
     return {
-        "machine": r["device"]["machine"], "device": r["device"],
+        "machine": r["device"]["machine"],
+        "device": {k: r["device"].get(k) for k in ("machine", "system", "cpu", "cpu_count", "python", "numpy")},
         "runtime": r["runtime"], "runtime_version": r["runtime_version"],
         "p50_ms": lat.get("p50_ms"), "mean_ms": lat.get("mean_ms"), "runs": lat.get("runs"),
         "cold_start_ms": r.get("cold_start_ms"), "eval_seconds": r.get("eval_seconds"),

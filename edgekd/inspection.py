@@ -1,4 +1,5 @@
-"""`edgekd inspect`: what is in a model file: its signature, operators, size and how it is
+"""`edgekd inspect` (a module not named inspect: it would shadow the standard library
+for scripts run from this directory, such as the device runner): what is in a model file: its signature, operators, size and how it is
 quantised, read from the file itself (and, for an artifact directory, its card)."""
 from __future__ import annotations
 
