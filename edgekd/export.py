@@ -152,6 +152,44 @@ def _onnx_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
                                      "embedding_tables": "int8, one scale per row (edgekd)"}}
 
 
+@register_format("onnx-mobile", suffix=".ort", precision="int8",
+                 summary="ONNX Runtime Mobile: the onnx-int8 model in ORT format, plus the "
+                         "required-operators config for a reduced ORT build")
+def _onnx_mobile(model: nn.Module, path: Path, maxlen: int) -> dict:
+    import subprocess
+
+    src = path.with_name("model.onnx")
+    info = _onnx_int8(model, src, maxlen)
+    outdir = path.parent / "ort"
+    p = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src),
+                        "--output_dir", str(outdir), "--optimization_style", "Fixed"],
+                       capture_output=True, text=True)
+    ort_files = sorted(outdir.glob("*.ort"))
+    configs = sorted(outdir.glob("*.config"))
+    if p.returncode != 0 or not ort_files or not configs:
+        raise ExportError(f"ORT format conversion failed: {(p.stderr.strip().splitlines() or ['no output'])[-1]}")
+    os.replace(ort_files[0], path)
+    os.replace(configs[0], path.with_name("required_operators.config"))
+    src.unlink()
+    return {**info, "extra_files": ["required_operators.config"],
+            "ort_format": {"optimization_style": "Fixed", "required_operators": "required_operators.config",
+                           "reduced_build": "build ORT with --minimal_build --include_ops_by_config "
+                                            "required_operators.config"}}
+
+
+def required_operators(config: Path) -> set[tuple[str, str]]:
+    """(domain, op) pairs named by an ORT required-operators config
+    (lines: `domain;opset;Op1,Op2,...`)."""
+    ops = set()
+    for line in Path(config).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        domain, _, names = line.split(";", 2)
+        ops |= {(domain, n.strip()) for n in names.split(",") if n.strip()}
+    return ops
+
+
 # ---------------------------------------------------------------- TFLite
 
 @register_format("tflite-fp32", suffix=".tflite", precision="fp32",
@@ -186,6 +224,45 @@ def _tflite_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
     fp32.unlink()
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "weight_only_wi8_afp32",
                                      "weights": "int8 (embedding tables included)", "activations": "fp32"}}
+
+
+@register_format("tflite-fp16", suffix=".tflite", precision="fp16",
+                 summary="TFLite with fp16 weights, fp32 compute (ai-edge-quantizer float casting)")
+def _tflite_fp16(model: nn.Module, path: Path, maxlen: int) -> dict:
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    fp32 = path.with_name("fp32-" + path.name)
+    info = _tflite_fp32(model, fp32, maxlen)
+    rm = recipe_manager.RecipeManager()
+    rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                              num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+    with _quiet():
+        q = quantizer.Quantizer(str(fp32))
+        q.load_quantization_recipe(rm.get_quantization_recipe())
+        q.quantize().export_model(str(path), overwrite=True)
+    fp32.unlink()
+    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "weight-only float casting",
+                                     "weights": "fp16", "activations": "fp32"}}
+
+
+@register_format("tflite-dynamic-int8", suffix=".tflite", precision="int8",
+                 summary="TFLite dynamic range: int8 weights, int8 hybrid kernels (ai-edge-quantizer "
+                         "dynamic_wi8_afp32); wrong results in tflite-runtime 2.14")
+def _tflite_dynamic_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
+    from ai_edge_quantizer import quantizer, recipe
+
+    fp32 = path.with_name("fp32-" + path.name)
+    info = _tflite_fp32(model, fp32, maxlen)
+    with _quiet():
+        q = quantizer.Quantizer(str(fp32))
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        q.quantize().export_model(str(path), overwrite=True)
+    fp32.unlink()
+    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "dynamic_wi8_afp32",
+                                     "weights": "int8", "activations": "fp32, quantised on the fly by hybrid kernels",
+                                     "compatibility": "ai-edge-litert; tflite-runtime 2.14 computes wrong scores "
+                                                      "(benchmarks/tflite_runtime_compat.py)"}}
 
 
 # ---------------------------------------------------------------- the stage
@@ -235,6 +312,7 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
                 f"{check['top10_overlap']:.3f} (need >= {FP32_MIN_TOP10_OVERLAP}), max abs diff "
                 f"{check['max_abs_diff']:.2e} (need <= {FP32_MAX_ABS_DIFF:g}); nothing written")
         batch = info.pop("batch")
+        extra = info.pop("extra_files", [])
         from .inspection import inspect_path
 
         # The signature as the file itself states it (TFLite names its tensors itself).
@@ -253,5 +331,9 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
             "parent": [a.lineage()], "metrics": {"parity": check},
             "dataset": dataset_card(ds), "seed": a.card.get("seed"),
         }
-        return save_artifact(store, name or f"{a.name}-{fmt}", out.name,
-                             lambda p: shutil.copyfile(out, p), card, a.vocab())
+        def write(p: Path) -> None:
+            shutil.copyfile(out, p)
+            for f in extra:  # files an app or a build needs beside the model
+                shutil.copyfile(out.with_name(f), p.with_name(f))
+
+        return save_artifact(store, name or f"{a.name}-{fmt}", out.name, write, card, a.vocab())

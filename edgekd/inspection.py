@@ -25,12 +25,14 @@ def inspect_path(path: Path) -> dict:
     kind = p.suffix
     if kind == ".onnx":
         info = inspect_onnx(p)
+    elif kind == ".ort":
+        info = inspect_ort(p)
     elif kind == ".tflite":
         info = inspect_tflite(p)
     elif kind == ".safetensors":
         info = inspect_safetensors(p)
     else:
-        raise ArtifactError(f"{p}: not a model file edgekd knows (.onnx, .tflite, .safetensors)")
+        raise ArtifactError(f"{p}: not a model file edgekd knows (.onnx, .ort, .tflite, .safetensors)")
     info = {"file": str(p), "size_bytes": p.stat().st_size, **info}
     if card:
         info["artifact"] = {k: card.get(k) for k in ("name", "stage", "format", "sha256", "arch", "params")}
@@ -86,6 +88,35 @@ def inspect_onnx(path: Path) -> dict:
         "operators": dict(sorted(ops.items())), "weights_bytes": _bytes_by_dtype(arrays),
         "quantization": quant, "quantization_ops": sorted(ops.keys() & qops), "int8_tensors": len(int8),
     }
+
+
+def inspect_ort(path: Path) -> dict:
+    """An ORT-format model: signature from ONNX Runtime, operators from the required-operators
+    config written beside it."""
+    import onnxruntime as ort
+
+    try:
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{path}: not a readable ORT model ({type(e).__name__})") from None
+
+    def sig(values):
+        return [{"name": v.name, "shape": list(v.shape), "dtype": v.type.replace("tensor(", "").rstrip(")")}
+                for v in values]
+
+    info = {"format": "ort", "inputs": sig(s.get_inputs()), "outputs": sig(s.get_outputs())}
+    config = path.with_name("required_operators.config")
+    if config.is_file():
+        from .export import required_operators
+
+        ops = required_operators(config)
+        info["operators"] = {f"{d}:{o}" if d not in ("ai.onnx", "") else o: 1 for d, o in sorted(ops)}
+        info["required_operators_config"] = str(config)
+        qops = {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "QuantizeLinear"}
+        info["quantization"] = ("dynamic int8" if {o for _, o in ops} & qops else "none (fp32)")
+    else:
+        info["operators"], info["quantization"] = {}, "unknown (no required_operators.config beside it)"
+    return info
 
 
 def inspect_tflite(path: Path) -> dict:
