@@ -116,6 +116,9 @@ def run_runner(a: Artifact, target: Target, inputs: Path, threads: int, transpor
     The local CPU goes through the same steps, so every target measures the same way."""
     import posixpath
 
+    if a.card.get("topk"):
+        raise BenchError(f"{a.name}: a top-{a.card['topk']} export returns no full scores, so accuracy with "
+                         "seen items excluded cannot be computed from it; bench the full-score export")
     tr = transport or target.transport()
     runtime = runtime_for(a, target)
     python = sys.executable if target.kind == "local" else target.python

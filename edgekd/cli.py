@@ -237,13 +237,15 @@ def export(artifact: Path = typer.Argument(..., help="torch artifact directory (
            target: str = typer.Option(..., "--target", "-t",
                                       help="export FORMAT: onnx-fp32 | onnx-int8 | tflite-fp32 | tflite-int8 "
                                            "(not a device: devices are for `bench --target`)"),
-           store: Path = StoreOpt, name: Optional[str] = typer.Option(None)):
+           store: Path = StoreOpt, name: Optional[str] = typer.Option(None),
+           topk: Optional[int] = typer.Option(None, "--topk", help="end the graph in top-K: return the K best "
+                                              "item indices and their scores instead of a score per item")):
     """Export to ONNX or TFLite; checked for parity with torch before anything is written."""
     from .artifact import load_artifact
     from .export import export as run, get_format
 
     get_format(target)  # a bad name fails before any loading
-    a = run(load_artifact(artifact, store), target, store=store, name=name)
+    a = run(load_artifact(artifact, store), target, store=store, name=name, topk=topk)
     _done(a)
 
 
@@ -330,7 +332,7 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
 def _done(a):
     m = a.card.get("metrics", {})
     bits = [f"{k} {m[k]:.4f}" for k in ("test_ndcg@10", "test_hr@10", "test_top10_overlap") if k in m]
-    if "parity" in m:
+    if "parity" in m and "top10_overlap" in m["parity"]:
         p = m["parity"]
         bits.append(f"parity: top-10 overlap {p['top10_overlap']:.4f}, max abs diff {p['max_abs_diff']:.2e}, "
                     f"valid NDCG@10 change {p['ndcg@10_rel_change'] * 100:+.2f}%")

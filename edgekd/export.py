@@ -265,6 +265,61 @@ def _tflite_dynamic_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
                                                       "(benchmarks/tflite_runtime_compat.py)"}}
 
 
+# ---------------------------------------------------------------- in-graph top-K
+
+class TopKHead(nn.Module):
+    """The model followed by top-K in the graph: returns the K best item indices (int32,
+    column indices into vocab.json's items) and their scores, best first, instead of a score
+    per item. Seen items are not excluded in the graph; an app filters them."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, int(k)
+        self.maxlen = model.maxlen
+
+    def forward(self, ids: torch.Tensor):
+        values, idx = torch.topk(self.model(ids), self.k, dim=-1)
+        return idx.to(torch.int32), values
+
+    def with_int8_tables(self) -> "TopKHead":
+        return TopKHead(self.model.with_int8_tables(), self.k)
+
+
+def run_all_outputs(file: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of an exported model, by dtype kind ('items' int, 'scores' float), one row
+    at a time where the batch is fixed."""
+    if file.suffix in (".onnx", ".ort"):
+        import onnxruntime as ort
+
+        s = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        outs = s.run(None, {s.get_inputs()[0].name: ids.astype(np.int32)})
+    else:
+        from .device_runner import _tflite_interpreter
+
+        cls, _, _ = _tflite_interpreter("auto")
+        it = cls(model_path=str(file))
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        rows = []
+        for r in ids:
+            it.set_tensor(inp["index"], r[None].astype(np.int32))
+            it.invoke()
+            rows.append([it.get_tensor(o["index"]) for o in it.get_output_details()])
+        outs = [np.concatenate([row[j] for row in rows]) for j in range(len(rows[0]))]
+    return {("items" if np.issubdtype(o.dtype, np.integer) else "scores"): o for o in outs}
+
+
+def topk_parity(parent: nn.Module, file: Path, ds: Dataset, k: int, users: int | None = 1000) -> dict:
+    """The in-graph top-K against torch's top-K of the parent's full scores."""
+    x, _, _ = eval_inputs(ds, "valid", parent.maxlen, users)
+    ref = np.argsort(-model_scores(parent, x), axis=1, kind="stable")[:, :k]
+    got = run_all_outputs(file, x)["items"]
+    same = (got == ref).all(1)
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), ref.tolist())])
+    return {"split": "valid", "users": int(len(x)), "k": k, "identical_topk_users": float(same.mean()),
+            "topk_overlap": float(overlap)}
+
+
 # ---------------------------------------------------------------- the stage
 
 def parity(parent: nn.Module, file: Path, ds: Dataset, users: int | None = 1000) -> dict:
@@ -291,22 +346,31 @@ def parity(parent: nn.Module, file: Path, ds: Dataset, users: int | None = 1000)
 
 
 def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | None = None,
-           ds: Dataset | None = None, parity_users: int | None = 1000) -> Artifact:
-    """Export torch artifact `a` to `fmt`; writes nothing unless parity holds."""
+           ds: Dataset | None = None, parity_users: int | None = 1000, topk: int | None = None) -> Artifact:
+    """Export torch artifact `a` to `fmt`; writes nothing unless parity holds. With `topk`,
+    the graph ends in top-K and returns item indices and scores."""
     spec = get_format(fmt)
     model = load_torch_model(a)
+    if topk is not None and not 1 <= topk <= model.num_items:
+        raise ConfigError(f"--topk must be between 1 and the {model.num_items} items, got {topk}")
     ds = ds if ds is not None else dataset_for(a)
     maxlen = model.maxlen
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as tmp:
         out = Path(tmp) / ("model" + spec.suffix)
         try:
-            info = spec.writer(model, out, maxlen)
+            info = spec.writer(TopKHead(model, topk) if topk else model, out, maxlen)
         except Exception as e:  # a converter failure: say which and keep its message
             raise ExportError(f"{fmt} export of {a.name} failed: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
-        check = parity(model, out, ds, users=parity_users)
-        if spec.precision == "fp32" and (check["top10_overlap"] < FP32_MIN_TOP10_OVERLAP
-                                         or check["max_abs_diff"] > FP32_MAX_ABS_DIFF):
+        if topk:
+            check = topk_parity(model, out, ds, topk, users=parity_users)
+            if spec.precision == "fp32" and check["topk_overlap"] < FP32_MIN_TOP10_OVERLAP:
+                raise ExportError(f"{fmt} top-{topk} export of {a.name} returns other items than torch: "
+                                  f"overlap {check['topk_overlap']:.3f}; nothing written")
+        else:
+            check = parity(model, out, ds, users=parity_users)
+        if not topk and spec.precision == "fp32" and (check["top10_overlap"] < FP32_MIN_TOP10_OVERLAP
+                                                      or check["max_abs_diff"] > FP32_MAX_ABS_DIFF):
             raise ExportError(
                 f"{fmt} export of {a.name} breaks parity with torch: top-10 overlap "
                 f"{check['top10_overlap']:.3f} (need >= {FP32_MIN_TOP10_OVERLAP}), max abs diff "
@@ -324,8 +388,12 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
             "arch": a.card["arch"], "arch_kwargs": a.card["arch_kwargs"], "params": a.card.get("params"),
             "input_spec": input_spec(maxlen, "int32", "batch" if batch == "dynamic" else batch,
                                      name=seen["inputs"][0]["name"]),
-            "output_spec": output_spec(ds.num_items, "batch" if batch == "dynamic" else batch,
-                                       name=seen["outputs"][0]["name"]),
+            "output_spec": (output_spec(ds.num_items, "batch" if batch == "dynamic" else batch,
+                                        name=seen["outputs"][0]["name"]) if not topk else
+                            [{"name": o["name"], "shape": o["shape"], "dtype": o["dtype"],
+                              "meaning": ("the top-K item indices, best first; vocab.json items[i]"
+                                          if "int" in o["dtype"] else "their scores")} for o in seen["outputs"]]),
+            "topk": topk,
             "signature": card_sig,
             "config": {"export": {"target": fmt, **info}},
             "parent": [a.lineage()], "metrics": {"parity": check},
@@ -336,4 +404,5 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
             for f in extra:  # files an app or a build needs beside the model
                 shutil.copyfile(out.with_name(f), p.with_name(f))
 
-        return save_artifact(store, name or f"{a.name}-{fmt}", out.name, write, card, a.vocab())
+        default = f"{a.name}-{fmt}" + (f"-top{topk}" if topk else "")
+        return save_artifact(store, name or default, out.name, write, card, a.vocab())

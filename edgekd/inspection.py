@@ -67,7 +67,11 @@ def inspect_onnx(path: Path) -> dict:
                 continue
             t = v.type.tensor_type
             shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "shape": shape, "dtype": elem.get(t.elem_type, "?").lower()})
+            try:  # numpy's names (float32, int32), as the TFLite side reports them
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+            except (KeyError, ValueError, TypeError):
+                dtype = elem.get(t.elem_type, "?").lower()
+            out.append({"name": v.name, "shape": shape, "dtype": dtype})
         return out
 
     ops = Counter(n.op_type for n in m.graph.node)

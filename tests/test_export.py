@@ -139,3 +139,20 @@ def test_fp16_halves_the_weights(catalogue_student):
     fp32 = export(a, "tflite-fp32", store=store, ds=ds, name="h-fp32").card["size_bytes"]
     fp16 = export(a, "tflite-fp16", store=store, ds=ds, name="h-fp16").card["size_bytes"]
     assert 1.6 < fp32 / fp16 < 2.1
+
+
+@pytest.mark.parametrize("fmt", ["onnx-fp32", "tflite-fp32", "onnx-int8", "tflite-int8"])
+def test_topk_exports_return_the_same_items_as_the_full_score_export(fmt, tiny_student, tiny_ds, store, exports):
+    from edgekd.export import run_all_outputs
+    from edgekd.train import eval_inputs
+
+    a = export(tiny_student, fmt, store=store, ds=tiny_ds, topk=5)
+    assert a.name.endswith("-top5") and a.card["topk"] == 5
+    x, _, _ = eval_inputs(tiny_ds, "test", 20)
+    top = run_all_outputs(a.file, x)
+    full = run_all_outputs(exports[fmt].file, x)["scores"]
+    assert top["items"].shape == (len(x), 5) and top["items"].dtype == np.int32
+    ref = np.argsort(-full, axis=1, kind="stable")[:, :5]
+    assert (top["items"] == ref).all(1).mean() >= 0.98
+    assert np.allclose(top["scores"], np.take_along_axis(full, ref, 1), atol=1e-4)
+    assert {o["dtype"] for o in a.card["output_spec"]} == {"int32", "float32"}
