@@ -235,18 +235,52 @@ def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory
 @app.command()
 def export(artifact: Path = typer.Argument(..., help="torch artifact directory (a teacher or student)"),
            target: str = typer.Option(..., "--target", "-t",
-                                      help="export FORMAT: onnx-fp32 | onnx-int8 | tflite-fp32 | tflite-int8 "
+                                      help="export FORMAT (edgekd list formats): onnx-fp32 | onnx-int8 | onnx-mobile | "
+                                           "tflite-fp32 | tflite-fp16 | tflite-int8 | tflite-dynamic-int8 "
                                            "(not a device: devices are for `bench --target`)"),
            store: Path = StoreOpt, name: Optional[str] = typer.Option(None),
            topk: Optional[int] = typer.Option(None, "--topk", help="end the graph in top-K: return the K best "
-                                              "item indices and their scores instead of a score per item")):
+                                              "item indices and their scores instead of a score per item"),
+           recipe: Optional[str] = typer.Option(None, "--recipe", help="quantisation recipe for a quantised "
+                                                "format (edgekd list recipes)")):
     """Export to ONNX or TFLite; checked for parity with torch before anything is written."""
     from .artifact import load_artifact
     from .export import export as run, get_format
 
     get_format(target)  # a bad name fails before any loading
-    a = run(load_artifact(artifact, store), target, store=store, name=name, topk=topk)
+    a = run(load_artifact(artifact, store), target, store=store, name=name, topk=topk, recipe=recipe)
     _done(a)
+
+
+@app.command()
+def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory (a student, usually)"),
+             target: str = typer.Option("onnx-int8", "--target", "-t",
+                                        help="quantised export format: onnx-int8 | onnx-mobile | tflite-int8 | "
+                                             "tflite-dynamic-int8 | tflite-fp16"),
+             recipe: Optional[list[str]] = typer.Option(None, "--recipe", help="recipe to try (repeatable; "
+                                                        "default: all of the format's family; edgekd list recipes)"),
+             require_gain: bool = typer.Option(False, "--require-gain", help="fail unless a recipe is smaller, "
+                                               "not slower and accurate enough"),
+             max_ndcg_drop: float = typer.Option(0.01, help="largest relative NDCG@10 drop accepted"),
+             threads: int = typer.Option(1), store: Path = StoreOpt):
+    """Try quantisation recipes, measure each beside fp32 (size, local-CPU latency, accuracy), keep the winner."""
+    from .artifact import load_artifact
+    from .compress import QuantizeConfig, quantize as run
+
+    cfg = QuantizeConfig(target=target, recipes=tuple(recipe or ()), require_gain=require_gain,
+                         max_ndcg_drop=max_ndcg_drop, threads=threads)
+    r = run(load_artifact(artifact, store), cfg, store=store,
+            say=lambda m: console.print(m, highlight=False, markup=False))
+    out.print(str(r["report"]))
+
+
+@list_app.command("recipes")
+def list_recipes_cmd():
+    """Quantisation recipes (for `quantize --recipe` and `export --recipe`)."""
+    from .export import list_recipes
+
+    for r in list_recipes():
+        out.print(f"{r.family:7} {r.name:20} {'calibrated ' if r.calibrated else ''}{r.summary}")
 
 
 @app.command()

@@ -24,7 +24,7 @@ from torch import nn
 
 from .artifact import DEFAULT_STORE, Artifact, save_artifact
 from .data import Dataset
-from .errors import ConfigError, ExportError
+from .errors import ConfigError, EdgeKDError, ExportError
 from .metrics import evaluate_scores
 from .train import dataset_card, dataset_for, eval_inputs, input_spec, load_torch_model, model_scores, output_spec
 
@@ -37,19 +37,55 @@ FP32_MAX_ABS_DIFF = 1e-3
 class Format:
     name: str
     suffix: str
-    precision: str  # "fp32" or "int8"
-    writer: Callable[[nn.Module, Path, int], dict]
+    precision: str  # "fp32", "fp16" or "int8"
+    writer: Callable[..., dict]  # writer(model, path, maxlen, recipe=None, calib=None) -> info
     summary: str
+    family: str = ""  # "onnx" or "tflite": the family whose quantisation recipes apply
+    recipe: str | None = None  # the default recipe of a quantised format
 
 
 _FORMATS: dict[str, Format] = {}
 
 
-def register_format(name: str, *, suffix: str, precision: str, summary: str):
+def register_format(name: str, *, suffix: str, precision: str, summary: str, family: str = "",
+                    recipe: str | None = None):
     def deco(writer):
-        _FORMATS[name] = Format(name, suffix, precision, writer, summary)
+        _FORMATS[name] = Format(name, suffix, precision, writer, summary, family, recipe)
         return writer
     return deco
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to quantise a model for a runtime family; `fn(model, path, maxlen, calib)`."""
+
+    family: str
+    name: str
+    precision: str
+    calibrated: bool
+    fn: Callable[..., dict]
+    summary: str
+
+
+_RECIPES: dict[tuple[str, str], Recipe] = {}
+
+
+def register_recipe(family: str, name: str, *, precision: str = "int8", calibrated: bool = False, summary: str):
+    def deco(fn):
+        _RECIPES[(family, name)] = Recipe(family, name, precision, calibrated, fn, summary)
+        return fn
+    return deco
+
+
+def list_recipes(family: str | None = None) -> list[Recipe]:
+    return [r for k, r in sorted(_RECIPES.items()) if family in (None, r.family)]
+
+
+def get_recipe(family: str, name: str) -> Recipe:
+    if (family, name) not in _RECIPES:
+        names = ", ".join(r.name for r in list_recipes(family))
+        raise ConfigError(f"unknown {family} quantisation recipe {name!r}; {family} recipes: {names}")
+    return _RECIPES[(family, name)]
 
 
 def list_formats() -> list[Format]:
@@ -102,7 +138,7 @@ def _sample(maxlen: int, batch: int = 1) -> torch.Tensor:
 
 @register_format("onnx-fp32", suffix=".onnx", precision="fp32",
                  summary="ONNX via torch.onnx (dynamo), dynamic batch, int32 ids")
-def _onnx_fp32(model: nn.Module, path: Path, maxlen: int) -> dict:
+def _onnx_fp32(model: nn.Module, path: Path, maxlen: int, recipe: str | None = None, calib=None) -> dict:
     import warnings
 
     with _quiet(), warnings.catch_warnings():
@@ -136,30 +172,92 @@ def _onnx_opset(path: Path) -> int | None:
     return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-@register_format("onnx-int8", suffix=".onnx", precision="int8",
-                 summary="ONNX with dynamic int8 weights (onnxruntime.quantization.quantize_dynamic)")
-def _onnx_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _quantised(family: str):
+    """The writer of a quantised format: export, then apply the chosen recipe of `family`."""
+    def writer(model: nn.Module, path: Path, maxlen: int, recipe: str | None = None, calib=None) -> dict:
+        return get_recipe(family, recipe).fn(model, path, maxlen, calib)
+    return writer
 
+
+register_format("onnx-int8", suffix=".onnx", precision="int8", family="onnx", recipe="dynamic",
+                summary="ONNX, int8 (default recipe: dynamic int8 weights, int8 embedding tables; "
+                        "`edgekd quantize` tries the others)")(_quantised("onnx"))
+
+
+def _onnx_then(model: nn.Module, path: Path, maxlen: int, int8_tables: bool, quantise) -> dict:
     fp32 = path.with_name("fp32-" + path.name)
-    info = _onnx_fp32(model.with_int8_tables(), fp32, maxlen)
+    info = _onnx_fp32(model.with_int8_tables() if int8_tables else model, fp32, maxlen)
     with _quiet():
-        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=False)
+        extra = quantise(str(fp32), str(path)) or {}
     fp32.unlink()
     _strip_onnx(path)
-    return {**info, "quantization": {"tool": "onnxruntime.quantization.quantize_dynamic",
-                                     "weights": "int8", "activations": "fp32 (quantized on the fly)",
-                                     "embedding_tables": "int8, one scale per row (edgekd)"}}
+    return {**info, "quantization": extra}
 
 
-@register_format("onnx-mobile", suffix=".ort", precision="int8",
+@register_recipe("onnx", "dynamic", summary="int8 weights per tensor, activations quantised at run time "
+                 "(quantize_dynamic); item and position tables int8 with one scale per row")
+def _onnx_dynamic(model, path, maxlen, calib=None, per_channel: bool = False) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def q(src, dst):
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel)
+        return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8",
+                "per_channel": per_channel, "activations": "fp32, quantised at run time",
+                "embedding_tables": "int8, one scale per row (edgekd)"}
+    return _onnx_then(model, path, maxlen, True, q)
+
+
+@register_recipe("onnx", "dynamic-per-channel", summary="as dynamic, with one weight scale per output channel")
+def _onnx_dynamic_pc(model, path, maxlen, calib=None) -> dict:
+    return _onnx_dynamic(model, path, maxlen, calib, per_channel=True)
+
+
+def _onnx_static(method: str):
+    def fn(model, path, maxlen, calib=None) -> dict:
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+
+        if calib is None:
+            raise ConfigError(f"onnx recipe static-{method.lower()} needs calibration sequences")
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.rows = iter(np.asarray(calib, dtype=np.int32))
+
+            def get_next(self):
+                r = next(self.rows, None)
+                return None if r is None else {"item_ids": r[None]}
+
+        def q(src, dst):
+            # The matmuls only: the tables are already int8 (edgekd's row-wise tables), and the
+            # quantiser's per-axis scales do not fit the gathers over them.
+            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+                            op_types_to_quantize=["MatMul", "Gemm"],
+                            calibrate_method=getattr(CalibrationMethod, method),
+                            extra_options={"ActivationSymmetric": True})
+            return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                    "weights": "int8 per channel", "activations": f"int8, calibrated ({method})",
+                    "embedding_tables": "int8, one scale per row (edgekd)",
+                    "calibration_sequences": int(len(calib))}
+        return _onnx_then(model, path, maxlen, True, q)
+    return fn
+
+
+for _m in ("MinMax", "Entropy", "Percentile"):
+    register_recipe("onnx", f"static-{_m.lower()}", calibrated=True,
+                    summary=f"static QDQ int8, per-channel weights, activations calibrated on validation "
+                            f"sequences ({_m})")(_onnx_static(_m))
+
+
+@register_format("onnx-mobile", suffix=".ort", precision="int8", family="onnx", recipe="dynamic",
                  summary="ONNX Runtime Mobile: the onnx-int8 model in ORT format, plus the "
                          "required-operators config for a reduced ORT build")
-def _onnx_mobile(model: nn.Module, path: Path, maxlen: int) -> dict:
+def _onnx_mobile(model: nn.Module, path: Path, maxlen: int, recipe: str | None = None, calib=None) -> dict:
     import subprocess
 
     src = path.with_name("model.onnx")
-    info = _onnx_int8(model, src, maxlen)
+    info = get_recipe("onnx", recipe or "dynamic").fn(model, src, maxlen, calib)
     outdir = path.parent / "ort"
     p = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src),
                         "--output_dir", str(outdir), "--optimization_style", "Fixed"],
@@ -194,7 +292,7 @@ def required_operators(config: Path) -> set[tuple[str, str]]:
 
 @register_format("tflite-fp32", suffix=".tflite", precision="fp32",
                  summary="TFLite via litert-torch, batch 1, int32 ids")
-def _tflite_fp32(model: nn.Module, path: Path, maxlen: int) -> dict:
+def _tflite_fp32(model: nn.Module, path: Path, maxlen: int, recipe: str | None = None, calib=None) -> dict:
     with _quiet():
         import litert_torch  # its import logs through absl to stderr: keep it inside _quiet
 
@@ -203,66 +301,88 @@ def _tflite_fp32(model: nn.Module, path: Path, maxlen: int) -> dict:
     return {"batch": 1}
 
 
-@register_format("tflite-int8", suffix=".tflite", precision="int8",
-                 summary="TFLite with int8 weights (ai-edge-quantizer weight_only_wi8_afp32)")
-def _tflite_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
-    from ai_edge_quantizer import quantizer, recipe
+def _tflite_then(model: nn.Module, path: Path, maxlen: int, recipe, calib=None, calibrated: bool = False) -> dict:
+    from ai_edge_quantizer import quantizer
 
     fp32 = path.with_name("fp32-" + path.name)
-    # No edgekd int8 tables here: the converter would fold their dequantisation back into
-    # float constants. The quantizer stores the item table (shared by the lookup and the
-    # scoring layer) and the position table (a lookup) in int8 itself.
     info = _tflite_fp32(model, fp32, maxlen)
     with _quiet():
         q = quantizer.Quantizer(str(fp32))
-        # Weight-only, not dynamic_wi8_afp32: the dynamic recipe's hybrid kernels give wrong
-        # scores in tflite-runtime 2.14 (what older devices run; NDCG@10 0.002 instead of 0.100
-        # on MovieLens-100k, see benchmarks/tflite_runtime_compat.py), weight-only is right in
-        # both, the same size, and as fast in ai-edge-litert.
-        q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
-        q.quantize().export_model(str(path), overwrite=True)
+        q.load_quantization_recipe(recipe)
+        result = None
+        if calibrated:
+            if calib is None:
+                raise ConfigError("this tflite recipe needs calibration sequences")
+            from ai_edge_litert.interpreter import Interpreter
+
+            sig = Interpreter(str(fp32)).get_signature_list()
+            key = next(iter(sig))
+            arg = sig[key]["inputs"][0]
+            data = {key: [{arg: np.asarray(r, dtype=np.int32)[None]} for r in calib]}
+            result = q.calibrate(data)
+        q.quantize(result).export_model(str(path), overwrite=True)
     fp32.unlink()
+    return info
+
+
+register_format("tflite-int8", suffix=".tflite", precision="int8", family="tflite", recipe="weight-only",
+                summary="TFLite, int8 (default recipe: int8 weights incl. embedding tables, fp32 compute; "
+                        "`edgekd quantize` tries the others)")(_quantised("tflite"))
+register_format("tflite-dynamic-int8", suffix=".tflite", precision="int8", family="tflite", recipe="dynamic",
+                summary="TFLite dynamic range: int8 weights, hybrid int8 kernels; wrong results in "
+                        "tflite-runtime 2.14")(_quantised("tflite"))
+register_format("tflite-fp16", suffix=".tflite", precision="fp16", family="tflite", recipe="fp16",
+                summary="TFLite with fp16 weights, fp32 compute")(_quantised("tflite"))
+
+
+@register_recipe("tflite", "weight-only", summary="int8 weights (embedding tables included), dequantised "
+                 "to fp32 compute (ai-edge-quantizer weight_only_wi8_afp32)")
+def _tflite_weight_only(model, path, maxlen, calib=None) -> dict:
+    from ai_edge_quantizer import recipe
+
+    # Weight-only, not dynamic_wi8_afp32, by default: the dynamic recipe's hybrid kernels give
+    # wrong scores in tflite-runtime 2.14 (what older devices run; NDCG@10 0.002 instead of
+    # 0.100 on MovieLens-100k, benchmarks/tflite_runtime_compat.py); weight-only is right in
+    # both, the same size, and as fast in ai-edge-litert.
+    info = _tflite_then(model, path, maxlen, recipe.weight_only_wi8_afp32())
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "weight_only_wi8_afp32",
                                      "weights": "int8 (embedding tables included)", "activations": "fp32"}}
 
 
-@register_format("tflite-fp16", suffix=".tflite", precision="fp16",
-                 summary="TFLite with fp16 weights, fp32 compute (ai-edge-quantizer float casting)")
-def _tflite_fp16(model: nn.Module, path: Path, maxlen: int) -> dict:
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+@register_recipe("tflite", "dynamic", summary="int8 weights, activations quantised at run time by hybrid "
+                 "kernels (dynamic_wi8_afp32); tflite-runtime 2.14 computes it wrongly")
+def _tflite_dynamic(model, path, maxlen, calib=None) -> dict:
+    from ai_edge_quantizer import recipe
+
+    info = _tflite_then(model, path, maxlen, recipe.dynamic_wi8_afp32())
+    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "dynamic_wi8_afp32",
+                                     "weights": "int8", "activations": "fp32, quantised at run time",
+                                     "compatibility": "ai-edge-litert; tflite-runtime 2.14 computes wrong scores "
+                                                      "(benchmarks/tflite_runtime_compat.py)"}}
+
+
+@register_recipe("tflite", "fp16", precision="fp16", summary="fp16 weights, fp32 compute (float casting)")
+def _tflite_fp16(model, path, maxlen, calib=None) -> dict:
+    from ai_edge_quantizer import qtyping, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    fp32 = path.with_name("fp32-" + path.name)
-    info = _tflite_fp32(model, fp32, maxlen)
     rm = recipe_manager.RecipeManager()
     rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                               num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
-    with _quiet():
-        q = quantizer.Quantizer(str(fp32))
-        q.load_quantization_recipe(rm.get_quantization_recipe())
-        q.quantize().export_model(str(path), overwrite=True)
-    fp32.unlink()
+    info = _tflite_then(model, path, maxlen, rm.get_quantization_recipe())
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "weight-only float casting",
                                      "weights": "fp16", "activations": "fp32"}}
 
 
-@register_format("tflite-dynamic-int8", suffix=".tflite", precision="int8",
-                 summary="TFLite dynamic range: int8 weights, int8 hybrid kernels (ai-edge-quantizer "
-                         "dynamic_wi8_afp32); wrong results in tflite-runtime 2.14")
-def _tflite_dynamic_int8(model: nn.Module, path: Path, maxlen: int) -> dict:
-    from ai_edge_quantizer import quantizer, recipe
+@register_recipe("tflite", "full-int8", calibrated=True, summary="int8 weights and activations, "
+                 "calibrated on validation sequences (static_wi8_ai8)")
+def _tflite_full_int8(model, path, maxlen, calib=None) -> dict:
+    from ai_edge_quantizer import recipe
 
-    fp32 = path.with_name("fp32-" + path.name)
-    info = _tflite_fp32(model, fp32, maxlen)
-    with _quiet():
-        q = quantizer.Quantizer(str(fp32))
-        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-        q.quantize().export_model(str(path), overwrite=True)
-    fp32.unlink()
-    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "dynamic_wi8_afp32",
-                                     "weights": "int8", "activations": "fp32, quantised on the fly by hybrid kernels",
-                                     "compatibility": "ai-edge-litert; tflite-runtime 2.14 computes wrong scores "
-                                                      "(benchmarks/tflite_runtime_compat.py)"}}
+    info = _tflite_then(model, path, maxlen, recipe.static_wi8_ai8(), calib=calib, calibrated=True)
+    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai8",
+                                     "weights": "int8", "activations": "int8, calibrated",
+                                     "calibration_sequences": int(len(calib))}}
 
 
 # ---------------------------------------------------------------- in-graph top-K
@@ -345,11 +465,29 @@ def parity(parent: nn.Module, file: Path, ds: Dataset, users: int | None = 1000)
     }
 
 
+CALIBRATION_SEQUENCES = 256
+
+
+def calibration_inputs(ds: Dataset, maxlen: int, n: int = CALIBRATION_SEQUENCES) -> np.ndarray:
+    """Real validation sequences (a fixed sample) for calibrating activation ranges."""
+    x, _, _ = eval_inputs(ds, "valid", maxlen, n, seed=1)
+    return x
+
+
 def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | None = None,
-           ds: Dataset | None = None, parity_users: int | None = 1000, topk: int | None = None) -> Artifact:
+           ds: Dataset | None = None, parity_users: int | None = 1000, topk: int | None = None,
+           recipe: str | None = None) -> Artifact:
     """Export torch artifact `a` to `fmt`; writes nothing unless parity holds. With `topk`,
-    the graph ends in top-K and returns item indices and scores."""
+    the graph ends in top-K and returns item indices and scores; `recipe` picks how a
+    quantised format is quantised (`edgekd list recipes`)."""
     spec = get_format(fmt)
+    if recipe is not None and not spec.family:
+        raise ConfigError(f"{fmt} takes no quantisation recipe")
+    if spec.family and spec.recipe:
+        rec = get_recipe(spec.family, recipe or spec.recipe)
+        precision = rec.precision
+    else:
+        rec, precision = None, spec.precision
     model = load_torch_model(a)
     if topk is not None and not 1 <= topk <= model.num_items:
         raise ConfigError(f"--topk must be between 1 and the {model.num_items} items, got {topk}")
@@ -357,19 +495,23 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
     maxlen = model.maxlen
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as tmp:
         out = Path(tmp) / ("model" + spec.suffix)
+        calib = calibration_inputs(ds, maxlen) if rec is not None and rec.calibrated else None
         try:
-            info = spec.writer(TopKHead(model, topk) if topk else model, out, maxlen)
+            info = spec.writer(TopKHead(model, topk) if topk else model, out, maxlen,
+                               recipe=rec.name if rec else None, calib=calib)
+        except EdgeKDError:
+            raise
         except Exception as e:  # a converter failure: say which and keep its message
             raise ExportError(f"{fmt} export of {a.name} failed: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
         if topk:
             check = topk_parity(model, out, ds, topk, users=parity_users)
-            if spec.precision == "fp32" and check["topk_overlap"] < FP32_MIN_TOP10_OVERLAP:
+            if precision == "fp32" and check["topk_overlap"] < FP32_MIN_TOP10_OVERLAP:
                 raise ExportError(f"{fmt} top-{topk} export of {a.name} returns other items than torch: "
                                   f"overlap {check['topk_overlap']:.3f}; nothing written")
         else:
             check = parity(model, out, ds, users=parity_users)
-        if not topk and spec.precision == "fp32" and (check["top10_overlap"] < FP32_MIN_TOP10_OVERLAP
+        if not topk and precision == "fp32" and (check["top10_overlap"] < FP32_MIN_TOP10_OVERLAP
                                                       or check["max_abs_diff"] > FP32_MAX_ABS_DIFF):
             raise ExportError(
                 f"{fmt} export of {a.name} breaks parity with torch: top-10 overlap "
@@ -384,7 +526,7 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
         card_sig = {"inputs": seen["inputs"], "outputs": seen["outputs"], "quantization": seen["quantization"],
                     "operators": seen["operators"]}
         card = {
-            "stage": "exported", "format": fmt, "precision": spec.precision,
+            "stage": "exported", "format": fmt, "precision": precision, "recipe": rec.name if rec else None,
             "arch": a.card["arch"], "arch_kwargs": a.card["arch_kwargs"], "params": a.card.get("params"),
             "input_spec": input_spec(maxlen, "int32", "batch" if batch == "dynamic" else batch,
                                      name=seen["inputs"][0]["name"]),
@@ -404,5 +546,6 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
             for f in extra:  # files an app or a build needs beside the model
                 shutil.copyfile(out.with_name(f), p.with_name(f))
 
-        default = f"{a.name}-{fmt}" + (f"-top{topk}" if topk else "")
+        default = (f"{a.name}-{fmt}" + (f"-{rec.name}" if rec and recipe else "")
+                   + (f"-top{topk}" if topk else ""))
         return save_artifact(store, name or default, out.name, write, card, a.vocab())
