@@ -7,6 +7,7 @@ record carries its change against it: accuracy, latency, size and memory.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -269,15 +270,23 @@ def record_path(out: Path, a: Artifact, target: Target) -> Path:
     return out / f"{a.name}__{target.name}.json"
 
 
-def _finished(path: Path, a: Artifact) -> dict | None:
-    """A finished (ok) record for this very artifact file, or None."""
+def _finished(path: Path, a: Artifact, threads: int, users: int) -> dict | None:
+    """A finished (ok) record for this very file, measured the same way, or None."""
     try:
         rec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if rec.get("status") == "ok" and rec.get("artifact", {}).get("sha256") == a.sha256:
+    if (rec.get("status") == "ok" and rec.get("artifact", {}).get("sha256") == a.sha256
+            and rec.get("threads") == threads and rec.get("accuracy", {}).get("users") == users):
         return rec
     return None
+
+
+def _write_record(path: Path, rec: dict) -> None:
+    """Atomically: an interrupted write leaves the old record or none, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
@@ -313,7 +322,8 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
     try:
         for a in todo:
             path = record_path(run_dir, a, target)
-            rec = _finished(path, a) if resume else None
+            n_users = min(users, ds.num_users) if users else ds.num_users
+            rec = _finished(path, a, threads, n_users) if resume else None
             if rec is not None:
                 rec["resumed"] = True
             else:
@@ -322,6 +332,9 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                     inputs[maxlen] = write_inputs(ds, maxlen, run_dir / f"inputs-maxlen{maxlen}.npz", users)
                 targets, npz = inputs[maxlen]
                 try:
+                    if target.kind == "adb" and payload_kind(a) == "torch":
+                        raise _Skip(f"{a.name}: torch files do not run on a phone; its accuracy is on the host "
+                                    "(local-cpu), and exports are compared with each other here")
                     if target.kind == "adb":
                         parsed = run_android(a, target, threads)
                         host = host or _host_twin(target)
@@ -329,6 +342,12 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                         rec = make_android_record(a, target, parsed, host_raw, targets, run_id, threads, device_info)
                     else:
                         rec = make_record(a, target, run_runner(a, target, npz, threads), targets, run_id)
+                except _Skip as e:
+                    rec = {"schema": SCHEMA, "run_id": run_id, "status": "skipped", "error": str(e),
+                           "target": {"name": target.name, "kind": target.kind},
+                           "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256,
+                                        "stage": a.card["stage"], "format": a.format},
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 except (BenchError, TargetError) as e:
                     rec = {"schema": SCHEMA, "run_id": run_id, "status": "failed", "error": str(e),
                            "target": {"name": target.name, "kind": target.kind},
@@ -340,7 +359,7 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                 if base is not None and not rec.get("resumed"):
                     add_deltas(rec, base)
             if not rec.get("resumed"):  # a kept record stays exactly as it was written
-                path.write_text(json.dumps(rec, indent=2) + "\n")  # written the moment it finishes
+                _write_record(path, rec)  # written the moment it finishes
             records.append(rec)
             if on_result:
                 on_result(rec)
@@ -349,6 +368,10 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
         for _, npz in inputs.values():
             npz.unlink(missing_ok=True)
     return run_dir, records
+
+
+class _Skip(Exception):
+    """A cell that cannot run on this kind of target by design (not a failure)."""
 
 
 def _host_twin(target: Target) -> Target:
@@ -375,8 +398,9 @@ def load_records(run_dir: Path) -> list[dict]:
 
 def latest_run(out: Path = DEFAULT_OUT, target: str | None = None) -> Path:
     pattern = f"*__{target}.json" if target else "*__*.json"
+    # by the newest record in each run: writing a report into an old run does not make it newer
     runs = sorted((p for p in Path(out).glob("*") if p.is_dir() and any(p.glob(pattern))),
-                  key=lambda p: p.stat().st_mtime)
+                  key=lambda p: max(r.stat().st_mtime for r in p.glob(pattern)))
     if not runs:
         raise ArtifactError(f"no bench runs under {out}", hint="run `edgekd bench` first")
     return runs[-1]

@@ -21,6 +21,7 @@ USAGE_ERRORS = (click.exceptions.UsageError, _tclick.UsageError)
 NO_ARGS = tuple(getattr(m, "NoArgsIsHelpError") for m in (click.exceptions, _tclick) if hasattr(m, "NoArgsIsHelpError"))
 ABORT = tuple({click.exceptions.Abort, getattr(_tclick, "Abort", click.exceptions.Abort), getattr(typer, "Abort", click.exceptions.Abort)})
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import BenchError, ConfigError, EdgeKDError
 
@@ -314,7 +315,7 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
     run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
                         on_result=_print_result, run_id=run_id, resume=resume)
     out.print(str(run_dir))
-    failed = [r for r in recs if r["status"] != "ok"]
+    failed = [r for r in recs if r["status"] == "failed"]
     if failed:
         raise BenchError(f"{len(failed)} of {len(recs)} cells failed on {tgt.name} (first: {failed[0]['error']}); "
                          f"the rest are in {run_dir}")
@@ -322,7 +323,7 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
 
 def _print_result(rec: dict):
     if rec["status"] != "ok":
-        console.print(f"[red]failed[/red] {rec['artifact']['name']}: {rec['error']}", highlight=False)
+        console.print(f"{rec['status']}: {rec['error']}", highlight=False, markup=False)
         return
     peak = rec.get("peak_rss_bytes")
     console.print(f"bench {rec['artifact']['name']}{' (kept from the earlier run)' if rec.get('resumed') else ''}: "
@@ -383,7 +384,7 @@ def main() -> None:
         sys.exit(0)
     except USAGE_ERRORS as e:
         cmd = e.ctx.command_path if e.ctx else "edgekd"
-        console.print(f"[red]error:[/red] {e.format_message()} (see `{cmd} --help`)", highlight=False)
+        console.print(f"[red]error:[/red] {escape(e.format_message())} (see `{cmd} --help`)", highlight=False)
         sys.exit(2)
     except ABORT:
         console.print("interrupted")
@@ -392,7 +393,7 @@ def main() -> None:
         if debug:
             raise
         hint = f"; {e.hint}" if e.hint else ""
-        console.print(f"[red]error:[/red] {e}{hint}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e) + hint)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted: finished artifacts, bench records and the last epoch's checkpoint are kept; rerun with --resume")
@@ -400,6 +401,6 @@ def main() -> None:
     except Exception as e:  # a bug or an unexpected library failure: one line, traceback on request
         if debug:
             raise
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e} (EDGEKD_DEBUG=1 shows the traceback)",
+        console.print(f"[red]error:[/red] {escape(f'{type(e).__name__}: {e}')} (EDGEKD_DEBUG=1 shows the traceback)",
                       highlight=False, soft_wrap=True)
         sys.exit(1)

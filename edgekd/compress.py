@@ -35,7 +35,8 @@ class QuantizeConfig:
             raise ConfigError(f"quantize --target must be a quantised format (onnx-int8, tflite-int8, ...), "
                               f"got {self.target!r}")
         for r in self.recipes:
-            get_recipe(spec.family, r)
+            if get_recipe(spec.family, r).precision != spec.precision:
+                raise ConfigError(f"recipe {r!r} does not make {spec.precision} files; {self.target} needs one that does")
         if not 0 <= self.max_ndcg_drop < 1:
             raise ConfigError(f"max_ndcg_drop must be in [0, 1), got {self.max_ndcg_drop}")
 
@@ -59,7 +60,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
 
     spec = get_format(cfg.target)
     family = spec.family
-    recipes = list(cfg.recipes) or [r.name for r in list_recipes(family)]
+    recipes = list(cfg.recipes) or [r.name for r in list_recipes(family) if r.precision == spec.precision]
     ds = dataset_for(a)
     fp32 = export(a, f"{family}-fp32", store=store, ds=ds)
     base = {"recipe": "(fp32)", "artifact": fp32.name, "size_bytes": fp32.card["size_bytes"],

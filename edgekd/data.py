@@ -308,7 +308,7 @@ class Dataset:
 
 
 def _sort_key(x: str):
-    return (0, int(x), "") if x.lstrip("-").isdigit() else (1, 0, x)
+    return (0, int(x), x) if x.lstrip("-").isdigit() else (1, 0, x)
 
 
 def build_dataset(events: Iterable[Event], name: str, min_events: int = MIN_EVENTS,

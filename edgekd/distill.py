@@ -82,7 +82,8 @@ def distill(teacher_artifact: Artifact, ds: Dataset, cfg: DistillConfig = Distil
         loss_fn = cross_entropy_loss
     suffix = "student-kd" if cfg.kd == "on" else "student-nokd"
     name = name or f"{ds.name}-{suffix}"
-    log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume)
+    log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
+              identity={"teacher": teacher_artifact.sha256})
     _, teacher_top = evaluate_model(teacher, ds, "test", sampled=False)
     test, _ = evaluate_model(student, ds, "test", reference_topk=teacher_top)
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}

@@ -486,11 +486,16 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
     if spec.family and spec.recipe:
         rec = get_recipe(spec.family, recipe or spec.recipe)
         precision = rec.precision
+        if precision != spec.precision:
+            raise ConfigError(f"recipe {rec.name!r} makes {precision} files, not {fmt} ({spec.precision}); "
+                              f"use it with a {precision} format")
     else:
         rec, precision = None, spec.precision
     model = load_torch_model(a)
     if topk is not None and not 1 <= topk <= model.num_items:
         raise ConfigError(f"--topk must be between 1 and the {model.num_items} items, got {topk}")
+    if ds is not None:
+        a.check_dataset(ds.fingerprint())
     ds = ds if ds is not None else dataset_for(a)
     maxlen = model.maxlen
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as tmp:
@@ -511,8 +516,9 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
                                   f"overlap {check['topk_overlap']:.3f}; nothing written")
         else:
             check = parity(model, out, ds, users=parity_users)
-        if not topk and precision == "fp32" and (check["top10_overlap"] < FP32_MIN_TOP10_OVERLAP
-                                                      or check["max_abs_diff"] > FP32_MAX_ABS_DIFF):
+        # written as "not (ok)" so that a NaN difference fails too
+        if not topk and precision == "fp32" and not (check["top10_overlap"] >= FP32_MIN_TOP10_OVERLAP
+                                                     and check["max_abs_diff"] <= FP32_MAX_ABS_DIFF):
             raise ExportError(
                 f"{fmt} export of {a.name} breaks parity with torch: top-10 overlap "
                 f"{check['top10_overlap']:.3f} (need >= {FP32_MIN_TOP10_OVERLAP}), max abs diff "

@@ -35,7 +35,9 @@ def full_ranks(scores: np.ndarray, targets: np.ndarray, histories: list[np.ndarr
     """0-based rank of each target among all items not seen before."""
     s = mask_seen(scores, histories, keep=targets)
     t = s[np.arange(len(targets)), targets - 1][:, None]
-    return ((s > t).sum(1) + (s == t).sum(1) - 1).astype(np.int64)
+    ranks = ((s > t).sum(1) + (s == t).sum(1) - 1).astype(np.int64)
+    ranks[np.isnan(t[:, 0])] = s.shape[1] - 1  # a NaN score is a failure, not a perfect hit
+    return ranks
 
 
 def sampled_ranks(scores: np.ndarray, targets: np.ndarray, histories: list[np.ndarray],
@@ -54,7 +56,7 @@ def sampled_ranks(scores: np.ndarray, targets: np.ndarray, histories: list[np.nd
                 cand.append(c)
         t = scores[u, targets[u] - 1]
         neg = scores[u, np.array(cand, dtype=np.int64) - 1] if cand else np.empty(0)
-        ranks[u] = int((neg > t).sum() + (neg == t).sum())
+        ranks[u] = len(neg) if np.isnan(t) else int((neg > t).sum() + (neg == t).sum())
     return ranks
 
 

@@ -27,9 +27,11 @@ def _ratio(x: float | None) -> str:
 
 def _card(rec: dict) -> dict | None:
     try:
-        return load_artifact(rec["artifact"]["path"]).card
+        card = load_artifact(rec["artifact"]["path"]).card
     except (ArtifactError, KeyError, OSError):
         return None
+    # the file there now must be the one that was benchmarked, or its figures do not belong here
+    return card if card.get("sha256") == rec["artifact"].get("sha256") else None
 
 
 def _sorted(recs: list[dict]) -> list[dict]:
@@ -99,7 +101,7 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
     ]
     for row in rows:
         if row["status"] != "ok":
-            lines.append(f"| {row['artifact']} | {row['stage']} | {row['format']} | failed: {row.get('error')} "
+            lines.append(f"| {row['artifact']} | {row['stage']} | {row['format']} | {row['status']}: {row.get('error')} "
                          "| | | | | | | | | | | |")
             continue
         lines.append(
@@ -288,7 +290,8 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
         for r in rows:
             if r["status"] != "ok":
                 parts.append(f"<tr class='failed'><td>{e(r['artifact'])}</td><td>{e(str(r['stage']))}</td>"
-                             f"<td>{e(str(r['format']))}</td><td colspan='{len(head) - 3}'>failed: {e(str(r.get('error')))}</td></tr>")
+                             f"<td>{e(str(r['format']))}</td><td colspan='{len(head) - 3}'>{e(r['status'])}: "
+                             f"{e(str(r.get('error')))}</td></tr>")
                 continue
             peak = (f"{_mb(r['peak_rss_bytes'])} ({_mb(r['baseline_rss_bytes'])})" if r.get("peak_rss_bytes") else "-")
             cells = [r["artifact"], r["stage"], r["format"], r["runtime"]]

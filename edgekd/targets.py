@@ -27,7 +27,8 @@ RUNTIME_CHOICES = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtim
                    "torch": ("torch",)}
 BUILTIN = {"local-cpu": {"kind": "local", "description": "the host CPU, one thread", "threads": 1}}
 # ssh options that would switch off host-key checking: refused, whatever the target file says
-UNSAFE_SSH = {"stricthostkeychecking": {"no", "off"}, "userknownhostsfile": {"/dev/null", "none"}}
+UNSAFE_SSH = {"stricthostkeychecking": {"no", "off", "false", "accept-new"},
+              "userknownhostsfile": {"/dev/null", "none"}, "globalknownhostsfile": {"/dev/null", "none"}}
 
 
 class TargetFileError(TargetError):
@@ -142,7 +143,7 @@ def target_from_dict(name: str, raw: dict, source: str) -> Target:
         raise _fail(source, "ssh_options", f"must be a list of 'Key=Value' strings, got {opts!r}")
     for o in opts:
         k, v = o.split("=", 1)
-        if v.strip().lower() in UNSAFE_SSH.get(k.strip().lower(), ()):
+        if v.strip().strip("'\"").strip().lower() in UNSAFE_SSH.get(k.strip().lower(), ()):
             raise _fail(source, "ssh_options", f"{o!r} would switch off host-key checking; add the "
                         "host's key to known_hosts instead (ssh-keyscan, then check its fingerprint)")
     out["ssh_options"] = tuple(opts)
@@ -156,6 +157,8 @@ def target_from_dict(name: str, raw: dict, source: str) -> Target:
             raise _fail(source, "host", str(e)) from None
         if host.startswith("-") or not host:
             raise _fail(source, "host", f"{raw['host']!r} is not a host name")
+        if (raw.get("user") or user or "").startswith("-"):
+            raise _fail(source, "user", f"{raw.get('user') or user!r} is not a user name")
         out["host"], out["user"] = host, raw.get("user") or user
         out["port"] = raw.get("port") or port
     if kind == "adb" and raw.get("taskset") is not None:
@@ -276,7 +279,10 @@ class SSHTransport(Transport):
 
     def base(self) -> list[str]:
         t = self.t
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={t.connect_timeout_s}",
+        # ssh keeps the first value it sees for an option, and the command line comes before
+        # any config file: StrictHostKeyChecking=yes here cannot be undone by an ssh_config.
+        cmd = ["ssh", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+               "-o", f"ConnectTimeout={t.connect_timeout_s}",
                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         if t.ssh_config:
             cmd += ["-F", t.ssh_config]
@@ -284,9 +290,11 @@ class SSHTransport(Transport):
             cmd += ["-i", t.identity_file]
         if t.port:
             cmd += ["-p", str(t.port)]
+        if t.user:
+            cmd += ["-l", t.user]
         for o in t.ssh_options:
             cmd += ["-o", o]
-        cmd += [f"{t.user}@{t.host}" if t.user else t.host]
+        cmd += [t.host]
         return cmd
 
     def _cmd(self, argv):

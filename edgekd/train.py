@@ -111,7 +111,7 @@ def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool =
 
 def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         progress: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
-        resume: bool = False) -> dict:
+        resume: bool = False, identity: dict | None = None) -> dict:
     """Train `model` on the training split with `loss_fn`, early-stopping on validation
     NDCG@10 (full ranking). Restores the best weights and returns the history.
 
@@ -130,9 +130,16 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     history = []
     started = time.perf_counter()
     first = 1
+    # What a checkpoint must match to be resumed: the settings, the data and (for a student)
+    # the teacher. A checkpoint of another run with the same name is refused, not continued.
+    key = {"config": cfg.to_dict(), "dataset": ds.fingerprint(), **(identity or {})}
     if checkpoint is not None and resume and Path(checkpoint).is_file():
-        state = load_checkpoint(Path(checkpoint), cfg)
-        model.load_state_dict(state["model"])
+        state = load_checkpoint(Path(checkpoint), key)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ArtifactError(f"{checkpoint}: weights do not fit this model: {str(e).splitlines()[0]}",
+                                hint="delete it to start over") from None
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["order_rng"])
@@ -165,7 +172,7 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
             best = {"ndcg": val["ndcg@10"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         row["best_epoch"] = best["epoch"]
         if checkpoint is not None:
-            save_checkpoint(Path(checkpoint), cfg, {
+            save_checkpoint(Path(checkpoint), key, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "torch_rng": torch.get_rng_state(), "order_rng": gen.get_state(),
                 "best_model": best["state"], "best_ndcg": best["ndcg"], "best_epoch": best["epoch"],
@@ -184,23 +191,23 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
             "seconds_per_epoch": float(np.mean([r["epoch_s"] for r in history]))}
 
 
-def save_checkpoint(path: Path, cfg: TrainConfig, state: dict) -> None:
+def save_checkpoint(path: Path, key: dict, state: dict) -> None:
     """Atomically write a training checkpoint (tensors, numbers and strings only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "config": json.dumps(cfg.to_dict(), sort_keys=True)}, tmp)
+    torch.save({**state, "config": json.dumps(key, sort_keys=True)}, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+def load_checkpoint(path: Path, key: dict) -> dict:
     try:
         # weights_only: a checkpoint is data, never code (a pickle could run anything)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ArtifactError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})",
                             hint="delete it to start over") from None
-    if state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
-        raise ArtifactError(f"{path}: checkpoint was made with other settings",
+    if state.get("config") != json.dumps(key, sort_keys=True):
+        raise ArtifactError(f"{path}: checkpoint was made with other settings, data or teacher",
                             hint="rerun with the same options, or delete it to start over")
     return state
 

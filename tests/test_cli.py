@@ -76,3 +76,10 @@ def test_data_convert_and_stats(tmp_path):
     assert rc == 0 and '"users": 30' in out
     rc, _, err = run("data", "stats", "--synthetic", "colour=blue")
     assert rc == 2 and "colour" in one_clean_line(err)
+
+
+def test_error_text_with_brackets_is_printed_as_is(tmp_path):
+    d = tmp_path / "[/tmp/x]"
+    rc, _, err = run("export", str(d / "nope"), "--target", "onnx-fp32")
+    assert rc == 1
+    assert "[/tmp/x]" in one_clean_line(err)

@@ -145,3 +145,8 @@ def test_data_spec_validation():
         DataSpec(format="parquet", path="x")
     with pytest.raises(ConfigError, match="needs a path"):
         DataSpec(format="movielens")
+
+
+def test_ids_that_differ_only_by_leading_zeros_map_the_same_way_every_time():
+    events = [("u", i, float(t)) for t, i in enumerate(["7", "07", "007", "7", "07"])]
+    assert build_dataset(events, "t").items == ["007", "07", "7"]

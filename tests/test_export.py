@@ -76,7 +76,7 @@ def test_broken_parity_is_an_error_and_writes_nothing(tiny_student, tiny_ds, tmp
 
     real = ex._FORMATS["onnx-fp32"]
 
-    def broken(model, path, maxlen):
+    def broken(model, path, maxlen, **kw):
         import copy
 
         import torch

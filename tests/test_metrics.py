@@ -70,3 +70,13 @@ def test_topk_overlap():
 def test_mask_seen_ignores_padding():
     out = mask_seen(np.ones((1, 3)), [np.array([0, 2])])
     assert out[0].tolist() == [1.0, -np.inf, 1.0]
+
+
+def test_a_nan_score_is_a_miss_not_a_hit():
+    scores = np.array([[0.1, np.nan, 0.3]])
+    assert full_ranks(scores, np.array([2]), [np.array([])]).tolist() == [2]
+    assert ranking_metrics(full_ranks(scores, np.array([2]), [np.array([])]))["hr@10"] == 1.0  # 3 items: still top 10
+    big = np.full((1, 50), 0.5)
+    big[0, 7] = np.nan
+    assert full_ranks(big, np.array([8]), [np.array([])]).tolist() == [49]
+    assert sampled_ranks(big, np.array([8]), [np.array([])], negatives=20).tolist() == [20]

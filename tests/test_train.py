@@ -67,3 +67,17 @@ def test_config_errors_name_the_field():
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="lr must be > 0"):
         TrainConfig(lr=0)
+
+
+def test_a_checkpoint_of_other_data_is_refused(tiny_ds, tmp_path):
+    from edgekd.data import DataSpec, load_data
+
+    def interrupt(row):
+        raise Stop()
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Stop):
+        fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, CFG, progress=interrupt, checkpoint=ckpt)
+    other = load_data(DataSpec(synthetic={"users": 150, "items": 60, "mean_length": 12, "tastes": 4, "seed": 4}))
+    with pytest.raises(ArtifactError, match="other settings, data or teacher"):
+        fit(fresh(other), other, cross_entropy_loss, CFG, checkpoint=ckpt, resume=True)
