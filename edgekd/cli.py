@@ -275,6 +275,27 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
     out.print(str(r["report"]))
 
 
+@app.command()
+def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a student)"),
+          method: str = typer.Option("unstructured", help="unstructured: global magnitude pruning"),
+          sparsity: float = typer.Option(0.5, help="fraction of the weights set to zero"),
+          recover_epochs: int = typer.Option(0, help="then distil from the teacher this many epochs"),
+          seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None)):
+    """Prune a torch model (global magnitude), optionally recovering by distillation from its teacher."""
+    from .artifact import load_artifact
+    from .compress import PruneConfig, prune as run
+
+    cfg = PruneConfig(method=method, sparsity=sparsity, recover_epochs=recover_epochs, seed=seed)
+    a = load_artifact(artifact, store)
+    with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
+        p = run(a, cfg, store=store, name=name, progress=progress)
+    m = p.metrics
+    console.print(f"pruned {p.name}: sparsity {m['sparsity']:.3f}, test NDCG@10 {m['test_ndcg@10']:.4f} "
+                  f"({m['test_ndcg@10_vs_parent'] * 100:.1f}% of the parent), gzip {m['size']['gzip_bytes']} bytes "
+                  f"(parent {m['size']['parent_gzip_bytes']}); {m['size']['note']}", highlight=False)
+    out.print(str(p.path))
+
+
 @list_app.command("recipes")
 def list_recipes_cmd():
     """Quantisation recipes (for `quantize --recipe` and `export --recipe`)."""

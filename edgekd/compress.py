@@ -141,3 +141,99 @@ def _markdown(rep: dict) -> str:
                      f"{r['speedup']:.2f}x | {r['ndcg@10_rel'] * 100:+.1f}% | {r['top10_overlap']:.3f} | {verdict} |")
     lines += ["", rep["why"] + "."]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- pruning
+
+PRUNE_METHODS = ("unstructured",)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Global magnitude pruning to a target sparsity, then an optional short distillation
+    fine-tune from the teacher (`recover_epochs`), the zeros held in place while it trains."""
+
+    method: str = "unstructured"
+    sparsity: float = 0.5
+    recover_epochs: int = 0
+    temperature: float = 2.0
+    kd_weight: float = 1.0
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in PRUNE_METHODS:
+            raise ConfigError(f"prune method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r} "
+                              "(structured and vocabulary pruning are not built yet)")
+        if not 0 < self.sparsity < 1:
+            raise ConfigError(f"sparsity must be in (0, 1), got {self.sparsity}")
+        if self.recover_epochs < 0:
+            raise ConfigError(f"recover_epochs must be >= 0, got {self.recover_epochs}")
+
+
+def prunable(model) -> list[tuple]:
+    """(module, "weight") for every matrix: linear layers and the embedding tables. LayerNorms and
+    biases stay dense: they are a sliver of the parameters and pruning them hurts most."""
+    from torch import nn
+
+    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+
+
+def sparsity_of(model) -> float:
+    ws = [m.weight for m, _ in prunable(model)]
+    zeros = sum(int((w == 0).sum()) for w in ws)
+    return zeros / sum(w.numel() for w in ws)
+
+
+def _gzip_size(path: Path) -> int:
+    """What the file takes compressed: dense runtimes get no faster from zeros, but zeros
+    compress, which is the honest gain of unstructured pruning (an app download, an OTA update)."""
+    import gzip
+
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
+
+
+def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAULT_STORE,
+          name: str | None = None, progress=None) -> Artifact:
+    import torch.nn.utils.prune as tprune
+
+    from .distill import DistillConfig, find_teacher, kl_distillation_loss
+    from .train import (dataset_for, evaluate_model, fit, load_torch_model, save_torch_artifact,
+                        seed_everything)
+
+    if a.format != "torch":
+        raise ConfigError(f"prune takes a torch artifact, not {a.format}; prune before exporting")
+    seed_everything(cfg.seed)
+    ds = dataset_for(a)
+    model = load_torch_model(a)
+    before, parent_top = evaluate_model(model, ds, "test", sampled=False)
+    params = prunable(model)
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=cfg.sparsity)
+    log = None
+    if cfg.recover_epochs:
+        teacher_a = find_teacher(a)
+        teacher = load_torch_model(teacher_a)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        tcfg = DistillConfig(model=a.card["arch"], epochs=cfg.recover_epochs, patience=cfg.recover_epochs,
+                             lr=cfg.lr, seed=cfg.seed, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
+                             **{k: a.card["arch_kwargs"].get(k) for k in ("d", "blocks", "heads", "dropout", "maxlen")})
+        # The pruning masks are forward pre-hooks: pruned weights stay zero while it trains.
+        log = fit(model, ds, kl_distillation_loss(teacher, cfg.temperature, cfg.kd_weight), tcfg, progress)
+    for m, n in params:
+        tprune.remove(m, n)  # make the zeros permanent: a plain state dict again
+    model.eval()
+    test, _ = evaluate_model(model, ds, "test", reference_topk=parent_top)
+    metrics = {**{f"test_{k}": v for k, v in test.items()}, "sparsity": sparsity_of(model),
+               "parent_test_ndcg@10": before["ndcg@10"],
+               "test_ndcg@10_vs_parent": test["ndcg@10"] / before["ndcg@10"] if before["ndcg@10"] else None}
+    out = save_torch_artifact(
+        model, store=store, name=name or f"{a.name}-pruned{int(round(cfg.sparsity * 100))}", stage="pruned",
+        arch=a.card["arch"], arch_kwargs=a.card["arch_kwargs"], ds=ds,
+        config={"prune": asdict(cfg)}, metrics=metrics, parent=[a.lineage()], seed=cfg.seed,
+        extra={"training": {k: v for k, v in (log or {}).items() if k != "history"}})
+    sizes = {"size_bytes": out.card["size_bytes"], "gzip_bytes": _gzip_size(out.file),
+             "parent_size_bytes": a.card["size_bytes"], "parent_gzip_bytes": _gzip_size(a.file),
+             "note": "dense file: same size and speed as the parent; zeros only pay once compressed"}
+    out.update_card(metrics={**out.metrics, "size": sizes})
+    return out

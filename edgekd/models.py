@@ -202,7 +202,9 @@ class SASRec(nn.Module):
         q = self._modules.get("int8_tables")
         if q is not None:
             return q[table].lookup(idx)
-        return nn.functional.embedding(idx, (self.item_emb if table == "item" else self.pos_emb).weight)
+        # Through the modules' own forward, so that hooks on them (pruning masks) apply; the
+        # scoring layer reads item_emb.weight after this lookup in the same forward.
+        return (self.item_emb if table == "item" else self.pos_emb)(idx)
 
     def with_int8_tables(self) -> "SASRec":
         """A copy for export whose item and position tables are stored in int8 (row-wise)."""

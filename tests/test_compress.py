@@ -53,3 +53,29 @@ def test_quantize_config_errors():
         QuantizeConfig(target="onnx-fp32")
     with pytest.raises(ConfigError, match="onnx recipes: dynamic"):
         QuantizeConfig(target="onnx-int8", recipes=("weight-only",))
+
+
+def test_unstructured_pruning_hits_the_sparsity_and_recovery_keeps_the_zeros(tiny_student, store):
+    from edgekd.artifact import load_artifact
+    from edgekd.compress import PruneConfig, prunable, prune, sparsity_of
+    from edgekd.train import load_torch_model
+
+    p = prune(tiny_student, PruneConfig(sparsity=0.6, recover_epochs=2), store=store)
+    assert p.card["stage"] == "pruned" and p.card["parent"][0]["sha256"] == tiny_student.sha256
+    m = load_torch_model(load_artifact(p.path))
+    assert sparsity_of(m) == pytest.approx(0.6, abs=0.01)  # after the fine-tune too
+    assert p.metrics["sparsity"] == pytest.approx(sparsity_of(m))
+    assert p.metrics["size"]["gzip_bytes"] < p.metrics["size"]["parent_gzip_bytes"]  # zeros compress
+    assert p.metrics["size"]["size_bytes"] == pytest.approx(p.metrics["size"]["parent_size_bytes"], rel=0.01)
+    assert 0 <= p.metrics["test_ndcg@10"] <= 1 and "test_top10_overlap" in p.metrics
+    # LayerNorms stay dense
+    assert all(float((mod.weight == 0).float().mean()) < 0.99 for mod, _ in prunable(m))
+
+
+def test_prune_config_errors():
+    from edgekd.compress import PruneConfig
+
+    with pytest.raises(ConfigError, match="sparsity must be in"):
+        PruneConfig(sparsity=1.0)
+    with pytest.raises(ConfigError, match="not built yet"):
+        PruneConfig(method="structured")
