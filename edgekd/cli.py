@@ -212,6 +212,8 @@ def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory
             kd_weight: float = typer.Option(1.0, help="lambda: weight of the KD term"),
             d: Optional[int] = typer.Option(None), blocks: Optional[int] = typer.Option(None),
             heads: Optional[int] = typer.Option(None), dropout: Optional[float] = typer.Option(None),
+            maxlen: Optional[int] = typer.Option(None, help="the student's window of recent items "
+                                                 "(default and at most: the teacher's)"),
             epochs: int = typer.Option(200), patience: int = typer.Option(10),
             batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
             seed: int = typer.Option(0), store: Path = StoreOpt,
@@ -223,7 +225,7 @@ def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory
     from .train import dataset_for
 
     t = load_artifact(teacher, store)
-    maxlen = t.card["arch_kwargs"]["maxlen"]
+    maxlen = maxlen or t.card["arch_kwargs"]["maxlen"]
     cfg = DistillConfig(model=model, kd=kd, temperature=temperature, kd_weight=kd_weight, d=d,
                         blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
                         patience=patience, batch_size=batch_size, lr=lr, seed=seed)

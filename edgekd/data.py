@@ -369,13 +369,26 @@ def pad_left(seqs: list[np.ndarray], maxlen: int) -> np.ndarray:
     return out
 
 
-def training_pairs(train_seqs: list[np.ndarray], maxlen: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and next-item targets for every position: each row is a user's training
-    sequence shifted by one, left-padded; target 0 marks padding (no loss)."""
-    seqs = [s for s in train_seqs if len(s) >= 2]
-    x = pad_left([s[:-1] for s in seqs], maxlen)
-    y = pad_left([s[1:] for s in seqs], maxlen)
-    return x, y
+def training_pairs(train_seqs: list[np.ndarray], maxlen: int, windows: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-item targets for every position: each row is a window of a user's
+    training sequence shifted by one, left-padded; target 0 marks padding (no loss).
+
+    With `windows`, a history longer than `maxlen` is cut, from its end, into consecutive
+    windows of `maxlen` transitions, so that its earlier part is trained on too instead of
+    being dropped (each window still reads only its own items)."""
+    xs, ys = [], []
+    for s in train_seqs:
+        if len(s) < 2:
+            continue
+        end = len(s)
+        while end >= 2:
+            start = max(0, end - maxlen - 1)
+            xs.append(s[start:end - 1])
+            ys.append(s[start + 1:end])
+            if not windows:
+                break
+            end = start + 1  # the next window ends where this one's first input was
+    return pad_left(xs, maxlen), pad_left(ys, maxlen)
 
 
 def history_mask_indices(histories: list[np.ndarray]) -> list[np.ndarray]:

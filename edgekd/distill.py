@@ -73,8 +73,9 @@ def distill(teacher_artifact: Artifact, ds: Dataset, cfg: DistillConfig = Distil
         p.requires_grad_(False)
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
-    if kw["maxlen"] != teacher.maxlen:
-        raise ConfigError(f"student maxlen {kw['maxlen']} differs from the teacher's {teacher.maxlen}")
+    if kw["maxlen"] > teacher.maxlen:
+        # A shorter student reads the most recent items only; the teacher reads the same window.
+        raise ConfigError(f"student maxlen {kw['maxlen']} exceeds the teacher's {teacher.maxlen}")
     student = create_model(cfg.model, **kw)
     if cfg.kd == "on":
         loss_fn = kl_distillation_loss(teacher, cfg.temperature, cfg.kd_weight)

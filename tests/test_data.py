@@ -150,3 +150,12 @@ def test_data_spec_validation():
 def test_ids_that_differ_only_by_leading_zeros_map_the_same_way_every_time():
     events = [("u", i, float(t)) for t, i in enumerate(["7", "07", "007", "7", "07"])]
     assert build_dataset(events, "t").items == ["007", "07", "7"]
+
+
+def test_long_histories_are_trained_on_in_windows_covering_every_transition_once():
+    seq = np.arange(1, 12)  # 10 transitions
+    x, y = training_pairs([seq], 4)
+    pairs = sorted((int(a), int(b)) for xr, yr in zip(x, y) for a, b in zip(xr, yr) if b)
+    assert pairs == [(i, i + 1) for i in range(1, 11)]
+    x1, _ = training_pairs([seq], 4, windows=False)
+    assert x1.tolist() == [[7, 8, 9, 10]]  # the most recent window only
