@@ -189,14 +189,21 @@ def _rel(x: float | None, base: float | None) -> float | None:
     return (x - base) / base
 
 
-def make_record(a: Artifact, target: Target, raw: dict, targets: np.ndarray, run_id: str) -> dict:
-    acc = ranking_metrics(ranks_from_topk(np.asarray(raw["topk"]), targets))
+def record_head(a: Artifact, target: Target, run_id: str, status: str) -> dict:
+    """What every record starts with: which file, on which target, in which run, how it went."""
     return {
-        "schema": SCHEMA, "run_id": run_id, "status": "ok",
+        "schema": SCHEMA, "run_id": run_id, "status": status,
         "target": {"name": target.name, "kind": target.kind, "device": target.device, "source": target.source},
         "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256, "stage": a.card["stage"],
                      "format": a.format, "precision": a.card.get("precision", "fp32"),
                      "params": a.card.get("params"), "arch": a.card.get("arch")},
+    }
+
+
+def make_record(a: Artifact, target: Target, raw: dict, targets: np.ndarray, run_id: str) -> dict:
+    acc = ranking_metrics(ranks_from_topk(np.asarray(raw["topk"]), targets))
+    return {
+        **record_head(a, target, run_id, "ok"),
         "runtime": raw["runtime"], "runtime_version": raw["runtime_version"],
         "threads": raw["threads"], "batch": raw["batch"], "timing_source": "edgekd device runner",
         "latency_ms": raw["latency"], "batch_sweep": raw.get("batch_sweep", {}),
@@ -233,11 +240,7 @@ def make_android_record(a: Artifact, target: Target, parsed: dict, host_raw: dic
     if parsed.get("init_ms") is not None and parsed.get("first_inference_ms") is not None:
         cold = parsed["init_ms"] + parsed["first_inference_ms"]
     return {
-        "schema": SCHEMA, "run_id": run_id, "status": "ok",
-        "target": {"name": target.name, "kind": target.kind, "device": target.device, "source": target.source},
-        "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256, "stage": a.card["stage"],
-                     "format": a.format, "precision": a.card.get("precision", "fp32"),
-                     "params": a.card.get("params"), "arch": a.card.get("arch")},
+        **record_head(a, target, run_id, "ok"),
         "runtime": parsed["tool"], "runtime_version": None, "threads": threads, "batch": 1,
         "timing_source": parsed["tool"], "latency_ms": lat, "batch_sweep": {},
         "cold_start_ms": cold, "load_ms": parsed.get("init_ms"), "first_inference_ms": parsed.get("first_inference_ms"),
@@ -343,16 +346,10 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                     else:
                         rec = make_record(a, target, run_runner(a, target, npz, threads), targets, run_id)
                 except _Skip as e:
-                    rec = {"schema": SCHEMA, "run_id": run_id, "status": "skipped", "error": str(e),
-                           "target": {"name": target.name, "kind": target.kind},
-                           "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256,
-                                        "stage": a.card["stage"], "format": a.format},
+                    rec = {**record_head(a, target, run_id, "skipped"), "error": str(e),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 except (BenchError, TargetError) as e:
-                    rec = {"schema": SCHEMA, "run_id": run_id, "status": "failed", "error": str(e),
-                           "target": {"name": target.name, "kind": target.kind},
-                           "artifact": {"name": a.name, "path": str(a.path), "sha256": a.sha256,
-                                        "stage": a.card["stage"], "format": a.format},
+                    rec = {**record_head(a, target, run_id, "failed"), "error": str(e),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if rec["status"] == "ok":
                 base = base or (rec if a.sha256 == teacher.sha256 else None)

@@ -74,14 +74,19 @@ def _rows(recs: list[dict]) -> list[dict]:
     return rows
 
 
-def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> dict:
-    """Write report.md and report.json (and latency_vs_ndcg.png) for one bench run."""
+def _load_run(run_dir: Path, out: Path | None) -> tuple[Path, list[dict], Path]:
     run_dir = Path(run_dir)
     recs = load_records(run_dir)
     if not recs:
         raise ArtifactError(f"{run_dir}: no bench records", hint="run `edgekd bench` first")
     out = Path(out) if out else run_dir
     out.mkdir(parents=True, exist_ok=True)
+    return run_dir, recs, out
+
+
+def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> dict:
+    """Write report.md and report.json (and latency_vs_ndcg.png) for one bench run."""
+    run_dir, recs, out = _load_run(run_dir, out)
     recs = _sorted(recs)
     ok = [r for r in recs if r["status"] == "ok"]
     rows = _rows(recs)
@@ -259,12 +264,7 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
     inlined), the teacher as the baseline on every chart."""
     import html
 
-    run_dir = Path(run_dir)
-    recs = load_records(run_dir)
-    if not recs:
-        raise ArtifactError(f"{run_dir}: no bench records", hint="run `edgekd bench` first")
-    out = Path(out) if out else run_dir
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir, recs, out = _load_run(run_dir, out)
     by_target: dict[str, list[dict]] = {}
     for r in _sorted(recs):
         by_target.setdefault(r["target"]["name"], []).append(r)
