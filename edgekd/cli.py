@@ -357,14 +357,16 @@ def _print_result(rec: dict):
 @app.command()
 def report(run: Optional[Path] = typer.Argument(None, help="bench run directory (default: the latest)"),
            results: Path = typer.Option(Path("benchmarks/results"), "--results"),
-           dest: Optional[Path] = typer.Option(None, "--out", help="write the report here (default: the run dir)")):
-    """Markdown + JSON report from bench records and artifact cards."""
+           dest: Optional[Path] = typer.Option(None, "--out", help="write the report here (default: the run dir)"),
+           html: bool = typer.Option(True, "--html/--no-html", help="also write report.html: one self-contained "
+                                     "page with a table per target and the charts")):
+    """Markdown + JSON (+ HTML) report from bench records and artifact cards."""
     from .bench import latest_run
     from .report import build_report
 
-    r = build_report(run or latest_run(results), dest)
+    r = build_report(run or latest_run(results), dest, plot=html)
     out.print(r["text"], markup=False, highlight=False)
-    console.print(f"report: {r['markdown']}")
+    console.print(f"report: {r['markdown']}" + (f"  page: {r['html']}" if r.get("html") else ""), markup=False)
 
 
 @app.command()
