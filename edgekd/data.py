@@ -389,8 +389,3 @@ def training_pairs(train_seqs: list[np.ndarray], maxlen: int, windows: bool = Tr
                 break
             end = start + 1  # the next window ends where this one's first input was
     return pad_left(xs, maxlen), pad_left(ys, maxlen)
-
-
-def history_mask_indices(histories: list[np.ndarray]) -> list[np.ndarray]:
-    """Unique items already seen by each user (internal indices), for exclusion from ranking."""
-    return [np.unique(h) for h in histories]

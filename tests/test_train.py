@@ -38,14 +38,21 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny_ds, tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-def test_a_checkpoint_from_other_settings_is_refused(tiny_ds, tmp_path):
+def interrupted_checkpoint(ds, tmp_path):
+    """A checkpoint left by a run stopped after its first epoch."""
     def interrupt(row):
         raise Stop()
 
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Stop):
-        fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, CFG, progress=interrupt, checkpoint=ckpt)
+        fit(fresh(ds), ds, cross_entropy_loss, CFG, progress=interrupt, checkpoint=ckpt)
+    return ckpt
+
+
+def test_a_checkpoint_from_other_settings_is_refused(tiny_ds, tmp_path):
     from dataclasses import replace
+
+    ckpt = interrupted_checkpoint(tiny_ds, tmp_path)
 
     with pytest.raises(ArtifactError, match="other settings"):
         fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, replace(CFG, lr=0.01), checkpoint=ckpt, resume=True)
@@ -72,12 +79,7 @@ def test_config_errors_name_the_field():
 def test_a_checkpoint_of_other_data_is_refused(tiny_ds, tmp_path):
     from edgekd.data import DataSpec, load_data
 
-    def interrupt(row):
-        raise Stop()
-
-    ckpt = tmp_path / "run.pt"
-    with pytest.raises(Stop):
-        fit(fresh(tiny_ds), tiny_ds, cross_entropy_loss, CFG, progress=interrupt, checkpoint=ckpt)
+    ckpt = interrupted_checkpoint(tiny_ds, tmp_path)
     other = load_data(DataSpec(synthetic={"users": 150, "items": 60, "mean_length": 12, "tastes": 4, "seed": 4}))
     with pytest.raises(ArtifactError, match="other settings, data or teacher"):
         fit(fresh(other), other, cross_entropy_loss, CFG, checkpoint=ckpt, resume=True)
