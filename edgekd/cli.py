@@ -144,6 +144,15 @@ def list_formats_cmd():
         out.print(f"{f.name:14} {f.summary}")
 
 
+@list_app.command("losses")
+def list_losses_cmd():
+    """Distillation loss terms (for `distill --loss`, combined with +)."""
+    from .kd_losses import list_losses
+
+    for spec in list_losses():
+        out.print(f"{spec.name:6} --{spec.weight_field.replace('_', '-'):14} {spec.summary}")
+
+
 @list_app.command("targets")
 def list_targets_cmd():
     """Bench targets (for `bench --target`): devices, from targets/*.toml."""
@@ -205,11 +214,26 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
 
 
 @app.command()
-def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory"),
+def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher artifact directory (or use --teacher)"),
+            teacher: Optional[list[Path]] = typer.Option(None, "--teacher", help="a teacher; repeat for several "
+                                                         "(their soft labels are mixed)"),
+            teacher_weight: Optional[list[float]] = typer.Option(None, "--teacher-weight", help="one per teacher, "
+                                                                 "in order (default: equal)"),
             kd: str = typer.Option("on", help="on: distil from the teacher; off: the same student alone (baseline)"),
+            loss: str = typer.Option("kl", "--loss", help="distillation terms, combined with +: kl, mse, rd, rrd, "
+                                     "hint (edgekd list losses), e.g. kl+hint"),
             model: str = typer.Option("sasrec-student", help="registered student model"),
-            temperature: float = typer.Option(2.0, "--temperature", "-T"),
-            kd_weight: float = typer.Option(1.0, help="lambda: weight of the KD term"),
+            temperature: float = typer.Option(2.0, "--temperature", "-T", help="kl: softmax temperature"),
+            kd_weight: float = typer.Option(1.0, help="kl: weight (lambda) of the KL term"),
+            mse_weight: float = typer.Option(0.1, help="mse: weight of logit matching"),
+            rd_weight: float = typer.Option(1.0, help="rd: weight"), rd_k: int = typer.Option(10, help="rd: teacher top-K"),
+            rd_lambda: float = typer.Option(5.0, help="rd: position weight exp(-rank/lambda)"),
+            rd_mu: float = typer.Option(0.1, help="rd: ranking-discrepancy sharpness"),
+            rd_warmup: int = typer.Option(2, help="rd: epochs before discrepancy weighting starts"),
+            rrd_weight: float = typer.Option(0.1, help="rrd: weight"), rrd_k: int = typer.Option(10, help="rrd: teacher top-K"),
+            hint_weight: float = typer.Option(1.0, help="hint: weight"),
+            init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="start the student's item "
+                                                   "embeddings from an SVD projection of the (first) teacher's"),
             d: Optional[int] = typer.Option(None), blocks: Optional[int] = typer.Option(None),
             heads: Optional[int] = typer.Option(None), dropout: Optional[float] = typer.Option(None),
             maxlen: Optional[int] = typer.Option(None, help="the student's window of recent items "
@@ -219,19 +243,27 @@ def distill(teacher: Path = typer.Argument(..., help="teacher artifact directory
             seed: int = typer.Option(0), store: Path = StoreOpt,
             name: Optional[str] = typer.Option(None),
             resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
-    """Train a student: cross-entropy + kd_weight * T^2 * KL(teacher/T || student/T)."""
+    """Train a student: cross-entropy + the weighted --loss terms against the teacher(s)."""
     from .artifact import load_artifact
     from .distill import DistillConfig, distill as run
+    from .errors import ConfigError
     from .train import dataset_for
 
-    t = load_artifact(teacher, store)
-    maxlen = maxlen or t.card["arch_kwargs"]["maxlen"]
-    cfg = DistillConfig(model=model, kd=kd, temperature=temperature, kd_weight=kd_weight, d=d,
+    paths = list(teachers or []) + list(teacher or [])
+    if not paths:
+        raise ConfigError("name a teacher artifact (edgekd distill TEACHER, or --teacher A --teacher B)")
+    ts = [load_artifact(p, store) for p in paths]
+    maxlen = maxlen or min(t.card["arch_kwargs"]["maxlen"] for t in ts)
+    cfg = DistillConfig(model=model, kd=kd, loss=loss, temperature=temperature, kd_weight=kd_weight,
+                        mse_weight=mse_weight, rd_weight=rd_weight, rd_k=rd_k, rd_lambda=rd_lambda, rd_mu=rd_mu,
+                        rd_warmup=rd_warmup, rrd_weight=rrd_weight, rrd_k=rrd_k, hint_weight=hint_weight,
+                        teacher_weights=tuple(teacher_weight) if teacher_weight else None,
+                        init_from_teacher=init_from_teacher, d=d,
                         blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
                         patience=patience, batch_size=batch_size, lr=lr, seed=seed)
-    ds = dataset_for(t)
-    with _epochs(f"distill (kd {kd})", epochs) as progress:
-        a = run(t, ds, cfg, store=store, name=name, progress=progress, resume=resume)
+    ds = dataset_for(ts[0])
+    with _epochs(f"distill ({loss if kd == 'on' else 'kd off'})", epochs) as progress:
+        a = run(ts, ds, cfg, store=store, name=name, progress=progress, resume=resume)
     _done(a)
 
 

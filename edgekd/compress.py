@@ -197,7 +197,8 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
           name: str | None = None, progress=None) -> Artifact:
     import torch.nn.utils.prune as tprune
 
-    from .distill import DistillConfig, find_teacher, kl_distillation_loss
+    from .distill import DistillConfig, find_teacher
+    from .kd_losses import DistillLoss
     from .train import (dataset_for, evaluate_model, fit, load_torch_model, save_torch_artifact,
                         seed_everything)
 
@@ -219,7 +220,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
                              lr=cfg.lr, seed=cfg.seed, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
                              **{k: a.card["arch_kwargs"].get(k) for k in ("d", "blocks", "heads", "dropout", "maxlen")})
         # The pruning masks are forward pre-hooks: pruned weights stay zero while it trains.
-        log = fit(model, ds, kl_distillation_loss(teacher, cfg.temperature, cfg.kd_weight), tcfg, progress)
+        log = fit(model, ds, DistillLoss(tcfg, model, [teacher], [1.0]), tcfg, progress)
     for m, n in params:
         tprune.remove(m, n)  # make the zeros permanent: a plain state dict again
     model.eval()

@@ -1,11 +1,12 @@
-"""Distillation: a student trained with the task loss plus a loss against a frozen teacher.
+"""Distillation: a student trained with the task loss plus losses against frozen teachers.
 
 The student goes through the same `fit` loop as the teacher; only the loss function differs:
 
-    loss = CE(student, next item) + kd_weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+    loss = CE(student, next item) + sum over --loss terms of weight * term(student, teachers)
 
-over the full catalogue at every position. `kd="off"` trains the same student with the task
-loss alone: the baseline distillation must beat.
+with the terms from the registry in `kd_losses` (kl, mse, rd, rrd, hint; combinable as
+`kl+hint`) at every training position. Several teachers are mixed there. `kd="off"` trains the
+same student with the task loss alone: the baseline distillation must beat.
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .artifact import DEFAULT_STORE, Artifact
 from .data import Dataset
 from .errors import ArtifactError, ConfigError
+from .kd_losses import DistillLoss, parse_losses
 from .models import create_model
 from .train import (TrainConfig, checkpoint_path, cross_entropy_loss, evaluate_model, fit, load_torch_model,
                     save_torch_artifact, seed_everything)
@@ -31,69 +32,106 @@ KD_MODES = ("on", "off")
 class DistillConfig(TrainConfig):
     model: str = "sasrec-student"
     kd: str = "on"
+    loss: str = "kl"
     temperature: float = 2.0
-    kd_weight: float = 1.0
+    kd_weight: float = 1.0      # kl
+    mse_weight: float = 0.1
+    rd_weight: float = 1.0
+    rd_k: int = 10
+    rd_lambda: float = 5.0
+    rd_mu: float = 0.1
+    rd_warmup: int = 2          # epochs with position weights only, then hybrid with discrepancy
+    rrd_weight: float = 0.1
+    rrd_k: int = 10
+    hint_weight: float = 1.0
+    teacher_weights: tuple[float, ...] | None = None   # one per teacher; equal when None
+    init_from_teacher: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         if self.kd not in KD_MODES:
             raise ConfigError(f"kd must be one of {', '.join(KD_MODES)}, got {self.kd!r}")
+        parse_losses(self.loss)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.kd_weight < 0:
-            raise ConfigError(f"kd_weight must be >= 0, got {self.kd_weight}")
+        for name in ("kd_weight", "mse_weight", "rd_weight", "rrd_weight", "hint_weight", "rd_mu"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("rd_k", "rrd_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.rd_lambda > 0:
+            raise ConfigError(f"rd_lambda must be > 0, got {self.rd_lambda}")
+        if self.teacher_weights is not None:
+            if any(w < 0 for w in self.teacher_weights) or not sum(self.teacher_weights) > 0:
+                raise ConfigError(f"teacher weights must be >= 0 and not all 0, got {list(self.teacher_weights)}")
+
+    def default_name(self, ds_name: str) -> str:
+        if self.kd == "off":
+            return f"{ds_name}-student-nokd"
+        return f"{ds_name}-student-kd" if self.loss == "kl" else f"{ds_name}-student-kd-{self.loss.replace('+', '-')}"
 
 
-def kl_distillation_loss(teacher: nn.Module, temperature: float, kd_weight: float):
-    """Cross-entropy plus temperature-scaled KL to the teacher's soft labels."""
-    T = temperature
-
-    def loss(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-        mask = y > 0
-        s_logits = student.score(student.hidden(x)[mask])
-        with torch.no_grad():
-            t_logits = teacher.score(teacher.hidden(x)[mask])
-        task = F.cross_entropy(s_logits, y[mask] - 1)
-        # KL(p_t || p_s) = sum p_t (log p_t - log p_s), mean over positions; T^2 keeps the
-        # gradient scale independent of T (Hinton et al., 2015).
-        kd = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1),
-                      log_target=True, reduction="batchmean") * (T * T)
-        return {"loss": task + kd_weight * kd, "task_loss": task, "kd_loss": kd}
-
-    return loss
+def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict:
+    """Set the student's item embeddings to the teacher's projected onto their top principal
+    directions (truncated SVD, uncentred: the best rank-d approximation of the teacher's table),
+    rescaled to the student's initial norm. Returns the share of the teacher table's energy kept."""
+    t = teacher.item_table().detach()[1:].double()
+    s = student.item_emb.weight
+    d = s.shape[1]
+    if d > t.shape[1]:
+        raise ConfigError(f"--init-from-teacher: student d={d} is larger than the teacher's {t.shape[1]}")
+    u, sv, vh = torch.linalg.svd(t, full_matrices=False)
+    proj = t @ vh[:d].T                                   # [N, d] = U_d S_d
+    with torch.no_grad():
+        scale = s[1:].norm() / proj.norm().clamp_min(1e-12)
+        s[1:] = (proj * scale).to(s.dtype)
+    return {"energy_kept": float((sv[:d] ** 2).sum() / (sv ** 2).sum())}
 
 
-def distill(teacher_artifact: Artifact, ds: Dataset, cfg: DistillConfig = DistillConfig(), *,
+def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: DistillConfig = DistillConfig(), *,
             store: Path = DEFAULT_STORE, name: str | None = None,
             progress: Callable[[dict], None] | None = None, resume: bool = False) -> Artifact:
-    """Train a student from `teacher_artifact` (or alone, with kd='off') and write its artifact."""
-    teacher_artifact.check_dataset(ds.fingerprint())
-    teacher = load_torch_model(teacher_artifact)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    """Train a student from one or more teacher artifacts (or alone, with kd='off') and write
+    its artifact. The first teacher is the reference for top-10 overlap and the maxlen limit."""
+    arts = [teacher_artifacts] if isinstance(teacher_artifacts, Artifact) else list(teacher_artifacts)
+    if not arts:
+        raise ConfigError("distill needs at least one teacher")
+    if cfg.teacher_weights is not None and len(cfg.teacher_weights) != len(arts):
+        raise ConfigError(f"{len(cfg.teacher_weights)} teacher weights for {len(arts)} teachers")
+    teachers = []
+    for a in arts:
+        a.check_dataset(ds.fingerprint())
+        t = load_torch_model(a)
+        for p in t.parameters():
+            p.requires_grad_(False)
+        teachers.append(t)
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
-    if kw["maxlen"] > teacher.maxlen:
+    limit = min(t.maxlen for t in teachers)
+    if kw["maxlen"] > limit:
         # A shorter student reads the most recent items only; the teacher reads the same window.
-        raise ConfigError(f"student maxlen {kw['maxlen']} exceeds the teacher's {teacher.maxlen}")
+        raise ConfigError(f"student maxlen {kw['maxlen']} exceeds the teacher's {limit}")
     student = create_model(cfg.model, **kw)
+    extra: dict = {}
+    if cfg.init_from_teacher:
+        extra["init_from_teacher"] = init_from_teacher(student, teachers[0])
     if cfg.kd == "on":
-        loss_fn = kl_distillation_loss(teacher, cfg.temperature, cfg.kd_weight)
+        loss_fn = DistillLoss(cfg, student, teachers, list(cfg.teacher_weights or [1.0] * len(teachers)))
     else:
         loss_fn = cross_entropy_loss
-    suffix = "student-kd" if cfg.kd == "on" else "student-nokd"
-    name = name or f"{ds.name}-{suffix}"
+    name = name or cfg.default_name(ds.name)
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
-              identity={"teacher": teacher_artifact.sha256})
-    _, teacher_top = evaluate_model(teacher, ds, "test", sampled=False)
+              identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]})
+    _, teacher_top = evaluate_model(teachers[0], ds, "test", sampled=False)
     test, _ = evaluate_model(student, ds, "test", reference_topk=teacher_top)
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
-    # The teacher is the parent either way: with kd off it fixes the data and is the baseline.
+    # The teachers are the parents either way: with kd off they fix the data and the baseline.
     return save_torch_artifact(
         student, store=store, name=name, stage="student", arch=cfg.model,
         arch_kwargs=kw, ds=ds, config={"distill": cfg.to_dict()}, metrics=metrics,
-        parent=[teacher_artifact.lineage()], seed=cfg.seed,
-        extra={"training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
+        parent=[a.lineage() for a in arts], seed=cfg.seed,
+        extra={**extra, "training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
 
 
 def find_teacher(a: Artifact) -> Artifact:

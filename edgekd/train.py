@@ -124,7 +124,10 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     seed_everything(cfg.seed)
     x_all, y_all = training_pairs(ds.train_sequences(), model.maxlen)
     x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # A loss with parameters of its own (a distillation projector) trains beside the model.
+    loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
+    params = list(model.parameters()) + (list(loss_module.parameters()) if loss_module is not None else [])
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     best = {"ndcg": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     history = []
@@ -140,6 +143,8 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         except RuntimeError as e:
             raise ArtifactError(f"{checkpoint}: weights do not fit this model: {str(e).splitlines()[0]}",
                                 hint="delete it to start over") from None
+        if loss_module is not None and state.get("loss"):
+            loss_module.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["order_rng"])
@@ -150,6 +155,10 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
+        if loss_module is not None:
+            loss_module.train()
+        if hasattr(loss_fn, "start_epoch"):
+            loss_fn.start_epoch(epoch)
         order = torch.randperm(len(x_all), generator=gen)
         sums: dict[str, float] = {}
         batches = 0
@@ -174,6 +183,7 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         if checkpoint is not None:
             save_checkpoint(Path(checkpoint), key, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "loss": loss_module.state_dict() if loss_module is not None else {},
                 "torch_rng": torch.get_rng_state(), "order_rng": gen.get_state(),
                 "best_model": best["state"], "best_ndcg": best["ndcg"], "best_epoch": best["epoch"],
                 "history": json.dumps(history), "epoch": epoch,

@@ -83,3 +83,21 @@ def test_error_text_with_brackets_is_printed_as_is(tmp_path):
     rc, _, err = run("export", str(d / "nope"), "--target", "onnx-fp32")
     assert rc == 1
     assert "[/tmp/x]" in one_clean_line(err)
+
+
+def test_distill_with_two_teachers_and_combined_losses(tiny_teacher, tmp_path):
+    rc, out, err = run("distill", "--teacher", str(tiny_teacher.path), "--teacher", str(tiny_teacher.path),
+                       "--teacher-weight", "3", "--teacher-weight", "1", "--loss", "kl+hint",
+                       "--d", "8", "--epochs", "1", "--out", str(tmp_path))
+    assert rc == 0, err
+    from edgekd.artifact import load_artifact
+
+    a = load_artifact(next(tmp_path.glob("*-student-kd-kl-hint")))
+    assert a.card["config"]["distill"]["teacher_weights"] == [3.0, 1.0]
+    assert len(a.card["parent"]) == 2
+
+
+def test_unknown_distillation_loss_is_a_usage_error(tiny_teacher, tmp_path):
+    rc, _, err = run("distill", str(tiny_teacher.path), "--loss", "kl+dark", "--out", str(tmp_path))
+    assert rc == 2
+    assert "unknown distillation loss 'dark'" in one_clean_line(err)

@@ -1,0 +1,236 @@
+"""Distillation losses: a registry of terms that `edgekd distill --loss` combines (`kl+hint`).
+
+Every term sees one `KDBatch`: the student's and the teachers' hidden states and full-catalogue
+logits at the training positions of a batch (the same positions the task loss uses). Several
+teachers are combined here, once, so that every term works with one teacher or many:
+
+- soft labels (`kl`, and the top-K lists of `rd` and `rrd`) come from the teachers' weighted
+  mixture of distributions, p = sum_i w_i softmax(t_i / T);
+- logit matching (`mse`) matches the weighted mean of the teachers' logits;
+- `hint` projects the student into each teacher's space with its own learned projector.
+
+The student loss is  CE(student, next item) + sum_term weight_term * term.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+
+@dataclass
+class KDBatch:
+    s_hidden: torch.Tensor           # [P, d_s] student hidden states at the target positions
+    s_logits: torch.Tensor           # [P, N] student scores over the catalogue
+    t_hidden: list[torch.Tensor]     # per teacher [P, d_t]
+    t_logits: list[torch.Tensor]     # per teacher [P, N]
+    t_weights: list[float]           # sum to 1
+    target: torch.Tensor             # [P] index of the true next item (0-based column)
+    student: nn.Module
+    teachers: list[nn.Module]
+    epoch: int = 1
+    _cache: dict = field(default_factory=dict)
+
+    def t_logprob(self, T: float = 1.0) -> torch.Tensor:
+        """log of the teachers' mixture distribution at temperature T: [P, N]."""
+        key = ("logprob", T)
+        if key not in self._cache:
+            parts = [math.log(w) + F.log_softmax(t / T, -1) for t, w in zip(self.t_logits, self.t_weights) if w > 0]
+            self._cache[key] = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0)
+        return self._cache[key]
+
+    def t_logits_mean(self) -> torch.Tensor:
+        if "mean" not in self._cache:
+            self._cache["mean"] = sum(w * t for t, w in zip(self.t_logits, self.t_weights))
+        return self._cache["mean"]
+
+    def t_topk(self, k: int) -> torch.Tensor:
+        """The teachers' top-k items per position, best first: [P, k] column indices."""
+        key = ("topk", k)
+        if key not in self._cache:
+            self._cache[key] = self.t_logprob(1.0).topk(min(k, self.s_logits.shape[1]), -1).indices
+        return self._cache[key]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    summary: str
+    build: Callable[..., nn.Module]   # build(cfg, student, teachers) -> module(batch) -> scalar
+    weight_field: str                 # the DistillConfig field holding its weight
+
+
+_LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, summary: str, weight_field: str):
+    def deco(build):
+        if name in _LOSSES:
+            raise ValueError(f"loss {name!r} registered twice")
+        _LOSSES[name] = LossSpec(name, summary, build, weight_field)
+        return build
+    return deco
+
+
+def list_losses() -> list[LossSpec]:
+    return [_LOSSES[k] for k in sorted(_LOSSES)]
+
+
+def parse_losses(text: str) -> tuple[str, ...]:
+    """'kl+hint' -> ('kl', 'hint'); unknown or repeated names are a ConfigError."""
+    names = tuple(p.strip() for p in text.split("+") if p.strip())
+    if not names:
+        raise ConfigError(f"--loss {text!r} names no loss; registered: {', '.join(sorted(_LOSSES))}")
+    for n in names:
+        if n not in _LOSSES:
+            raise ConfigError(f"unknown distillation loss {n!r}; registered: {', '.join(sorted(_LOSSES))} "
+                              "(combine with +, e.g. kl+hint)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--loss {text!r} names a loss twice")
+    return names
+
+
+def loss_spec(name: str) -> LossSpec:
+    return _LOSSES[name]
+
+
+# ---------------------------------------------------------------- the terms
+
+class _Term(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        return self.fn(b)
+
+
+@register_loss("kl", "soft labels over the full catalogue at temperature T, scaled by T^2 (Hinton et al. 2015)",
+               "kd_weight")
+def _kl(cfg, student, teachers) -> nn.Module:
+    T = cfg.temperature
+
+    def kl(b: KDBatch) -> torch.Tensor:
+        # KL(p_t || p_s) = sum p_t (log p_t - log p_s), mean over positions; T^2 keeps the
+        # gradient scale independent of T.
+        return F.kl_div(F.log_softmax(b.s_logits / T, -1), b.t_logprob(T), log_target=True,
+                        reduction="batchmean") * (T * T)
+    return _Term(kl)
+
+
+@register_loss("mse", "logit matching: mean squared difference of the scores over the catalogue",
+               "mse_weight")
+def _mse(cfg, student, teachers) -> nn.Module:
+    return _Term(lambda b: F.mse_loss(b.s_logits, b.t_logits_mean()))
+
+
+@register_loss("rd", "Ranking Distillation (Tang & Wang 2018): the teacher's top-K as weighted extra positives",
+               "rd_weight")
+def _rd(cfg, student, teachers) -> nn.Module:
+    K, lam, mu, warmup, m = cfg.rd_k, cfg.rd_lambda, cfg.rd_mu, cfg.rd_warmup, 100
+
+    def rd(b: KDBatch) -> torch.Tensor:
+        idx = b.t_topk(K)                                                    # [P, K]
+        k = idx.shape[1]
+        r = torch.arange(k, dtype=b.s_logits.dtype, device=idx.device)
+        w = torch.exp(-(r + 1) / lam)
+        w = (w / w.sum()).expand(idx.shape[0], k)                            # position importance
+        logp = F.log_softmax(b.s_logits, -1).gather(1, idx)                  # [P, K]
+        if b.epoch > warmup:
+            # Ranking discrepancy: push hardest where the student ranks the teacher's r-th item
+            # far below r. The student's rank is estimated from m uniformly sampled items, as in
+            # the paper (an exact rank over the catalogue would compare P*K*N scores).
+            with torch.no_grad():
+                n = b.s_logits.shape[1]
+                probe = torch.randint(0, n, (b.s_logits.shape[0], m), device=idx.device)
+                higher = (b.s_logits.gather(1, probe).unsqueeze(1) > b.s_logits.gather(1, idx).unsqueeze(2))
+                s_rank = higher.float().mean(-1) * (n - 1)                   # [P, K], 0-based
+                wd = torch.tanh(torch.clamp(mu * (s_rank - r), min=0.0))
+                wd = wd / wd.sum(-1, keepdim=True).clamp_min(1e-12)
+                w = 0.5 * (w + wd)                                           # hybrid weighting
+        return -(w * logp).sum(-1).mean()
+    return _Term(rd)
+
+
+@register_loss("rrd", "relaxed ranking distillation (Kang et al. 2020): the teacher's top-K order above "
+               "the rest of the catalogue (all of it, not a sample)", "rrd_weight")
+def _rrd(cfg, student, teachers) -> nn.Module:
+    K = cfg.rrd_k
+
+    def rrd(b: KDBatch) -> torch.Tensor:
+        idx = b.t_topk(K)                                                    # [P, K]
+        s = b.s_logits
+        top = s.gather(1, idx)
+        rest = torch.logsumexp(s.scatter(1, idx, float("-inf")), -1, keepdim=True)   # [P, 1]
+        # log( sum_{l >= k} exp s_l + sum_rest exp s_j ) for each k, by a reversed cumulative LSE
+        tail = torch.logcumsumexp(top.flip(-1), -1).flip(-1)
+        return -(top - torch.logaddexp(tail, rest)).sum(-1).mean()
+    return _Term(rrd)
+
+
+class _Hint(nn.Module):
+    """Match the student's item embeddings and hidden states to each teacher's through a
+    learned linear projector (student d -> teacher d), one per teacher."""
+
+    def __init__(self, student: nn.Module, teachers: list[nn.Module]):
+        super().__init__()
+        ds = student.item_table().shape[1]
+        self.proj = nn.ModuleList(nn.Linear(ds, t.item_table().shape[1]) for t in teachers)
+
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        s_items = b.student.item_table()[1:]
+        total = 0.0
+        for proj, teacher, t_h, w in zip(self.proj, b.teachers, b.t_hidden, b.t_weights):
+            with torch.no_grad():
+                t_items = teacher.item_table()[1:]
+            total = total + w * (F.mse_loss(proj(s_items), t_items) + F.mse_loss(proj(b.s_hidden), t_h))
+        return total
+
+
+@register_loss("hint", "embedding hints: the student's item embeddings and final hidden state, projected "
+               "by a learned linear map, match the teacher's", "hint_weight")
+def _hint(cfg, student, teachers) -> nn.Module:
+    return _Hint(student, teachers)
+
+
+class DistillLoss(nn.Module):
+    """CE on the next item plus the weighted distillation terms. An nn.Module so that `fit`
+    trains the terms' own parameters (hint projectors) and checkpoints them."""
+
+    def __init__(self, cfg, student: nn.Module, teachers: list[nn.Module], teacher_weights: list[float]):
+        super().__init__()
+        self.teachers = teachers  # a plain list: frozen, not part of this module's state
+        total = float(sum(teacher_weights))
+        self.t_weights = [float(w) / total for w in teacher_weights]
+        names = parse_losses(cfg.loss)
+        self.names = names
+        self.weights = {n: float(getattr(cfg, _LOSSES[n].weight_field)) for n in names}
+        self.terms = nn.ModuleDict({n: _LOSSES[n].build(cfg, student, teachers) for n in names})
+        self.epoch = 1
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        mask = y > 0
+        s_h = student.hidden(x)[mask]
+        s_logits = student.score(s_h)
+        with torch.no_grad():
+            t_h = [t.hidden(x)[mask] for t in self.teachers]
+            t_logits = [t.score(h) for t, h in zip(self.teachers, t_h)]
+        task = F.cross_entropy(s_logits, y[mask] - 1)
+        b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, y[mask] - 1, student, self.teachers, self.epoch)
+        parts = {"task_loss": task}
+        loss = task
+        for n, term in self.terms.items():
+            v = term(b)
+            parts[f"{n}_loss"] = v
+            loss = loss + self.weights[n] * v
+        parts["loss"] = loss
+        return parts

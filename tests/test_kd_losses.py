@@ -1,0 +1,169 @@
+"""Distillation loss terms: values checked against hand-computed cases and the properties each
+term exists for (zero at agreement, ordering preferred, projector trained), plus the CLI."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgekd.distill import DistillConfig
+from edgekd.errors import ConfigError
+from edgekd.kd_losses import DistillLoss, KDBatch, list_losses, loss_spec, parse_losses
+from edgekd.models import create_model
+
+
+def batch(s_logits, t_logits_list, weights=None, epoch=1, d=4):
+    s_logits = torch.as_tensor(s_logits, dtype=torch.float32)
+    t = [torch.as_tensor(x, dtype=torch.float32) for x in t_logits_list]
+    w = weights or [1.0 / len(t)] * len(t)
+    p = s_logits.shape[0]
+    return KDBatch(torch.zeros(p, d), s_logits, [torch.zeros(p, d)] * len(t), t, w,
+                   torch.zeros(p, dtype=torch.long), None, [None] * len(t), epoch)
+
+
+def term(name, **cfg):
+    return loss_spec(name).build(DistillConfig(**cfg), None, [])
+
+
+def test_registry_and_parse():
+    assert {s.name for s in list_losses()} >= {"kl", "mse", "rd", "rrd", "hint"}
+    assert parse_losses("kl+hint") == ("kl", "hint")
+    for bad in ("", "kl+kl", "kl+nope", "+"):
+        with pytest.raises(ConfigError):
+            parse_losses(bad)
+    with pytest.raises(ConfigError):
+        DistillConfig(loss="softmax")
+
+
+def test_kl_zero_when_equal_and_matches_hand_value():
+    kl = term("kl", temperature=1.0)
+    logits = [[1.0, 2.0, 3.0]]
+    assert kl(batch(logits, [logits])).item() == pytest.approx(0.0, abs=1e-6)
+    p = F.softmax(torch.tensor([0.0, 0.0, 3.0]), -1)
+    q = F.softmax(torch.tensor([3.0, 0.0, 0.0]), -1)
+    want = float((p * (p.log() - q.log())).sum())
+    assert kl(batch([[3.0, 0, 0]], [[0, 0, 3.0]])).item() == pytest.approx(want, rel=1e-5)
+    # T^2 scaling at T=2
+    kl2 = term("kl", temperature=2.0)
+    p2, q2 = F.softmax(torch.tensor([0.0, 0, 1.5]), -1), F.softmax(torch.tensor([1.5, 0, 0]), -1)
+    assert kl2(batch([[3.0, 0, 0]], [[0, 0, 3.0]])).item() == pytest.approx(
+        4 * float((p2 * (p2.log() - q2.log())).sum()), rel=1e-5)
+
+
+def test_several_teachers_mix_distributions():
+    kl = term("kl", temperature=1.0)
+    a, b = [[4.0, 0, 0]], [[0, 0, 4.0]]
+    mix = 0.5 * F.softmax(torch.tensor(a[0]), -1) + 0.5 * F.softmax(torch.tensor(b[0]), -1)
+    bt = batch([[0.0, 1.0, 0.0]], [a, b])
+    assert torch.allclose(bt.t_logprob(1.0).exp()[0], mix, atol=1e-6)
+    q = F.softmax(torch.tensor([0.0, 1.0, 0.0]), -1)
+    assert kl(bt).item() == pytest.approx(float((mix * (mix.log() - q.log())).sum()), rel=1e-5)
+    # a weight of zero ignores that teacher entirely
+    only_a = batch([[0.0, 1.0, 0.0]], [a, b], weights=[1.0, 0.0])
+    assert kl(only_a).item() == pytest.approx(kl(batch([[0.0, 1.0, 0.0]], [a])).item(), rel=1e-6)
+
+
+def test_mse_matches_mean_teacher_logits():
+    mse = term("mse")
+    assert mse(batch([[1.0, 3.0]], [[[0.0, 2.0]], [[2.0, 4.0]]])).item() == pytest.approx(0.0, abs=1e-7)
+    assert mse(batch([[1.0, 1.0]], [[[0.0, 3.0]]])).item() == pytest.approx((1 + 4) / 2)
+
+
+def test_rd_rewards_teacher_top_items_by_position():
+    rd = term("rd", rd_k=2, rd_lambda=1.0, rd_warmup=100)
+    teacher = [[5.0, 4.0, 0.0, 0.0]]
+    good = rd(batch([[5.0, 4.0, 0.0, 0.0]], [teacher])).item()
+    bad = rd(batch([[0.0, 0.0, 5.0, 4.0]], [teacher])).item()
+    assert good < bad
+    # hand value: weights exp(-1), exp(-2) normalised, on log-softmax of the teacher's top 2
+    w = torch.tensor([math.exp(-1), math.exp(-2)])
+    w = w / w.sum()
+    logp = F.log_softmax(torch.tensor([0.0, 0.0, 5.0, 4.0]), -1)[[0, 1]]
+    assert bad == pytest.approx(float(-(w * logp).sum()), rel=1e-5)
+
+
+def test_rd_discrepancy_weighting_after_warmup_moves_weight_to_misranked_items():
+    torch.manual_seed(0)
+    n = 200
+    teacher = torch.arange(n, 0, -1, dtype=torch.float32).unsqueeze(0)   # item 0 best, 1 second ...
+    student = teacher.clone()
+    student[0, 1] = -1000.0           # the student ranks the teacher's 2nd item last
+    rd_pos = term("rd", rd_k=2, rd_lambda=1.0, rd_warmup=1)
+    before = rd_pos(batch(student, [teacher], epoch=1)).item()        # warm-up: position weights only
+    after = rd_pos(batch(student, [teacher], epoch=2)).item()         # hybrid: item 1 weighs more
+    assert after > before
+
+
+def test_rrd_prefers_the_teachers_order():
+    rrd = term("rrd", rrd_k=3)
+    teacher = [[3.0, 2.0, 1.0, 0.0, 0.0]]
+    ordered = rrd(batch([[3.0, 2.0, 1.0, 0.0, 0.0]], [teacher])).item()
+    swapped = rrd(batch([[1.0, 2.0, 3.0, 0.0, 0.0]], [teacher])).item()
+    below_rest = rrd(batch([[-3.0, -3.0, -3.0, 0.0, 0.0]], [teacher])).item()
+    assert ordered < swapped < below_rest
+    # hand value: -sum_k [s_k - log(sum_{l>=k} e^{s_l} + sum_rest e^{s_j})]
+    s = torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0])
+    rest = math.exp(0) * 2
+    want = -sum(float(s[k]) - math.log(float(s[k:3].exp().sum()) + rest) for k in range(3))
+    assert ordered == pytest.approx(want, rel=1e-5)
+
+
+def test_hint_trains_its_projector_and_pulls_embeddings(tiny_ds):
+    torch.manual_seed(0)
+    student = create_model("sasrec", num_items=tiny_ds.num_items, d=8, blocks=1, maxlen=10)
+    teacher = create_model("sasrec", num_items=tiny_ds.num_items, d=16, blocks=1, maxlen=10).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    loss = DistillLoss(DistillConfig(loss="hint", maxlen=10), student, [teacher], [1.0])
+    assert sum(p.numel() for p in loss.parameters()) == 8 * 16 + 16   # the projector, not the teacher
+    x = torch.randint(1, tiny_ds.num_items + 1, (4, 10))
+    y = torch.randint(1, tiny_ds.num_items + 1, (4, 10))
+    opt = torch.optim.Adam(list(student.parameters()) + list(loss.parameters()), lr=1e-2)
+    first = None
+    for _ in range(60):
+        parts = loss(student, x, y)
+        opt.zero_grad()
+        (parts["hint_loss"]).backward()
+        opt.step()
+        first = first if first is not None else parts["hint_loss"].item()
+    assert parts["hint_loss"].item() < 0.5 * first
+
+
+def test_every_loss_trains_a_student_end_to_end(tiny_ds, tiny_teacher, store):
+    from edgekd.distill import distill
+
+    cfg = DistillConfig(d=8, maxlen=20, epochs=2, patience=2, loss="kl+mse+rd+rrd+hint", rd_warmup=1)
+    a = distill(tiny_teacher, tiny_ds, cfg, store=store, name="tiny-all-losses")
+    h = a.card["history"]
+    assert {"kl_loss", "mse_loss", "rd_loss", "rrd_loss", "hint_loss", "task_loss"} <= set(h[0])
+    assert all(math.isfinite(v) for row in h for k, v in row.items() if k.endswith("_loss"))
+    assert a.card["config"]["distill"]["loss"] == "kl+mse+rd+rrd+hint"
+
+
+def test_two_teachers_and_init_from_teacher(tiny_ds, tiny_teacher, store):
+    from edgekd.distill import distill, init_from_teacher
+
+    # init: the student's table is the teacher's best rank-d approximation, up to scale
+    t = tiny_teacher
+    from edgekd.train import load_torch_model
+
+    teacher = load_torch_model(t)
+    student = create_model("sasrec-student", num_items=tiny_ds.num_items, d=4, maxlen=20)
+    info = init_from_teacher(student, teacher)
+    assert 0 < info["energy_kept"] <= 1
+    tt = teacher.item_table().detach()[1:]
+    ss = student.item_emb.weight.detach()[1:]
+    # the student's rows span the teacher's top-4 right singular directions: projecting the
+    # student's Gram structure back, dot products are preserved up to one scale
+    g_s, g_t = ss @ ss.T, tt @ torch.linalg.svd(tt, full_matrices=False)[2][:4].T
+    g_t = g_t @ g_t.T
+    c = torch.corrcoef(torch.stack([g_s.flatten(), g_t.flatten()]))[0, 1]
+    assert c > 0.999
+
+    cfg = DistillConfig(d=8, maxlen=20, epochs=1, patience=1, teacher_weights=(2.0, 1.0), init_from_teacher=True)
+    a = distill([tiny_teacher, tiny_teacher], tiny_ds, cfg, store=store, name="tiny-two-teachers")
+    assert len(a.card["parent"]) == 2 and "init_from_teacher" in a.card
+    with pytest.raises(ConfigError):
+        distill([tiny_teacher], tiny_ds, cfg, store=store, name="x")   # 2 weights, 1 teacher
