@@ -61,7 +61,10 @@ def model_kwargs(name: str, **overrides) -> dict:
 
 def create_model(name: str, **kwargs) -> nn.Module:
     kw = model_kwargs(name, **kwargs)
-    return _MODELS[name].builder(**kw)
+    try:
+        return _MODELS[name].builder(**kw)
+    except TypeError as e:  # an option this model does not have (--blocks for a GRU)
+        raise ConfigError(f"model {name!r} does not take these options: {e}") from None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -238,3 +241,66 @@ def _sasrec(**kw) -> nn.Module:
                 d=32, blocks=1, heads=1, dropout=0.2, maxlen=200)
 def _sasrec_student(**kw) -> nn.Module:
     return SASRec(**kw)
+
+
+class GRU4Rec(nn.Module):
+    """GRU4Rec (Hidasi et al., 2016) in its sequence form: one GRU layer over the item
+    embeddings, the hidden state at each position scoring the next item against the item
+    embeddings (tied with the input table). Trained like SASRec, with full-softmax
+    cross-entropy at every position.
+
+    Inputs are left-padded. The GRU has no bias terms, so a zero input (the padding row) keeps
+    the zero state exactly: padding in front of a history changes nothing, as in SASRec."""
+
+    def __init__(self, num_items: int, maxlen: int = 200, d: int = 32, dropout: float = 0.2):
+        super().__init__()
+        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d)):
+            if int(value) < 1:
+                raise ConfigError(f"GRU4Rec {field} must be >= 1, got {value}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"GRU4Rec dropout must be in [0, 1), got {dropout}")
+        self.num_items = int(num_items)
+        self.maxlen = int(maxlen)
+        self.d = int(d)
+        self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
+        self.gru = nn.GRU(d, d, batch_first=True, bias=False)
+        self.drop = nn.Dropout(dropout)
+        self.ln_f = nn.LayerNorm(d)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.long()
+        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)
+        x = self.drop(self.lookup("item", ids))
+        h, _ = self.gru(x)
+        return self.ln_f(self.drop(h))
+
+    def item_table(self) -> torch.Tensor:
+        q = self._modules.get("int8_tables")
+        return q["item"]() if q is not None else self.item_emb.weight
+
+    def lookup(self, table: str, idx: torch.Tensor) -> torch.Tensor:
+        q = self._modules.get("int8_tables")
+        return q[table].lookup(idx) if q is not None else self.item_emb(idx)
+
+    def with_int8_tables(self) -> "GRU4Rec":
+        import copy
+
+        m = copy.deepcopy(self)
+        m.int8_tables = nn.ModuleDict({"item": RowwiseInt8Table(m.item_emb.weight)})
+        del m.item_emb
+        return m.eval()
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(h, self.item_table())[..., 1:]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.score(self.hidden(ids)[:, -1, :])
+
+
+@register_model("gru4rec", role="student", summary="GRU4Rec, one GRU layer, d=32",
+                d=32, dropout=0.2, maxlen=200)
+def _gru4rec(**kw) -> nn.Module:
+    return GRU4Rec(**kw)

@@ -156,3 +156,18 @@ def test_topk_exports_return_the_same_items_as_the_full_score_export(fmt, tiny_s
     assert (top["items"] == ref).all(1).mean() >= 0.98
     assert np.allclose(top["scores"], np.take_along_axis(full, ref, 1), atol=1e-4)
     assert {o["dtype"] for o in a.card["output_spec"]} == {"int32", "float32"}
+
+
+@pytest.mark.parametrize("fmt", ["onnx-fp32", "tflite-fp32", "onnx-int8", "tflite-int8"])
+def test_gru4rec_student_exports_with_parity(fmt, tiny_teacher, tiny_ds, store):
+    from edgekd.distill import DistillConfig, distill
+
+    name = "tiny-gru-student"
+    g = load_artifact(store / name) if (store / name).is_dir() else distill(
+        tiny_teacher, tiny_ds, DistillConfig(model="gru4rec", d=8, maxlen=20, epochs=1), store=store, name=name)
+    e = export(g, fmt, store=store, ds=tiny_ds)
+    p = e.metrics["parity"]
+    if fmt.endswith("fp32"):
+        assert p["max_abs_diff"] < 1e-4 and p["top10_overlap"] >= 0.99
+    else:
+        assert p["top10_overlap"] >= 0.8
