@@ -22,7 +22,7 @@ from .data import Dataset
 from .errors import ArtifactError, ConfigError
 from .kd_losses import DistillLoss, parse_losses
 from .models import create_model
-from .train import (TrainConfig, checkpoint_path, cross_entropy_loss, evaluate_model, fit, load_torch_model,
+from .train import (TrainConfig, checkpoint_path, evaluate_model, task_loss, fit, load_torch_model,
                     save_torch_artifact, seed_everything)
 
 KD_MODES = ("on", "off")
@@ -119,7 +119,7 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
     if cfg.kd == "on":
         loss_fn = DistillLoss(cfg, student, teachers, list(cfg.teacher_weights or [1.0] * len(teachers)))
     else:
-        loss_fn = cross_entropy_loss
+        loss_fn = task_loss(student)
     name = name or cfg.default_name(ds.name)
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
               identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]})

@@ -219,13 +219,21 @@ class DistillLoss(nn.Module):
 
     def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         mask = y > 0
-        s_h = student.hidden(x)[mask]
+        s_h_all = student.hidden(x)
+        s_h = s_h_all[mask]
         s_logits = student.score(s_h)
-        with torch.no_grad():
-            t_h = [t.hidden(x)[mask] for t in self.teachers]
-            t_logits = [t.score(h) for t, h in zip(self.teachers, t_h)]
         task = F.cross_entropy(s_logits, y[mask] - 1)
-        b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, y[mask] - 1, student, self.teachers, self.epoch)
+        sel = None
+        if any(getattr(t, "bidirectional", False) for t in self.teachers):
+            # A bidirectional teacher needs one forward per prefix: distil at a random sample
+            # of positions per window (the last always among them) instead of all of them.
+            sel = self._sample_positions(mask)
+            s_h, s_logits = s_h[sel], s_logits[sel]
+        with torch.no_grad():
+            t_h = [self._teacher_hidden(t, x, mask, sel) for t in self.teachers]
+            t_logits = [t.score(h) for t, h in zip(self.teachers, t_h)]
+        target = (y[mask] - 1) if sel is None else (y[mask] - 1)[sel]
+        b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, target, student, self.teachers, self.epoch)
         parts = {"task_loss": task}
         loss = task
         for n, term in self.terms.items():
@@ -234,3 +242,24 @@ class DistillLoss(nn.Module):
             loss = loss + self.weights[n] * v
         parts["loss"] = loss
         return parts
+
+    positions_per_window = 8   # bidirectional teachers: prefixes distilled per training window
+    prefix_window = 50         # ... each read through its last this many items
+
+    def _sample_positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """Indices into the flattened target positions (mask order): up to
+        positions_per_window per row, always including the row's last position."""
+        key = torch.rand(mask.shape).masked_fill(~mask, 2.0)
+        key[:, -1] = key[:, -1].masked_fill(mask[:, -1], -1.0)        # the last target first
+        k = min(self.positions_per_window, mask.shape[1])
+        chosen = torch.zeros_like(mask)
+        chosen.scatter_(1, key.topk(k, 1, largest=False).indices, True)
+        chosen &= mask
+        return chosen[mask].nonzero().squeeze(1)
+
+    def _teacher_hidden(self, t: nn.Module, x: torch.Tensor, mask: torch.Tensor, sel) -> torch.Tensor:
+        if getattr(t, "bidirectional", False):
+            rows, cols = mask.nonzero(as_tuple=True)
+            return t.prefix_hidden(x, rows[sel], cols[sel], min(self.prefix_window, t.maxlen - 1))
+        h = t.hidden(x)[mask]
+        return h if sel is None else h[sel]

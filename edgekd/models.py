@@ -231,6 +231,101 @@ class SASRec(nn.Module):
         return self.score(self.hidden(ids)[:, -1, :])
 
 
+class BERT4Rec(nn.Module):
+    """BERT4Rec (Sun et al., 2019): bidirectional self-attention trained by masked-item
+    prediction (Cloze). A mask token stands for a hidden item; to recommend, the mask is put
+    after the history and its output scores the catalogue.
+
+    Its window holds maxlen tokens: the last maxlen - 1 items of the history and the mask.
+    The mask has its own embedding, so the item table stays [num_items + 1, d] (row 0:
+    padding) and is tied with the output layer, as in SASRec."""
+
+    bidirectional = True
+
+    def __init__(self, num_items: int, maxlen: int = 200, d: int = 64, blocks: int = 2,
+                 heads: int = 2, dropout: float = 0.2, ffn_mult: int = 4, mask_prob: float = 0.2):
+        super().__init__()
+        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d),
+                             ("blocks", blocks), ("heads", heads)):
+            if int(value) < 1:
+                raise ConfigError(f"BERT4Rec {field} must be >= 1, got {value}")
+        if not 0.0 < mask_prob < 1.0:
+            raise ConfigError(f"BERT4Rec mask_prob must be in (0, 1), got {mask_prob}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"BERT4Rec dropout must be in [0, 1), got {dropout}")
+        self.num_items = int(num_items)
+        self.mask_id = self.num_items + 1
+        self.maxlen = int(maxlen)
+        self.d = int(d)
+        self.mask_prob = float(mask_prob)
+        self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
+        self.mask_emb = nn.Parameter(torch.zeros(d))
+        self.pos_emb = nn.Embedding(self.maxlen, d)
+        self.emb_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d, heads, dropout, ffn_mult) for _ in range(blocks))
+        self.ln_f = nn.LayerNorm(d)
+        self.apply(SASRec._init)
+        nn.init.normal_(self.mask_emb, std=0.02)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Hidden states [batch, len, d] of a token window (items, 0 padding, mask_id masks)."""
+        tokens = tokens.long()
+        is_mask = tokens == self.mask_id
+        tokens = tokens.masked_fill((tokens < 0) | (tokens > self.mask_id), 0)
+        n = tokens.shape[1]
+        pad = tokens == 0
+        pos = torch.cumsum(tokens.ne(-1).to(tokens.dtype), 1) - 1 + (self.maxlen - n)
+        x = self.item_emb(tokens.masked_fill(is_mask, 0))
+        x = torch.where(is_mask.unsqueeze(-1), self.mask_emb.expand_as(x), x)
+        x = x * math.sqrt(self.d) + self.pos_emb(pos)
+        x = self.emb_drop(x) * (~pad).unsqueeze(-1).to(x.dtype)
+        bias = (pad.unsqueeze(1).to(x.dtype) * -1e4).unsqueeze(1)  # padding keys only: bidirectional
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.ln_f(x)
+
+    def with_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """The history followed by the mask, cut to the last maxlen tokens."""
+        ids = ids.long()
+        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)
+        return torch.cat([ids, torch.full_like(ids[:, :1], self.mask_id)], 1)[:, -self.maxlen:]
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """[batch, len, d]: the last row is the next-item state for the history `ids`. The other
+        rows see the whole window, so unlike SASRec they are not next-item states; use
+        `prefix_hidden` for those."""
+        return self.encode(self.with_mask(ids))
+
+    def prefix_hidden(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, window: int) -> torch.Tensor:
+        """Next-item states [P, d] after the prefixes x[rows[p], :cols[p] + 1], each read through
+        its last `window` items (one forward per prefix, batched)."""
+        j = torch.arange(window, device=x.device)
+        src = cols.unsqueeze(1) - (window - 1) + j.unsqueeze(0)           # [P, window]
+        hist = x[rows.unsqueeze(1), src.clamp(min=0)].masked_fill(src < 0, 0)
+        return self.hidden(hist)[:, -1]
+
+    def item_table(self) -> torch.Tensor:
+        return self.item_emb.weight
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(h, self.item_table())[..., 1:]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.score(self.hidden(ids)[:, -1, :])
+
+    def cloze(self, seq: torch.Tensor, generator: torch.Generator | None = None):
+        """A masked-item training batch from item windows `seq` [batch, len]: (tokens, targets),
+        targets 0 where nothing is predicted. Each item is masked with probability mask_prob; the
+        last item is masked in a share of rows too, so that the mask-at-the-end case the model is
+        used for is trained on directly."""
+        real = seq > 0
+        hide = (torch.rand(seq.shape, generator=generator) < self.mask_prob) & real
+        last = torch.rand(seq.shape[0], generator=generator) < self.mask_prob
+        hide[:, -1] |= last & real[:, -1]
+        tokens = seq.masked_fill(hide, self.mask_id)
+        return tokens, seq.masked_fill(~hide, 0)
+
+
 @register_model("sasrec", role="teacher", summary="SASRec, teacher size: d=64, 2 blocks, 1 head",
                 d=64, blocks=2, heads=1, dropout=0.2, maxlen=200)
 def _sasrec(**kw) -> nn.Module:
@@ -304,3 +399,9 @@ class GRU4Rec(nn.Module):
                 d=32, dropout=0.2, maxlen=200)
 def _gru4rec(**kw) -> nn.Module:
     return GRU4Rec(**kw)
+
+
+@register_model("bert4rec", role="teacher", summary="BERT4Rec, teacher size: d=64, 2 blocks, 2 heads, masked-item training",
+                d=64, blocks=2, heads=2, dropout=0.2, maxlen=200)
+def _bert4rec(**kw) -> nn.Module:
+    return BERT4Rec(**kw)

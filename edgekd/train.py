@@ -80,6 +80,21 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> di
     return {"loss": task, "task_loss": task}
 
 
+def cloze_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Masked-item prediction (BERT4Rec): hide random items of each window (y holds the window's
+    items) and predict them from both sides, full-softmax over the catalogue."""
+    tokens, targets = model.cloze(y)
+    hit = targets > 0
+    logits = model.score(model.encode(tokens)[hit])
+    task = F.cross_entropy(logits, targets[hit] - 1)
+    return {"loss": task, "task_loss": task}
+
+
+def task_loss(model: nn.Module) -> LossFn:
+    """The loss a model trains on alone: Cloze for a bidirectional model, else next-item CE."""
+    return cloze_loss if getattr(model, "bidirectional", False) else cross_entropy_loss
+
+
 def position_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Scores [positions, num_items] for the positions that have a target."""
     h = model.hidden(x)
@@ -298,12 +313,13 @@ def dataset_for(a: Artifact, spec: DataSpec | None = None) -> Dataset:
 def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path = DEFAULT_STORE,
                   name: str | None = None, progress: Callable[[dict], None] | None = None,
                   resume: bool = False) -> Artifact:
-    """Train a teacher with full-softmax cross-entropy and write its artifact."""
+    """Train a teacher (full-softmax next-item cross-entropy, or Cloze for BERT4Rec) and write
+    its artifact."""
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
     model = create_model(cfg.model, **kw)
     name = name or f"{ds.name}-teacher"
-    log = fit(model, ds, cross_entropy_loss, cfg, progress, checkpoint=checkpoint_path(store, name),
+    log = fit(model, ds, task_loss(model), cfg, progress, checkpoint=checkpoint_path(store, name),
               resume=resume)
     test, _ = evaluate_model(model, ds, "test")
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}

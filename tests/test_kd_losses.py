@@ -167,3 +167,30 @@ def test_two_teachers_and_init_from_teacher(tiny_ds, tiny_teacher, store):
     assert len(a.card["parent"]) == 2 and "init_from_teacher" in a.card
     with pytest.raises(ConfigError):
         distill([tiny_teacher], tiny_ds, cfg, store=store, name="x")   # 2 weights, 1 teacher
+
+
+def test_bert4rec_teacher_trains_and_teaches_beside_sasrec(tiny_ds, tiny_teacher, store):
+    from edgekd.distill import distill
+    from edgekd.train import TrainConfig, train_teacher
+
+    bert = train_teacher(tiny_ds, TrainConfig(model="bert4rec", d=16, maxlen=20, epochs=2, patience=2),
+                         store=store, name="tiny-bert4rec")
+    assert bert.card["arch"] == "bert4rec" and bert.metrics["test_ndcg@10"] > 0
+    cfg = DistillConfig(d=8, maxlen=20, epochs=1, patience=1, loss="kl+rrd+hint")
+    a = distill([tiny_teacher, bert], tiny_ds, cfg, store=store, name="tiny-sasrec-bert-student")
+    assert [p["name"] for p in a.card["parent"]] == ["tiny-teacher", "tiny-bert4rec"]
+    assert all(math.isfinite(a.card["history"][0][k]) for k in ("kl_loss", "rrd_loss", "hint_loss"))
+
+
+def test_bidirectional_teacher_distils_at_sampled_positions_including_the_last():
+    mask = torch.zeros(3, 20, dtype=torch.bool)
+    mask[0, 5:] = True
+    mask[1, 18:] = True
+    mask[2, :] = True
+    loss = DistillLoss(DistillConfig(), create_model("sasrec", num_items=5, d=8, maxlen=20), [], [1.0])
+    sel = loss._sample_positions(mask)
+    rows, cols = mask.nonzero(as_tuple=True)
+    r, c = rows[sel], cols[sel]
+    for row, n in ((0, 8), (1, 2), (2, 8)):
+        assert int((r == row).sum()) == n
+        assert 19 in c[r == row].tolist()
