@@ -40,9 +40,12 @@ FormatOpt = typer.Option(None, "--format", help="movielens | sasrec | csv | synt
 SynthOpt = typer.Option(None, "--synthetic", help="synthetic dataset setting KEY=VALUE (users, items, "
                         "mean_length, tastes, p_markov, seed, ...); repeatable")
 StoreOpt = typer.Option(Path("models"), "--out", help="artifact store directory")
+PeriodOpt = typer.Option(None, "--period", help="a time period of the events: early:Q (before the Q-quantile "
+                         "of timestamps) or late:Q (from it on), e.g. early:0.5")
 
 
-def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str]] = None):
+def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str]] = None,
+          period: Optional[str] = None):
     from .data import DataSpec, SyntheticConfig
 
     fmt = fmt or ("movielens" if data else "synthetic")
@@ -57,7 +60,7 @@ def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str
             synth[key] = typ(value)
         except ValueError:
             raise ConfigError(f"--synthetic {key}: {value!r} is not a {typ.__name__}") from None
-    return DataSpec(format=fmt, path=str(data) if data else None, synthetic=synth)
+    return DataSpec(format=fmt, path=str(data) if data else None, synthetic=synth, period=period)
 
 
 def _load(spec):
@@ -105,21 +108,21 @@ def _epochs(label: str, total: int):
 
 @data_app.command("stats")
 def data_stats(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
-               synthetic: Optional[list[str]] = SynthOpt):
+               synthetic: Optional[list[str]] = SynthOpt, period: Optional[str] = PeriodOpt):
     """Load a dataset and print its size and fingerprint."""
-    ds = _load(_spec(data, format, synthetic))
+    ds = _load(_spec(data, format, synthetic, period))
     out.print_json(json.dumps(ds.stats()))
 
 
 @data_app.command("convert")
 def data_convert(dest: Path = typer.Argument(..., help="output file (SASRec text: `user item` per line)"),
                  data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
-                 synthetic: Optional[list[str]] = SynthOpt):
+                 synthetic: Optional[list[str]] = SynthOpt, period: Optional[str] = PeriodOpt):
     """Write the sequences in SASRec text format (same ids, same leave-one-out split) so a
     reference implementation can run on identical data."""
     from .data import write_sasrec_text
 
-    ds = _load(_spec(data, format, synthetic))
+    ds = _load(_spec(data, format, synthetic, period))
     write_sasrec_text(ds, dest)
     out.print(str(dest))
 
@@ -191,7 +194,7 @@ def targets_check(name: str = typer.Argument(..., help="target name or path to a
 
 @app.command()
 def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
-          synthetic: Optional[list[str]] = SynthOpt,
+          synthetic: Optional[list[str]] = SynthOpt, period: Optional[str] = PeriodOpt,
           model: str = typer.Option("sasrec", help="registered model (edgekd list models)"),
           d: Optional[int] = typer.Option(None, help="hidden size (default: the model's)"),
           blocks: Optional[int] = typer.Option(None), heads: Optional[int] = typer.Option(None),
@@ -207,7 +210,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
 
     cfg = TrainConfig(model=model, d=d, blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen,
                       epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed)
-    ds = _load(_spec(data, format, synthetic))
+    ds = _load(_spec(data, format, synthetic, period))
     with _epochs("train teacher", epochs) as progress:
         a = train_teacher(ds, cfg, store=store, name=name, progress=progress, resume=resume)
     _done(a)
@@ -232,6 +235,10 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
             rd_warmup: int = typer.Option(2, help="rd: epochs before discrepancy weighting starts"),
             rrd_weight: float = typer.Option(0.1, help="rrd: weight"), rrd_k: int = typer.Option(10, help="rrd: teacher top-K"),
             hint_weight: float = typer.Option(1.0, help="hint: weight"),
+            data: Optional[Path] = typer.Option(None, "--data", help="train the student on other data than the "
+                                                "teacher's (cross-domain: items matched by original id)"),
+            format: Optional[str] = FormatOpt, synthetic: Optional[list[str]] = SynthOpt,
+            period: Optional[str] = PeriodOpt,
             init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="start the student's item "
                                                    "embeddings from an SVD projection of the (first) teacher's"),
             d: Optional[int] = typer.Option(None), blocks: Optional[int] = typer.Option(None),
@@ -261,7 +268,15 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                         init_from_teacher=init_from_teacher, d=d,
                         blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
                         patience=patience, batch_size=batch_size, lr=lr, seed=seed)
-    ds = dataset_for(ts[0])
+    if data or format or synthetic or period:
+        if period and not (data or format or synthetic):  # the teacher's data, another period
+            from .data import DataSpec
+
+            ds = _load(DataSpec(**{**ts[0].card["dataset"]["spec"], "period": period}))
+        else:
+            ds = _load(_spec(data, format, synthetic, period))
+    else:
+        ds = dataset_for(ts[0])
     with _epochs(f"distill ({loss if kd == 'on' else 'kd off'})", epochs) as progress:
         a = run(ts, ds, cfg, store=store, name=name, progress=progress, resume=resume)
     _done(a)

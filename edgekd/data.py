@@ -225,8 +225,13 @@ class DataSpec:
     path: str | None = None
     synthetic: dict = field(default_factory=dict)
     min_events: int = MIN_EVENTS
+    # A time period of the events: "early:Q" keeps events before the Q-quantile of all
+    # timestamps, "late:Q" the rest (e.g. a teacher on early:0.5, a student on late:0.5).
+    period: str | None = None
 
     def __post_init__(self):
+        if self.period is not None:
+            self.period_bounds()
         if self.format not in list_formats():
             raise ConfigError(f"unknown data format {self.format!r}; choose one of {', '.join(list_formats())}")
         if self.format != "synthetic" and not self.path:
@@ -234,12 +239,24 @@ class DataSpec:
         if self.min_events < MIN_EVENTS:
             raise ConfigError(f"min_events must be >= {MIN_EVENTS}, got {self.min_events}")
 
+    def period_bounds(self) -> tuple[str, float]:
+        side, _, q = (self.period or "").partition(":")
+        try:
+            qv = float(q)
+        except ValueError:
+            qv = -1.0
+        if side not in ("early", "late") or not 0 < qv < 1:
+            raise ConfigError(f"period must be early:Q or late:Q with 0 < Q < 1, got {self.period!r}")
+        return side, qv
+
     @property
     def name(self) -> str:
         if self.format == "synthetic":
-            return "synthetic"
-        p = Path(self.path)
-        return p.parent.name if p.stem in ("u", "ratings", "data") else p.stem
+            base = "synthetic"
+        else:
+            p = Path(self.path)
+            base = p.parent.name if p.stem in ("u", "ratings", "data") else p.stem
+        return base if self.period is None else f"{base}-{self.period.replace(':', '')}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -341,6 +358,10 @@ def load_data(spec: DataSpec) -> Dataset:
         events = generate_synthetic(cfg)
     else:
         events = _LOADERS[spec.format](Path(spec.path))
+    if spec.period is not None:
+        side, q = spec.period_bounds()
+        cut = float(np.quantile(np.array([e[2] for e in events], dtype=np.float64), q))
+        events = [e for e in events if (e[2] < cut) == (side == "early")]
     return build_dataset(events, name=spec.name, min_events=spec.min_events, spec=spec)
 
 

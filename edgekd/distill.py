@@ -72,7 +72,7 @@ class DistillConfig(TrainConfig):
         return f"{ds_name}-student-kd" if self.loss == "kl" else f"{ds_name}-student-kd-{self.loss.replace('+', '-')}"
 
 
-def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict:
+def init_from_teacher(student: nn.Module, teacher: nn.Module, item_map: torch.Tensor | None = None) -> dict:
     """Set the student's item embeddings to the teacher's projected onto their top principal
     directions (truncated SVD, uncentred: the best rank-d approximation of the teacher's table),
     rescaled to the student's initial norm. Returns the share of the teacher table's energy kept."""
@@ -83,10 +83,26 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict:
         raise ConfigError(f"--init-from-teacher: student d={d} is larger than the teacher's {t.shape[1]}")
     u, sv, vh = torch.linalg.svd(t, full_matrices=False)
     proj = t @ vh[:d].T                                   # [N, d] = U_d S_d
+    rows = torch.arange(1, s.shape[0])
+    if item_map is not None:                              # another catalogue: matched items only
+        rows = (item_map > 0).nonzero().squeeze(1)
+        proj = proj[item_map[rows] - 1]
     with torch.no_grad():
-        scale = s[1:].norm() / proj.norm().clamp_min(1e-12)
-        s[1:] = (proj * scale).to(s.dtype)
+        scale = s[rows].norm() / proj.norm().clamp_min(1e-12)
+        s[rows] = (proj * scale).to(s.dtype)
     return {"energy_kept": float((sv[:d] ** 2).sum() / (sv ** 2).sum())}
+
+
+def item_map(teacher: Artifact, ds: Dataset) -> torch.Tensor:
+    """For a teacher trained on other data: the teacher's index of each of `ds`'s items, matched
+    by original id (0 where the teacher does not know the item). [num_items + 1], row 0 = 0."""
+    t_items = teacher.vocab().get("items") or []
+    where = {str(item): k + 1 for k, item in enumerate(t_items)}
+    m = torch.tensor([0] + [where.get(str(item), 0) for item in ds.items], dtype=torch.long)
+    if int((m > 0).sum()) == 0:
+        raise ConfigError(f"teacher {teacher.name} shares no item ids with {ds.name}: nothing to distil",
+                          hint="cross-domain distillation matches items by their original ids")
+    return m
 
 
 def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: DistillConfig = DistillConfig(), *,
@@ -100,12 +116,14 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
     if cfg.teacher_weights is not None and len(cfg.teacher_weights) != len(arts):
         raise ConfigError(f"{len(cfg.teacher_weights)} teacher weights for {len(arts)} teachers")
     teachers = []
+    maps: list = []
     for a in arts:
-        a.check_dataset(ds.fingerprint())
         t = load_torch_model(a)
         for p in t.parameters():
             p.requires_grad_(False)
         teachers.append(t)
+        same = (a.card.get("dataset") or {}).get("fingerprint") == ds.fingerprint()
+        maps.append(None if same else item_map(a, ds))
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
     limit = min(t.maxlen for t in teachers)
@@ -114,16 +132,23 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         raise ConfigError(f"student maxlen {kw['maxlen']} exceeds the teacher's {limit}")
     student = create_model(cfg.model, **kw)
     extra: dict = {}
+    if any(m is not None for m in maps):
+        extra["cross_domain"] = [None if m is None else {"teacher": a.name, "matched_items": int((m > 0).sum()),
+                                                         "student_items": ds.num_items}
+                                 for a, m in zip(arts, maps)]
     if cfg.init_from_teacher:
-        extra["init_from_teacher"] = init_from_teacher(student, teachers[0])
+        extra["init_from_teacher"] = init_from_teacher(student, teachers[0], maps[0])
     if cfg.kd == "on":
-        loss_fn = DistillLoss(cfg, student, teachers, list(cfg.teacher_weights or [1.0] * len(teachers)))
+        loss_fn = DistillLoss(cfg, student, teachers, list(cfg.teacher_weights or [1.0] * len(teachers)),
+                              item_maps=maps)
     else:
         loss_fn = task_loss(student)
     name = name or cfg.default_name(ds.name)
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
               identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]})
-    _, teacher_top = evaluate_model(teachers[0], ds, "test", sampled=False)
+    teacher_top = None
+    if maps[0] is None:  # overlap with a teacher of another catalogue is not defined
+        _, teacher_top = evaluate_model(teachers[0], ds, "test", sampled=False)
     test, _ = evaluate_model(student, ds, "test", reference_topk=teacher_top)
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
     # The teachers are the parents either way: with kd off they fix the data and the baseline.

@@ -35,7 +35,20 @@ class KDBatch:
     student: nn.Module
     teachers: list[nn.Module]
     epoch: int = 1
+    # Cross-domain: the catalogue columns both sides know (student's, and each teacher's for the
+    # same items); None when teacher and student share the catalogue.
+    s_cols: torch.Tensor | None = None
+    t_cols: list | None = None
     _cache: dict = field(default_factory=dict)
+
+    def item_rows(self, which: int | None) -> torch.Tensor:
+        """Item embeddings (no padding row) of the student (None) or teacher `which`, restricted
+        to the matched items when the catalogues differ."""
+        if which is None:
+            t = self.student.item_table()[1:]
+            return t if self.s_cols is None else t[self.s_cols]
+        t = self.teachers[which].item_table()[1:]
+        return t if self.t_cols is None else t[self.t_cols[which]]
 
     def t_logprob(self, T: float = 1.0) -> torch.Tensor:
         """log of the teachers' mixture distribution at temperature T: [P, N]."""
@@ -184,11 +197,11 @@ class _Hint(nn.Module):
         self.proj = nn.ModuleList(nn.Linear(ds, t.item_table().shape[1]) for t in teachers)
 
     def forward(self, b: KDBatch) -> torch.Tensor:
-        s_items = b.student.item_table()[1:]
+        s_items = b.item_rows(None)
         total = 0.0
-        for proj, teacher, t_h, w in zip(self.proj, b.teachers, b.t_hidden, b.t_weights):
+        for i, (proj, t_h, w) in enumerate(zip(self.proj, b.t_hidden, b.t_weights)):
             with torch.no_grad():
-                t_items = teacher.item_table()[1:]
+                t_items = b.item_rows(i)
             total = total + w * (F.mse_loss(proj(s_items), t_items) + F.mse_loss(proj(b.s_hidden), t_h))
         return total
 
@@ -203,9 +216,19 @@ class DistillLoss(nn.Module):
     """CE on the next item plus the weighted distillation terms. An nn.Module so that `fit`
     trains the terms' own parameters (hint projectors) and checkpoints them."""
 
-    def __init__(self, cfg, student: nn.Module, teachers: list[nn.Module], teacher_weights: list[float]):
+    def __init__(self, cfg, student: nn.Module, teachers: list[nn.Module], teacher_weights: list[float],
+                 item_maps: list | None = None):
         super().__init__()
         self.teachers = teachers  # a plain list: frozen, not part of this module's state
+        # Cross-domain (a teacher trained on other data): item_maps[i][k] is teacher i's index
+        # of the student's item k (0: unknown to it). Only matched items carry a signal.
+        self.item_map = None
+        if item_maps and any(m is not None for m in item_maps):
+            if len(teachers) != 1:
+                raise ConfigError("cross-domain distillation takes one teacher")
+            self.item_map = item_maps[0]
+            self.s_cols = (self.item_map[1:] > 0).nonzero().squeeze(1)
+            self.t_cols = self.item_map[1:][self.s_cols] - 1
         total = float(sum(teacher_weights))
         self.t_weights = [float(w) / total for w in teacher_weights]
         names = parse_losses(cfg.loss)
@@ -229,11 +252,18 @@ class DistillLoss(nn.Module):
             # of positions per window (the last always among them) instead of all of them.
             sel = self._sample_positions(mask)
             s_h, s_logits = s_h[sel], s_logits[sel]
+        tx = x if self.item_map is None else self.item_map[x]   # unknown items read as padding
         with torch.no_grad():
-            t_h = [self._teacher_hidden(t, x, mask, sel) for t in self.teachers]
+            t_h = [self._teacher_hidden(t, tx, mask, sel) for t in self.teachers]
             t_logits = [t.score(h) for t, h in zip(self.teachers, t_h)]
         target = (y[mask] - 1) if sel is None else (y[mask] - 1)[sel]
-        b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, target, student, self.teachers, self.epoch)
+        cols = {}
+        if self.item_map is not None:
+            s_logits = s_logits[:, self.s_cols]
+            t_logits = [t[:, self.t_cols] for t in t_logits]
+            cols = {"s_cols": self.s_cols, "t_cols": [self.t_cols]}
+        b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, target, student, self.teachers, self.epoch,
+                    **cols)
         parts = {"task_loss": task}
         loss = task
         for n, term in self.terms.items():
