@@ -239,6 +239,8 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                                                 "teacher's (cross-domain: items matched by original id)"),
             format: Optional[str] = FormatOpt, synthetic: Optional[list[str]] = SynthOpt,
             period: Optional[str] = PeriodOpt,
+            online: bool = typer.Option(False, "--online", help="mutual learning: a fresh teacher of the "
+                                        "teacher's shape trains together with the student, each learning from the other"),
             init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="start the student's item "
                                                    "embeddings from an SVD projection of the (first) teacher's"),
             d: Optional[int] = typer.Option(None), blocks: Optional[int] = typer.Option(None),
@@ -265,7 +267,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                         mse_weight=mse_weight, rd_weight=rd_weight, rd_k=rd_k, rd_lambda=rd_lambda, rd_mu=rd_mu,
                         rd_warmup=rd_warmup, rrd_weight=rrd_weight, rrd_k=rrd_k, hint_weight=hint_weight,
                         teacher_weights=tuple(teacher_weight) if teacher_weight else None,
-                        init_from_teacher=init_from_teacher, d=d,
+                        init_from_teacher=init_from_teacher, online=online, d=d,
                         blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
                         patience=patience, batch_size=batch_size, lr=lr, seed=seed)
     if data or format or synthetic or period:

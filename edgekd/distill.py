@@ -20,7 +20,7 @@ from torch import nn
 from .artifact import DEFAULT_STORE, Artifact
 from .data import Dataset
 from .errors import ArtifactError, ConfigError
-from .kd_losses import DistillLoss, parse_losses
+from .kd_losses import DistillLoss, MutualLoss, parse_losses
 from .models import create_model
 from .train import (TrainConfig, checkpoint_path, evaluate_model, task_loss, fit, load_torch_model,
                     save_torch_artifact, seed_everything)
@@ -46,6 +46,7 @@ class DistillConfig(TrainConfig):
     hint_weight: float = 1.0
     teacher_weights: tuple[float, ...] | None = None   # one per teacher; equal when None
     init_from_teacher: bool = False
+    online: bool = False        # mutual learning: a fresh teacher of the teacher's shape trains alongside
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,6 +70,8 @@ class DistillConfig(TrainConfig):
     def default_name(self, ds_name: str) -> str:
         if self.kd == "off":
             return f"{ds_name}-student-nokd"
+        if self.online:
+            return f"{ds_name}-student-online"
         return f"{ds_name}-student-kd" if self.loss == "kl" else f"{ds_name}-student-kd-{self.loss.replace('+', '-')}"
 
 
@@ -138,7 +141,15 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
                                  for a, m in zip(arts, maps)]
     if cfg.init_from_teacher:
         extra["init_from_teacher"] = init_from_teacher(student, teachers[0], maps[0])
-    if cfg.kd == "on":
+    if cfg.online:
+        if cfg.kd != "on" or len(arts) != 1 or maps[0] is not None:
+            raise ConfigError("--online takes one teacher on the same data, with kd on")
+        if cfg.init_from_teacher:
+            raise ConfigError("--online trains the teacher from scratch; --init-from-teacher has nothing to start from")
+        # The teacher artifact gives the shape; its weights start over and learn with the student.
+        online_teacher = create_model(arts[0].card["arch"], **arts[0].card["arch_kwargs"])
+        loss_fn = MutualLoss(cfg, online_teacher)
+    elif cfg.kd == "on":
         loss_fn = DistillLoss(cfg, student, teachers, list(cfg.teacher_weights or [1.0] * len(teachers)),
                               item_maps=maps)
     else:
@@ -151,6 +162,9 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         _, teacher_top = evaluate_model(teachers[0], ds, "test", sampled=False)
     test, _ = evaluate_model(student, ds, "test", reference_topk=teacher_top)
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
+    if cfg.online:  # the co-trained teacher, as it was when training stopped
+        t_test, _ = evaluate_model(loss_fn.teacher.eval(), ds, "test", sampled=False)
+        metrics["online_teacher_test_ndcg@10"] = t_test["ndcg@10"]
     # The teachers are the parents either way: with kd off they fix the data and the baseline.
     return save_torch_artifact(
         student, store=store, name=name, stage="student", arch=cfg.model,

@@ -293,3 +293,36 @@ class DistillLoss(nn.Module):
             return t.prefix_hidden(x, rows[sel], cols[sel], min(self.prefix_window, t.maxlen - 1))
         h = t.hidden(x)[mask]
         return h if sel is None else h[sel]
+
+
+class MutualLoss(nn.Module):
+    """Online distillation by mutual learning (Zhang et al., 2018): teacher and student train
+    together from scratch, each on its own cross-entropy plus a KL term towards the other's
+    current (detached) soft labels:
+
+        CE(s) + CE(t) + w T^2 KL(p_t || p_s) + w T^2 KL(p_s || p_t)
+
+    The teacher is a submodule, so `fit` optimises and checkpoints it with the loss."""
+
+    def __init__(self, cfg, teacher: nn.Module):
+        super().__init__()
+        if getattr(teacher, "bidirectional", False):
+            raise ConfigError("--online needs a next-item (causal) teacher such as sasrec, not a bidirectional one")
+        if parse_losses(cfg.loss) != ("kl",):
+            raise ConfigError(f"--online trains with kl only, got --loss {cfg.loss}")
+        self.teacher = teacher
+        self.T = cfg.temperature
+        self.w = cfg.kd_weight
+
+    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        mask = y > 0
+        target = y[mask] - 1
+        s = student.score(student.hidden(x)[mask])
+        t = self.teacher.score(self.teacher.hidden(x)[mask])
+        ce_s, ce_t = F.cross_entropy(s, target), F.cross_entropy(t, target)
+        T = self.T
+        ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+        kl_s = F.kl_div(ls, lt.detach(), log_target=True, reduction="batchmean") * T * T
+        kl_t = F.kl_div(lt, ls.detach(), log_target=True, reduction="batchmean") * T * T
+        return {"loss": ce_s + ce_t + self.w * (kl_s + kl_t), "task_loss": ce_s, "teacher_task_loss": ce_t,
+                "kl_loss": kl_s, "teacher_kl_loss": kl_t}

@@ -255,3 +255,32 @@ def test_cross_domain_distillation_end_to_end(tiny_spec, store):
     cd = s.card["cross_domain"][0]
     assert 0 < cd["matched_items"] <= late.num_items and cd["teacher"] == "tiny-early-teacher"
     assert s.card["dataset"]["fingerprint"] == late.fingerprint()
+
+
+def test_mutual_learning_each_side_learns_only_through_its_own_terms():
+    from edgekd.kd_losses import MutualLoss
+
+    torch.manual_seed(0)
+    teacher = create_model("sasrec", num_items=6, d=8, blocks=1, maxlen=5)
+    student = create_model("sasrec", num_items=6, d=4, blocks=1, maxlen=5)
+    loss = MutualLoss(DistillConfig(online=True), teacher)
+    assert sum(p.numel() for p in loss.parameters()) == sum(p.numel() for p in teacher.parameters())
+    x, y = torch.tensor([[0, 1, 2, 3, 4]]), torch.tensor([[1, 2, 3, 4, 5]])
+    parts = loss(student, x, y)
+    parts["kl_loss"].backward()          # the student's KL term moves the student only
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    with pytest.raises(ConfigError):
+        MutualLoss(DistillConfig(online=True, loss="rd"), teacher)
+    with pytest.raises(ConfigError):
+        MutualLoss(DistillConfig(online=True), create_model("bert4rec", num_items=6, d=8, maxlen=5))
+
+
+def test_online_distillation_trains_a_fresh_teacher_alongside(tiny_ds, tiny_teacher, store):
+    from edgekd.distill import distill
+
+    a = distill(tiny_teacher, tiny_ds, DistillConfig(d=8, maxlen=20, epochs=2, patience=2, online=True),
+                store=store, name="tiny-online")
+    assert 0 <= a.metrics["online_teacher_test_ndcg@10"] <= 1
+    assert "teacher_task_loss" in a.card["history"][0]
+    assert a.card["history"][1]["teacher_task_loss"] < a.card["history"][0]["teacher_task_loss"]
