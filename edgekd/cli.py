@@ -40,6 +40,8 @@ FormatOpt = typer.Option(None, "--format", help="movielens | sasrec | csv | synt
 SynthOpt = typer.Option(None, "--synthetic", help="synthetic dataset setting KEY=VALUE (users, items, "
                         "mean_length, tastes, p_markov, seed, ...); repeatable")
 StoreOpt = typer.Option(Path("models"), "--out", help="artifact store directory")
+TensorboardOpt = typer.Option(None, "--tensorboard", help="write TensorBoard scalars (losses, validation "
+                              "metrics, epoch time) to this directory")
 PeriodOpt = typer.Option(None, "--period", help="a time period of the events: early:Q (before the Q-quantile "
                          "of timestamps) or late:Q (from it on), e.g. early:0.5")
 
@@ -204,6 +206,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
           seed: int = typer.Option(0), store: Path = StoreOpt,
           name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)"),
+          tensorboard: Optional[Path] = TensorboardOpt,
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
     """Train a teacher with early stopping on validation NDCG@10."""
     from .train import TrainConfig, train_teacher
@@ -212,7 +215,8 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
                       epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed)
     ds = _load(_spec(data, format, synthetic, period))
     with _epochs("train teacher", epochs) as progress:
-        a = train_teacher(ds, cfg, store=store, name=name, progress=progress, resume=resume)
+        a = train_teacher(ds, cfg, store=store, name=name, progress=progress, resume=resume,
+                          tensorboard=tensorboard)
     _done(a)
 
 
@@ -250,7 +254,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
             epochs: int = typer.Option(200), patience: int = typer.Option(10),
             batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
             seed: int = typer.Option(0), store: Path = StoreOpt,
-            name: Optional[str] = typer.Option(None),
+            name: Optional[str] = typer.Option(None), tensorboard: Optional[Path] = TensorboardOpt,
             resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
     """Train a student: cross-entropy + the weighted --loss terms against the teacher(s)."""
     from .artifact import load_artifact
@@ -280,7 +284,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
     else:
         ds = dataset_for(ts[0])
     with _epochs(f"distill ({loss if kd == 'on' else 'kd off'})", epochs) as progress:
-        a = run(ts, ds, cfg, store=store, name=name, progress=progress, resume=resume)
+        a = run(ts, ds, cfg, store=store, name=name, progress=progress, resume=resume, tensorboard=tensorboard)
     _done(a)
 
 

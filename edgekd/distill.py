@@ -110,7 +110,8 @@ def item_map(teacher: Artifact, ds: Dataset) -> torch.Tensor:
 
 def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: DistillConfig = DistillConfig(), *,
             store: Path = DEFAULT_STORE, name: str | None = None,
-            progress: Callable[[dict], None] | None = None, resume: bool = False) -> Artifact:
+            progress: Callable[[dict], None] | None = None, resume: bool = False,
+            tensorboard: Path | None = None) -> Artifact:
     """Train a student from one or more teacher artifacts (or alone, with kd='off') and write
     its artifact. The first teacher is the reference for top-10 overlap and the maxlen limit."""
     arts = [teacher_artifacts] if isinstance(teacher_artifacts, Artifact) else list(teacher_artifacts)
@@ -156,7 +157,8 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         loss_fn = task_loss(student)
     name = name or cfg.default_name(ds.name)
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
-              identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]})
+              identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]},
+              tensorboard=tensorboard)
     teacher_top = None
     if maps[0] is None:  # overlap with a teacher of another catalogue is not defined
         _, teacher_top = evaluate_model(teachers[0], ds, "test", sampled=False)

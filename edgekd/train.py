@@ -126,14 +126,17 @@ def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool =
 
 def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         progress: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
-        resume: bool = False, identity: dict | None = None) -> dict:
+        resume: bool = False, identity: dict | None = None, tensorboard: Path | None = None) -> dict:
     """Train `model` on the training split with `loss_fn`, early-stopping on validation
     NDCG@10 (full ranking). Restores the best weights and returns the history.
 
     With `checkpoint`, the whole training state (weights, optimiser, random generators, best
     weights, history) is written there after every epoch, so an interrupted run (Ctrl-C, a
     crash) loses at most the epoch in progress; `resume=True` continues from it and ends where
-    an uninterrupted run with the same seed would. The file is removed when training ends."""
+    an uninterrupted run with the same seed would. The file is removed when training ends.
+
+    With `tensorboard`, every epoch's losses, validation metrics and time go to TensorBoard
+    scalars in that directory (a resumed run continues the same curves)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -167,6 +170,7 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         history = json.loads(state["history"])
         first = state["epoch"] + 1
         started -= state["elapsed"]
+    writer = _tensorboard_writer(tensorboard, first)
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -205,8 +209,15 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
                 "elapsed": time.perf_counter() - started})
         if progress:
             progress(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "best_epoch"):
+                    writer.add_scalar(("valid/" if k.startswith("valid_") else "train/") + k, v, epoch)
+            writer.flush()
         if epoch >= cfg.min_epochs and epoch - best["epoch"] >= cfg.patience:
             break
+    if writer is not None:
+        writer.close()
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     model.load_state_dict(best["state"])
@@ -214,6 +225,18 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     return {"history": history, "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg"],
             "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
             "seconds_per_epoch": float(np.mean([r["epoch_s"] for r in history]))}
+
+
+def _tensorboard_writer(log_dir: Path | None, first_epoch: int):
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package",
+                          hint="pip install 'edgekd[tensorboard]'") from None
+    # purge_step drops the events an interrupted run wrote after its last checkpoint
+    return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
 
 
 def save_checkpoint(path: Path, key: dict, state: dict) -> None:
@@ -312,7 +335,7 @@ def dataset_for(a: Artifact, spec: DataSpec | None = None) -> Dataset:
 
 def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path = DEFAULT_STORE,
                   name: str | None = None, progress: Callable[[dict], None] | None = None,
-                  resume: bool = False) -> Artifact:
+                  resume: bool = False, tensorboard: Path | None = None) -> Artifact:
     """Train a teacher (full-softmax next-item cross-entropy, or Cloze for BERT4Rec) and write
     its artifact."""
     seed_everything(cfg.seed)
@@ -320,7 +343,7 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     model = create_model(cfg.model, **kw)
     name = name or f"{ds.name}-teacher"
     log = fit(model, ds, task_loss(model), cfg, progress, checkpoint=checkpoint_path(store, name),
-              resume=resume)
+              resume=resume, tensorboard=tensorboard)
     test, _ = evaluate_model(model, ds, "test")
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
     from .baselines import baseline_metrics

@@ -83,3 +83,18 @@ def test_a_checkpoint_of_other_data_is_refused(tiny_ds, tmp_path):
     other = load_data(DataSpec(synthetic={"users": 150, "items": 60, "mean_length": 12, "tastes": 4, "seed": 4}))
     with pytest.raises(ArtifactError, match="other settings, data or teacher"):
         fit(fresh(other), other, cross_entropy_loss, CFG, checkpoint=ckpt, resume=True)
+
+
+def test_tensorboard_scalars_are_written(tiny_ds, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from edgekd.train import TrainConfig, train_teacher
+
+    tb = tmp_path / "tb"
+    train_teacher(tiny_ds, TrainConfig(d=8, maxlen=10, epochs=2, patience=2), store=tmp_path, name="tb-teacher",
+                  tensorboard=tb)
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/task_loss", "valid/valid_ndcg@10", "train/epoch_s"} <= set(tags)
+    assert [e.step for e in acc.Scalars("valid/valid_ndcg@10")] == [1, 2]
