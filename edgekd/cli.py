@@ -81,9 +81,17 @@ def _epochs(label: str, total: int):
     """A progress bar over epochs that shows the losses and validation NDCG@10."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 reports
+        yield None
+        return
+
+    def terms(row: dict) -> str:  # the distillation terms beside the total
+        parts = [f"{k[:-5]} {v:.3f}" for k, v in row.items() if k.endswith("_loss") and k != "task_loss"]
+        return f" ({', '.join(parts)})" if parts else ""
+
     if not console.is_terminal:  # a log file or CI: one plain line per epoch instead of a bar
         def line(row: dict):
-            kd = f" kd {row['kd_loss']:.3f}" if "kd_loss" in row else ""
+            kd = terms(row)
             console.print(f"{label}: epoch {row['epoch']}/{total} loss {row['loss']:.3f}{kd} "
                           f"valid NDCG@10 {row['valid_ndcg@10']:.4f} (best epoch {row['best_epoch']}) "
                           f"{row['epoch_s']:.1f}s", highlight=False, soft_wrap=True)
@@ -96,9 +104,7 @@ def _epochs(label: str, total: int):
         task = bar.add_task(label, total=total, info="")
 
         def update(row: dict):
-            info = f"loss {row['loss']:.3f}"
-            if "kd_loss" in row:
-                info += f" (kd {row['kd_loss']:.3f})"
+            info = f"loss {row['loss']:.3f}{terms(row)}"
             info += f"  valid NDCG@10 {row['valid_ndcg@10']:.4f} (best epoch {row['best_epoch']})"
             bar.update(task, completed=row["epoch"], info=info)
 
@@ -198,7 +204,8 @@ def targets_check(name: str = typer.Argument(..., help="target name or path to a
 def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           synthetic: Optional[list[str]] = SynthOpt, period: Optional[str] = PeriodOpt,
           model: str = typer.Option("sasrec", help="registered model (edgekd list models)"),
-          d: Optional[int] = typer.Option(None, help="hidden size (default: the model's)"),
+          d: Optional[int] = typer.Option(None, "--d", "--dim", help="hidden size (default: the model's; "
+                                          "--dim under torchrun, whose own options --d would abbreviate)"),
           blocks: Optional[int] = typer.Option(None), heads: Optional[int] = typer.Option(None),
           dropout: Optional[float] = typer.Option(None), maxlen: Optional[int] = typer.Option(None),
           epochs: int = typer.Option(200, help="at most this many epochs"),
@@ -217,7 +224,8 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
     with _epochs("train teacher", epochs) as progress:
         a = train_teacher(ds, cfg, store=store, name=name, progress=progress, resume=resume,
                           tensorboard=tensorboard)
-    _done(a)
+    if a is not None:  # None: a torchrun process other than rank 0
+        _done(a)
 
 
 @app.command()
@@ -247,7 +255,8 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                                         "teacher's shape trains together with the student, each learning from the other"),
             init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="start the student's item "
                                                    "embeddings from an SVD projection of the (first) teacher's"),
-            d: Optional[int] = typer.Option(None), blocks: Optional[int] = typer.Option(None),
+            d: Optional[int] = typer.Option(None, "--d", "--dim", help="the student's hidden size"),
+            blocks: Optional[int] = typer.Option(None),
             heads: Optional[int] = typer.Option(None), dropout: Optional[float] = typer.Option(None),
             maxlen: Optional[int] = typer.Option(None, help="the student's window of recent items "
                                                  "(default and at most: the teacher's)"),

@@ -139,7 +139,8 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     scalars in that directory (a resumed run continues the same curves)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    rank, world = distributed()
+    seed_everything(cfg.seed + rank)  # dropout differs per process; the order below does not
     x_all, y_all = training_pairs(ds.train_sequences(), model.maxlen)
     x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
     # A loss with parameters of its own (a distillation projector) trains beside the model.
@@ -170,6 +171,15 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         history = json.loads(state["history"])
         first = state["epoch"] + 1
         started -= state["elapsed"]
+    if rank:  # one process writes checkpoints, curves and progress
+        checkpoint, tensorboard, progress = None, None, None
+    step = _Step(model, loss_fn)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP averages the gradients of the processes' shares of each batch; it also starts
+        # every process from rank 0's weights.
+        step = DistributedDataParallel(step)
     writer = _tensorboard_writer(tensorboard, first)
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -182,8 +192,8 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         sums: dict[str, float] = {}
         batches = 0
         for i in range(0, len(order), cfg.batch_size):
-            b = order[i:i + cfg.batch_size]
-            parts = loss_fn(model, x_all[b], y_all[b])
+            b = order[i:i + cfg.batch_size][rank::world]   # this process's share of the batch
+            parts = step(x_all[b], y_all[b])
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -191,6 +201,8 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             batches += 1
         train_s = time.perf_counter() - t0
+        if world > 1:
+            sums = _mean_over_processes(sums, world)
         val, _ = evaluate_model(model, ds, "valid", sampled=False, users=cfg.eval_users)
         row = {"epoch": epoch, **{k: v / batches for k, v in sums.items()},
                "valid_ndcg@10": val["ndcg@10"], "valid_hr@10": val["hr@10"],
@@ -222,9 +234,58 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         Path(checkpoint).unlink(missing_ok=True)
     model.load_state_dict(best["state"])
     model.eval()
-    return {"history": history, "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg"],
-            "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
-            "seconds_per_epoch": float(np.mean([r["epoch_s"] for r in history]))}
+    out = {"history": history, "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg"],
+           "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
+           "seconds_per_epoch": float(np.mean([r["epoch_s"] for r in history]))}
+    if world > 1:
+        out["processes"] = world
+        out["replicas_agree"] = _replicas_agree(model)
+    return out
+
+
+class _Step(nn.Module):
+    """One training step's loss as a module, so that DistributedDataParallel can wrap it (the
+    loss functions call the model's hidden/score, not its forward)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn  # a module loss (projector, online teacher) is trained too
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        return self.loss_fn(self.model, x, y)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size): joins the process group (gloo: CPUs) when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _mean_over_processes(sums: dict, world: int) -> dict:
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t)}
+
+
+def _replicas_agree(model: nn.Module) -> bool:
+    """Whether every process ends with the same weights (DDP keeps them in step)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    mine = torch.stack([flat.sum(), (flat * torch.arange(len(flat), dtype=torch.float64)).sum()])
+    allv = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(allv, mine)
+    return all(torch.allclose(v, allv[0], rtol=1e-9, atol=1e-9) for v in allv)
 
 
 def _tensorboard_writer(log_dir: Path | None, first_epoch: int):
@@ -344,6 +405,8 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     name = name or f"{ds.name}-teacher"
     log = fit(model, ds, task_loss(model), cfg, progress, checkpoint=checkpoint_path(store, name),
               resume=resume, tensorboard=tensorboard)
+    if distributed()[0] != 0:
+        return None  # under torchrun, rank 0 evaluates and writes the one artifact
     test, _ = evaluate_model(model, ds, "test")
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
     from .baselines import baseline_metrics

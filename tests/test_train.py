@@ -98,3 +98,25 @@ def test_tensorboard_scalars_are_written(tiny_ds, tmp_path):
     tags = acc.Tags()["scalars"]
     assert {"train/loss", "train/task_loss", "valid/valid_ndcg@10", "train/epoch_s"} <= set(tags)
     assert [e.step for e in acc.Scalars("valid/valid_ndcg@10")] == [1, 2]
+
+
+def test_two_process_torchrun_teacher_trains_and_evaluates(tmp_path):
+    """torchrun with 2 processes (gloo on CPU): DDP keeps the replicas in step, rank 0 writes
+    one artifact with its test metrics."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "edgekd", "train", "--synthetic", "users=150", "--synthetic", "items=60",
+                        "--dim", "16", "--maxlen", "20", "--epochs", "3", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    arts = [d for d in tmp_path.iterdir() if (d / "artifact.json").is_file()]
+    assert len(arts) == 1
+    card = json.loads((arts[0] / "artifact.json").read_text())
+    assert card["training"]["processes"] == 2 and card["training"]["replicas_agree"] is True
+    assert card["metrics"]["test_ndcg@10"] > card["metrics"]["floors_test_ndcg@10"]["popularity"]
+    assert p.stderr.count("epoch 1/3") == 1        # one process reports progress
