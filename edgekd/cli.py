@@ -211,6 +211,8 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           epochs: int = typer.Option(200, help="at most this many epochs"),
           patience: int = typer.Option(10, help="stop after this many epochs without a better validation NDCG@10"),
           batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
+          label_smoothing: float = typer.Option(0.2, help="label smoothing of the cross-entropy (chosen on "
+                                                "MovieLens-100k validation)"),
           seed: int = typer.Option(0), store: Path = StoreOpt,
           name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)"),
           tensorboard: Optional[Path] = TensorboardOpt,
@@ -219,6 +221,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
     from .train import TrainConfig, train_teacher
 
     cfg = TrainConfig(model=model, d=d, blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen,
+                      label_smoothing=label_smoothing,
                       epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed)
     ds = _load(_spec(data, format, synthetic, period))
     with _epochs("train teacher", epochs) as progress:
@@ -262,6 +265,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                                                  "(default and at most: the teacher's)"),
             epochs: int = typer.Option(200), patience: int = typer.Option(10),
             batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
+            label_smoothing: float = typer.Option(0.0, help="label smoothing of the student's task loss"),
             seed: int = typer.Option(0), store: Path = StoreOpt,
             name: Optional[str] = typer.Option(None), tensorboard: Optional[Path] = TensorboardOpt,
             resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
@@ -277,6 +281,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
     ts = [load_artifact(p, store) for p in paths]
     maxlen = maxlen or min(t.card["arch_kwargs"]["maxlen"] for t in ts)
     cfg = DistillConfig(model=model, kd=kd, loss=loss, temperature=temperature, kd_weight=kd_weight,
+                        label_smoothing=label_smoothing,
                         mse_weight=mse_weight, rd_weight=rd_weight, rd_k=rd_k, rd_lambda=rd_lambda, rd_mu=rd_mu,
                         rd_warmup=rd_warmup, rrd_weight=rrd_weight, rrd_k=rrd_k, hint_weight=hint_weight,
                         teacher_weights=tuple(teacher_weight) if teacher_weight else None,

@@ -31,6 +31,7 @@ KD_MODES = ("on", "off")
 @dataclass(frozen=True)
 class DistillConfig(TrainConfig):
     model: str = "sasrec-student"
+    label_smoothing: float = 0.0  # the student's task loss: the teacher's soft labels regularise it
     kd: str = "on"
     loss: str = "kl"
     temperature: float = 2.0
@@ -154,7 +155,7 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         loss_fn = DistillLoss(cfg, student, teachers, list(cfg.teacher_weights or [1.0] * len(teachers)),
                               item_maps=maps)
     else:
-        loss_fn = task_loss(student)
+        loss_fn = task_loss(student, cfg.label_smoothing)
     name = name or cfg.default_name(ds.name)
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
               identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]},

@@ -235,6 +235,7 @@ class DistillLoss(nn.Module):
         self.names = names
         self.weights = {n: float(getattr(cfg, _LOSSES[n].weight_field)) for n in names}
         self.terms = nn.ModuleDict({n: _LOSSES[n].build(cfg, student, teachers) for n in names})
+        self.label_smoothing = float(getattr(cfg, "label_smoothing", 0.0))
         self.epoch = 1
 
     def start_epoch(self, epoch: int) -> None:
@@ -245,7 +246,7 @@ class DistillLoss(nn.Module):
         s_h_all = student.hidden(x)
         s_h = s_h_all[mask]
         s_logits = student.score(s_h)
-        task = F.cross_entropy(s_logits, y[mask] - 1)
+        task = F.cross_entropy(s_logits, y[mask] - 1, label_smoothing=self.label_smoothing)
         sel = None
         if any(getattr(t, "bidirectional", False) for t in self.teachers):
             # A bidirectional teacher needs one forward per prefix: distil at a random sample
@@ -313,13 +314,15 @@ class MutualLoss(nn.Module):
         self.teacher = teacher
         self.T = cfg.temperature
         self.w = cfg.kd_weight
+        self.label_smoothing = float(cfg.label_smoothing)
 
     def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         mask = y > 0
         target = y[mask] - 1
         s = student.score(student.hidden(x)[mask])
         t = self.teacher.score(self.teacher.hidden(x)[mask])
-        ce_s, ce_t = F.cross_entropy(s, target), F.cross_entropy(t, target)
+        eps = self.label_smoothing
+        ce_s, ce_t = F.cross_entropy(s, target, label_smoothing=eps), F.cross_entropy(t, target, label_smoothing=eps)
         T = self.T
         ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
         kl_s = F.kl_div(ls, lt.detach(), log_target=True, reduction="batchmean") * T * T
