@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--teacher", default="{}", help="JSON TrainConfig overrides for the SASRec teacher")
     ap.add_argument("--bert", default="{}", help="JSON TrainConfig overrides for the BERT4Rec teacher")
-    ap.add_argument("--only", nargs="*", default=None, help="run only rows whose name contains one of these")
+    ap.add_argument("--only", nargs="*", default=None, help="run only the rows with these exact names")
     ap.add_argument("--small-only", action="store_true", help="only the d=8 student's rows")
     args = ap.parse_args()
     store = args.store or args.out / "models"
@@ -86,7 +86,10 @@ def main() -> int:
         data[period] = load_data(replace(spec, period=period))
     rows = grid(args.small_only)
     if args.only:
-        rows = [r for r in rows if any(o in r[0] for o in args.only)]
+        unknown = set(args.only) - {r[0] for r in rows}
+        if unknown:
+            ap.error(f"no such rows: {sorted(unknown)}; rows: {[r[0] for r in rows]}")
+        rows = [r for r in rows if r[0] in args.only]
     needed = {t for r in rows for t in r[3]}
 
     def get(name: str, make):

@@ -42,6 +42,8 @@ def write_inputs(ds: Dataset, maxlen: int, path: Path, users: int | None = None)
     # Items to exclude from each ranking: those seen before, except the target itself (a
     # repeat is still a valid next item), the same protocol as metrics.full_ranks.
     seen = [np.setdiff1d(np.unique(h), [t]) for h, t in zip(hist, targets)]
+    if ds.oov_index is not None:  # the out-of-vocabulary item is never recommended
+        seen = [np.union1d(s, [ds.oov_index]) for s in seen]
     seen = pad_left(seen, max(1, max(len(s) for s in seen)))
     np.savez(path, inputs=pad_left(hist, maxlen).astype(np.int32), seen=seen.astype(np.int32))
     return targets, path

@@ -346,21 +346,38 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
 
 @app.command()
 def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a student)"),
-          method: str = typer.Option("unstructured", help="unstructured: global magnitude pruning"),
-          sparsity: float = typer.Option(0.5, help="fraction of the weights set to zero"),
+          method: str = typer.Option("unstructured", help="unstructured: global magnitude (zeros in a dense "
+                                     "file); structured: remove attention width, FFN units (and --dims) for a "
+                                     "smaller dense model; vocabulary: keep the items that cover --coverage"),
+          sparsity: float = typer.Option(0.5, help="unstructured: share of the weights set to zero; structured: "
+                                         "share of the non-embedding parameters removed"),
+          dims: float = typer.Option(0.0, help="structured: share of the embedding width d removed too"),
+          coverage: float = typer.Option(0.95, help="vocabulary: keep the fewest items covering this share of "
+                                         "the training interactions (or of the teacher's mass, --by teacher)"),
+          keep_items: Optional[int] = typer.Option(None, help="vocabulary: keep exactly this many items instead"),
+          by: str = typer.Option("interactions", help="vocabulary: rank items by 'interactions' or 'teacher' "
+                                 "(its probability mass on validation users)"),
           recover_epochs: int = typer.Option(0, help="then distil from the teacher this many epochs"),
+          lr: float = typer.Option(1e-3, help="recovery learning rate"),
           seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None)):
-    """Prune a torch model (global magnitude), optionally recovering by distillation from its teacher."""
+    """Prune a torch model, optionally recovering by distillation from its teacher."""
     from .artifact import load_artifact
     from .compress import PruneConfig, prune as run
 
-    cfg = PruneConfig(method=method, sparsity=sparsity, recover_epochs=recover_epochs, seed=seed)
+    cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
+                      by=by, recover_epochs=recover_epochs, lr=lr, seed=seed)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
         p = run(a, cfg, store=store, name=name, progress=progress)
     m = p.metrics
-    console.print(f"pruned {p.name}: sparsity {m['sparsity']:.3f}, test NDCG@10 {m['test_ndcg@10']:.4f} "
-                  f"({m['test_ndcg@10_vs_parent'] * 100:.1f}% of the parent), gzip {m['size']['gzip_bytes']} bytes "
+    what = {"unstructured": f"sparsity {m['sparsity']:.3f}",
+            "structured": f"non-embedding parameters {m['non_embedding_params']:,} (parent "
+                          f"{m['parent_non_embedding_params']:,})",
+            "vocabulary": f"{p.card['pruning'].get('items_kept')} of {p.card['pruning'].get('items_before')} items "
+                          f"kept"}[method]
+    console.print(f"pruned {p.name}: {what}, test NDCG@10 {m['test_ndcg@10']:.4f} "
+                  f"({m['test_ndcg@10_vs_parent'] * 100:.1f}% of the parent), file {m['size']['size_bytes']} bytes "
+                  f"(parent {m['size']['parent_size_bytes']}), gzip {m['size']['gzip_bytes']} "
                   f"(parent {m['size']['parent_gzip_bytes']}); {m['size']['note']}", highlight=False)
     out.print(str(p.path))
 

@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from .artifact import DEFAULT_STORE, Artifact
 from .errors import ConfigError, ExportError
 
@@ -145,16 +147,27 @@ def _markdown(rep: dict) -> str:
 
 # ---------------------------------------------------------------- pruning
 
-PRUNE_METHODS = ("unstructured",)
+PRUNE_METHODS = ("unstructured", "structured", "vocabulary")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Global magnitude pruning to a target sparsity, then an optional short distillation
-    fine-tune from the teacher (`recover_epochs`), the zeros held in place while it trains."""
+    """How to prune, then an optional short distillation fine-tune from the teacher
+    (`recover_epochs`; with unstructured pruning the zeros are held in place while it trains).
+
+    - unstructured: global magnitude pruning of `sparsity` of the weights (same dense file);
+    - structured: remove `sparsity` of the non-embedding parameters (attention width and FFN
+      units, least important first) and `dims` of the embedding width: a smaller dense model;
+    - vocabulary: keep the items covering `coverage` of the training interactions (`by`
+      "teacher": of the teacher's probability mass), or the `keep_items` most frequent; the
+      rest become one out-of-vocabulary item."""
 
     method: str = "unstructured"
     sparsity: float = 0.5
+    dims: float = 0.0
+    coverage: float = 0.95
+    keep_items: int | None = None
+    by: str = "interactions"
     recover_epochs: int = 0
     temperature: float = 2.0
     kd_weight: float = 1.0
@@ -163,12 +176,26 @@ class PruneConfig:
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
-            raise ConfigError(f"prune method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r} "
-                              "(structured and vocabulary pruning are not built yet)")
+            raise ConfigError(f"prune method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r}")
         if not 0 < self.sparsity < 1:
             raise ConfigError(f"sparsity must be in (0, 1), got {self.sparsity}")
+        if not 0 <= self.dims < 1:
+            raise ConfigError(f"dims must be in [0, 1), got {self.dims}")
+        if not 0 < self.coverage <= 1:
+            raise ConfigError(f"coverage must be in (0, 1], got {self.coverage}")
+        if self.keep_items is not None and self.keep_items < 1:
+            raise ConfigError(f"keep_items must be >= 1, got {self.keep_items}")
+        if self.by not in ("interactions", "teacher"):
+            raise ConfigError(f"by must be 'interactions' or 'teacher', got {self.by!r}")
         if self.recover_epochs < 0:
             raise ConfigError(f"recover_epochs must be >= 0, got {self.recover_epochs}")
+
+    def default_suffix(self) -> str:
+        if self.method == "unstructured":
+            return f"pruned{int(round(self.sparsity * 100))}"
+        if self.method == "structured":
+            return f"slim{int(round(self.sparsity * 100))}" + (f"d{int(round(self.dims * 100))}" if self.dims else "")
+        return f"vocab{self.keep_items}" if self.keep_items else f"vocab{int(round(self.coverage * 100))}"
 
 
 def prunable(model) -> list[tuple]:
@@ -197,8 +224,10 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
           name: str | None = None, progress=None) -> Artifact:
     import torch.nn.utils.prune as tprune
 
-    from .distill import DistillConfig, find_teacher
+    from .distill import DistillConfig, find_teacher, item_map
     from .kd_losses import DistillLoss
+    from .metrics import topk_overlap
+    from .pruning import items_to_keep, non_embedding_params, structured_prune, vocabulary_prune
     from .train import (dataset_for, evaluate_model, fit, load_torch_model, save_torch_artifact,
                         seed_everything)
 
@@ -207,34 +236,60 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     seed_everything(cfg.seed)
     ds = dataset_for(a)
     model = load_torch_model(a)
+    kwargs = dict(a.card["arch_kwargs"])
     before, parent_top = evaluate_model(model, ds, "test", sampled=False)
-    params = prunable(model)
-    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=cfg.sparsity)
-    log = None
-    if cfg.recover_epochs:
-        teacher_a = find_teacher(a)
+    teacher_a = find_teacher(a) if (cfg.recover_epochs or cfg.by == "teacher") else None
+    teacher = None
+    if teacher_a is not None:
         teacher = load_torch_model(teacher_a)
         for p in teacher.parameters():
             p.requires_grad_(False)
+    new_ds, info, params = ds, {}, []
+    if cfg.method == "unstructured":
+        params = prunable(model)
+        tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=cfg.sparsity)
+    elif cfg.method == "structured":
+        model, kwargs, info = structured_prune(model, kwargs, cfg.sparsity, cfg.dims)
+    else:
+        keep = items_to_keep(ds, cfg.coverage, cfg.keep_items, teacher if cfg.by == "teacher" else None)
+        model, kwargs, new_ds, info = vocabulary_prune(model, a.card["arch"], kwargs, ds, keep)
+    log = None
+    if cfg.recover_epochs:
         tcfg = DistillConfig(model=a.card["arch"], epochs=cfg.recover_epochs, patience=cfg.recover_epochs,
                              lr=cfg.lr, seed=cfg.seed, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
-                             **{k: a.card["arch_kwargs"].get(k) for k in ("d", "blocks", "heads", "dropout", "maxlen")})
-        # The pruning masks are forward pre-hooks: pruned weights stay zero while it trains.
-        log = fit(model, ds, DistillLoss(tcfg, model, [teacher], [1.0]), tcfg, progress)
+                             maxlen=kwargs.get("maxlen"))
+        # A teacher on the unpruned catalogue teaches through matched item ids (the
+        # out-of-vocabulary item gets no signal). Unstructured masks are forward pre-hooks:
+        # pruned weights stay zero while it trains.
+        same = (teacher_a.card.get("dataset") or {}).get("fingerprint") == new_ds.fingerprint()
+        loss = DistillLoss(tcfg, model, [teacher], [1.0], item_maps=None if same else [item_map(teacher_a, new_ds)])
+        log = fit(model, new_ds, loss, tcfg, progress)
     for m, n in params:
         tprune.remove(m, n)  # make the zeros permanent: a plain state dict again
     model.eval()
-    test, _ = evaluate_model(model, ds, "test", reference_topk=parent_top)
+    test, top = evaluate_model(model, new_ds, "test")
+    if new_ds is ds:
+        overlap = topk_overlap(top, parent_top)
+    else:  # compare in original ids: map the pruned model's columns back to the parent's
+        old = {item: k + 1 for k, item in enumerate(ds.items)}
+        back = np.array([0] + [old.get(i, -1) for i in new_ds.items])   # new index -> parent's index
+        overlap = topk_overlap(back[top], parent_top)
+    test["top10_overlap"] = overlap
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "sparsity": sparsity_of(model),
+               "non_embedding_params": non_embedding_params(model),
+               "parent_non_embedding_params": non_embedding_params(load_torch_model(a)),
                "parent_test_ndcg@10": before["ndcg@10"],
                "test_ndcg@10_vs_parent": test["ndcg@10"] / before["ndcg@10"] if before["ndcg@10"] else None}
     out = save_torch_artifact(
-        model, store=store, name=name or f"{a.name}-pruned{int(round(cfg.sparsity * 100))}", stage="pruned",
-        arch=a.card["arch"], arch_kwargs=a.card["arch_kwargs"], ds=ds,
+        model, store=store, name=name or f"{a.name}-{cfg.default_suffix()}", stage="pruned",
+        arch=a.card["arch"], arch_kwargs=kwargs, ds=new_ds,
         config={"prune": asdict(cfg)}, metrics=metrics, parent=[a.lineage()], seed=cfg.seed,
-        extra={"training": {k: v for k, v in (log or {}).items() if k != "history"}})
+        extra={"pruning": info, "training": {k: v for k, v in (log or {}).items() if k != "history"}})
+    note = {"unstructured": "dense file: same size and speed as the parent; zeros only pay once compressed",
+            "structured": "a smaller dense model: smaller file, fewer operations",
+            "vocabulary": "fewer items: a smaller table and output layer; pruned items are never recommended"}
     sizes = {"size_bytes": out.card["size_bytes"], "gzip_bytes": _gzip_size(out.file),
              "parent_size_bytes": a.card["size_bytes"], "parent_gzip_bytes": _gzip_size(a.file),
-             "note": "dense file: same size and speed as the parent; zeros only pay once compressed"}
+             "note": note[cfg.method]}
     out.update_card(metrics={**out.metrics, "size": sizes})
     return out

@@ -19,6 +19,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 Event = tuple[str, str, float]  # (user, item, timestamp)
+OOV_ID = "<oov>"  # the item every pruned item becomes (vocabulary pruning)
 
 MIN_EVENTS = 3  # leave-one-out needs at least one training item, one validation and one test
 
@@ -228,10 +229,17 @@ class DataSpec:
     # A time period of the events: "early:Q" keeps events before the Q-quantile of all
     # timestamps, "late:Q" the rest (e.g. a teacher on early:0.5, a student on late:0.5).
     period: str | None = None
+    # Vocabulary pruning: only these original item ids stay items; every other item becomes the
+    # one out-of-vocabulary item OOV_ID (the last index), which is never recommended.
+    keep_items: tuple | None = None
 
     def __post_init__(self):
         if self.period is not None:
             self.period_bounds()
+        if self.keep_items is not None:
+            object.__setattr__(self, "keep_items", tuple(str(i) for i in self.keep_items))
+            if not self.keep_items:
+                raise ConfigError("keep_items is empty: a vocabulary needs at least one item")
         if self.format not in list_formats():
             raise ConfigError(f"unknown data format {self.format!r}; choose one of {', '.join(list_formats())}")
         if self.format != "synthetic" and not self.path:
@@ -295,12 +303,22 @@ class Dataset:
             h.update(b"|")
         return h.hexdigest()
 
+    @property
+    def oov_index(self) -> int | None:
+        """The index of the out-of-vocabulary item (after vocabulary pruning), else None."""
+        return len(self.items) if self.items and self.items[-1] == OOV_ID else None
+
     def vocab(self) -> dict:
-        return {
+        v = {
             "padding_index": 0,
             "note": "input index k+1 and output column k are the item items[k]",
             "items": self.items,
         }
+        if self.oov_index is not None:
+            v["oov_index"] = self.oov_index
+            v["oov_note"] = (f"items not in this vocabulary: feed index {self.oov_index}; its output column "
+                             f"{self.oov_index - 1} is not an item and must not be recommended")
+        return v
 
     # Leave-one-out: the last item is the test target, the second-to-last validation.
     def train_sequences(self) -> list[np.ndarray]:
@@ -344,7 +362,9 @@ def build_dataset(events: Iterable[Event], name: str, min_events: int = MIN_EVEN
     if not kept:
         raise DataError(f"{name}: no user has at least {min_events} events "
                         f"({dropped} users dropped)")
-    items = sorted({i for seq in kept.values() for i in seq}, key=_sort_key)
+    items = sorted({i for seq in kept.values() for i in seq} - {OOV_ID}, key=_sort_key)
+    if any(OOV_ID in seq for seq in kept.values()):
+        items.append(OOV_ID)  # the out-of-vocabulary item is always the last index
     index = {item: k + 1 for k, item in enumerate(items)}
     users = sorted(kept, key=_sort_key)
     sequences = [np.array([index[i] for i in kept[u]], dtype=np.int64) for u in users]
@@ -362,6 +382,9 @@ def load_data(spec: DataSpec) -> Dataset:
         side, q = spec.period_bounds()
         cut = float(np.quantile(np.array([e[2] for e in events], dtype=np.float64), q))
         events = [e for e in events if (e[2] < cut) == (side == "early")]
+    if spec.keep_items is not None:
+        keep = set(spec.keep_items)
+        events = [(u, i if i in keep else OOV_ID, t) for u, i, t in events]
     return build_dataset(events, name=spec.name, min_events=spec.min_events, spec=spec)
 
 

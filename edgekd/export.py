@@ -451,9 +451,10 @@ def parity(parent: nn.Module, file: Path, ds: Dataset, users: int | None = 1000)
         exported = load_model(str(file), "auto", threads=os.cpu_count() or 1)
     ref_scores = model_scores(parent, x)
     exp_scores = run_batched(exported, x)
-    ref, ref_top = evaluate_scores(lambda b: model_scores(parent, b), x, targets, hist, sampled=False)
+    ref, ref_top = evaluate_scores(lambda b: model_scores(parent, b), x, targets, hist, sampled=False,
+                                   never=ds.oov_index)
     got, _ = evaluate_scores(lambda b: run_batched(exported, b), x, targets, hist, sampled=False,
-                             reference_topk=ref_top)
+                             reference_topk=ref_top, never=ds.oov_index)
     return {
         "split": "valid", "users": int(len(x)),
         "max_abs_diff": float(np.max(np.abs(exp_scores - ref_scores))),

@@ -95,12 +95,17 @@ def topk_overlap(a: np.ndarray, b: np.ndarray) -> float:
 def evaluate_scores(score_fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
                     targets: np.ndarray, histories: list[np.ndarray], *, batch: int = 256,
                     sampled: bool = True, reference_topk: np.ndarray | None = None,
-                    seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
+                    seed: int = 0, never: int | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Run `score_fn` over `inputs` [U, maxlen] in batches and compute every metric.
-    Returns (metrics, top-10 lists); with `reference_topk`, adds the overlap with it."""
+    Returns (metrics, top-10 lists); with `reference_topk`, adds the overlap with it.
+    `never`: an index that is not an item (the out-of-vocabulary item): it is never ranked, and
+    a target that is it counts as a miss."""
     full, samp, tops = [], [], []
     for i in range(0, len(inputs), batch):
         s = np.asarray(score_fn(inputs[i:i + batch]), dtype=np.float32)
+        if never is not None:
+            s = s.copy()
+            s[:, never - 1] = -np.inf
         h, t = histories[i:i + batch], targets[i:i + batch]
         full.append(full_ranks(s, t, h))
         if sampled:

@@ -72,42 +72,59 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+OOV_SCORE = -1e4
+
+
+def pin_oov(scores: torch.Tensor, oov: bool) -> torch.Tensor:
+    """With an out-of-vocabulary item (always the last column), pin its score to OOV_SCORE."""
+    if not oov:
+        return scores
+    return torch.cat([scores[..., :-1], torch.full_like(scores[..., -1:], OOV_SCORE)], -1)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention written out with matmuls so that it exports cleanly to
     ONNX and TFLite (no fused kernels the converters may not know)."""
 
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int, dropout: float, inner: int | None = None, scale: float | None = None):
         super().__init__()
-        if d % heads:
-            raise ConfigError(f"hidden size {d} is not divisible by heads={heads}")
+        inner = int(inner or d)  # the query/key/value width: d, or less after structured pruning
+        if inner % heads:
+            raise ConfigError(f"attention width {inner} is not divisible by heads={heads}")
         self.heads = heads
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
+        self.inner = inner
+        self.qkv = nn.Linear(d, 3 * inner)
+        self.proj = nn.Linear(inner, d)
         self.drop = nn.Dropout(dropout)
+        # The softmax temperature stays that of the unpruned head width, so that removing
+        # query/key dimensions of little importance leaves the attention almost unchanged.
+        self.scale = float(scale) if scale else 1.0 / math.sqrt(d // heads)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        h = self.heads
-        q, k, v = self.qkv(x).split(d, dim=-1)
-        q = q.reshape(b, n, h, d // h).transpose(1, 2)
-        k = k.reshape(b, n, h, d // h).transpose(1, 2)
-        v = v.reshape(b, n, h, d // h).transpose(1, 2)
-        att = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(d // h)) + bias
+        b, n, _ = x.shape
+        h, i = self.heads, self.inner
+        q, k, v = self.qkv(x).split(i, dim=-1)
+        q = q.reshape(b, n, h, i // h).transpose(1, 2)
+        k = k.reshape(b, n, h, i // h).transpose(1, 2)
+        v = v.reshape(b, n, h, i // h).transpose(1, 2)
+        att = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias
         att = self.drop(torch.softmax(att, dim=-1))
-        y = torch.matmul(att, v).transpose(1, 2).reshape(b, n, d)
+        y = torch.matmul(att, v).transpose(1, 2).reshape(b, n, i)
         return self.proj(y)
 
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + ffn(LN(x))."""
 
-    def __init__(self, d: int, heads: int, dropout: float, ffn_mult: int = 1):
+    def __init__(self, d: int, heads: int, dropout: float, ffn_mult: int = 1, attn_dim: int | None = None,
+                 ffn_dim: int | None = None, attn_scale: float | None = None):
         super().__init__()
+        ffn_dim = int(ffn_dim or ffn_mult * d)
         self.ln1 = nn.LayerNorm(d)
-        self.attn = CausalSelfAttention(d, heads, dropout)
+        self.attn = CausalSelfAttention(d, heads, dropout, attn_dim, attn_scale)
         self.ln2 = nn.LayerNorm(d)
         self.ffn = nn.Sequential(
-            nn.Linear(d, ffn_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * d, d)
+            nn.Linear(d, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d)
         )
         self.drop = nn.Dropout(dropout)
 
@@ -145,7 +162,9 @@ class SASRec(nn.Module):
     """
 
     def __init__(self, num_items: int, maxlen: int = 200, d: int = 64, blocks: int = 2,
-                 heads: int = 1, dropout: float = 0.2, ffn_mult: int = 1):
+                 heads: int = 1, dropout: float = 0.2, ffn_mult: int = 1,
+                 attn_dims: list[int] | None = None, ffn_dims: list[int] | None = None,
+                 emb_scale: float | None = None, attn_scales: list[float] | None = None, oov: bool = False):
         super().__init__()
         for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d),
                              ("blocks", blocks), ("heads", heads)):
@@ -153,13 +172,25 @@ class SASRec(nn.Module):
                 raise ConfigError(f"SASRec {field} must be >= 1, got {value}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"SASRec dropout must be in [0, 1), got {dropout}")
+        # Per-block widths after structured pruning (None: the full widths).
+        for field, dims in (("attn_dims", attn_dims), ("ffn_dims", ffn_dims)):
+            if dims is not None and (len(dims) != blocks or min(dims) < 1):
+                raise ConfigError(f"SASRec {field} needs one width >= 1 per block, got {dims}")
         self.num_items = int(num_items)
         self.maxlen = int(maxlen)
         self.d = int(d)
+        # After vocabulary pruning the last item is "out of vocabulary": it stands in for every
+        # pruned item as input, and its score is pinned low so that it is never recommended.
+        self.oov = bool(oov)
+        # The embedding scale stays that of the unpruned width when d itself is pruned.
+        self.emb_scale = float(emb_scale) if emb_scale else math.sqrt(self.d)
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(self.maxlen, d)
         self.emb_drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d, heads, dropout, ffn_mult) for _ in range(blocks))
+        self.blocks = nn.ModuleList(
+            Block(d, heads, dropout, ffn_mult, attn_dims[i] if attn_dims else None, ffn_dims[i] if ffn_dims else None,
+                  attn_scales[i] if attn_scales else None)
+            for i in range(blocks))
         self.ln_f = nn.LayerNorm(d)
         self.apply(self._init)
 
@@ -186,7 +217,7 @@ class SASRec(nn.Module):
         # large constants ([maxlen, maxlen] would be a big part of a small model file).
         # (ids != -1 is always true here, but unlike ones_like it is not a constant to a converter)
         pos = torch.cumsum(ids.ne(-1).to(ids.dtype), 1) - 1 + (self.maxlen - n)
-        x = self.lookup("item", ids) * math.sqrt(self.d) + self.lookup("pos", pos)
+        x = self.lookup("item", ids) * self.emb_scale + self.lookup("pos", pos)
         x = self.emb_drop(x) * (~pad).unsqueeze(-1).to(x.dtype)
         # mask[b, i, j]: key j comes after query i, or is padding. Additive bias: -1e4 (not
         # -inf) keeps fully masked rows (padding queries) finite.
@@ -225,7 +256,7 @@ class SASRec(nn.Module):
         F.linear against the whole table (then dropping the padding column) lets exporters
         share the one embedding tensor with the input lookup instead of storing a sliced or
         transposed copy of it."""
-        return nn.functional.linear(h, self.item_table())[..., 1:]
+        return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.score(self.hidden(ids)[:, -1, :])
@@ -347,8 +378,9 @@ class GRU4Rec(nn.Module):
     Inputs are left-padded. The GRU has no bias terms, so a zero input (the padding row) keeps
     the zero state exactly: padding in front of a history changes nothing, as in SASRec."""
 
-    def __init__(self, num_items: int, maxlen: int = 200, d: int = 32, dropout: float = 0.2):
+    def __init__(self, num_items: int, maxlen: int = 200, d: int = 32, dropout: float = 0.2, oov: bool = False):
         super().__init__()
+        self.oov = bool(oov)  # as in SASRec
         for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d)):
             if int(value) < 1:
                 raise ConfigError(f"GRU4Rec {field} must be >= 1, got {value}")
@@ -389,7 +421,7 @@ class GRU4Rec(nn.Module):
         return m.eval()
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(h, self.item_table())[..., 1:]
+        return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.score(self.hidden(ids)[:, -1, :])

@@ -125,7 +125,7 @@ def eval_inputs(ds: Dataset, split: str, maxlen: int, users: int | None = None, 
 def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool = True,
                    reference_topk: np.ndarray | None = None, users: int | None = None):
     x, t, h = eval_inputs(ds, split, model.maxlen, users)
-    return evaluate_scores(lambda b: model_scores(model, b), x, t, h, sampled=sampled,
+    return evaluate_scores(lambda b: model_scores(model, b), x, t, h, sampled=sampled, never=ds.oov_index,
                            reference_topk=reference_topk)
 
 
@@ -148,6 +148,10 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     seed_everything(cfg.seed + rank)  # dropout differs per process; the order below does not
     x_all, y_all = training_pairs(ds.train_sequences(), model.maxlen)
     x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
+    if ds.oov_index is not None:
+        # The out-of-vocabulary item is an input (a stand-in for the pruned items), never a
+        # target: a model is not taught to predict "something rare".
+        y_all[y_all == ds.oov_index] = 0
     # A loss with parameters of its own (a distillation projector) trains beside the model.
     loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
     params = list(model.parameters()) + (list(loss_module.parameters()) if loss_module is not None else [])
@@ -198,6 +202,8 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         batches = 0
         for i in range(0, len(order), cfg.batch_size):
             b = order[i:i + cfg.batch_size][rank::world]   # this process's share of the batch
+            if world == 1 and not bool((y_all[b] > 0).any()):
+                continue  # nothing to predict here (only padding or out-of-vocabulary targets)
             parts = step(x_all[b], y_all[b])
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -209,7 +215,7 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         if world > 1:
             sums = _mean_over_processes(sums, world)
         val, _ = evaluate_model(model, ds, "valid", sampled=False, users=cfg.eval_users)
-        row = {"epoch": epoch, **{k: v / batches for k, v in sums.items()},
+        row = {"epoch": epoch, **{k: v / max(batches, 1) for k, v in sums.items()},
                "valid_ndcg@10": val["ndcg@10"], "valid_hr@10": val["hr@10"],
                "epoch_s": train_s}
         history.append(row)

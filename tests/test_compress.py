@@ -77,5 +77,92 @@ def test_prune_config_errors():
 
     with pytest.raises(ConfigError, match="sparsity must be in"):
         PruneConfig(sparsity=1.0)
-    with pytest.raises(ConfigError, match="not built yet"):
-        PruneConfig(method="structured")
+    with pytest.raises(ConfigError, match="prune method must be one of"):
+        PruneConfig(method="lottery")
+    with pytest.raises(ConfigError, match="coverage"):
+        PruneConfig(method="vocabulary", coverage=0)
+
+
+def test_structured_pruning_keeps_the_function_when_nothing_important_is_removed():
+    """Widths that carry nothing (zeroed units) are the ones removed, and the output is unchanged."""
+    import torch
+
+    from edgekd.models import create_model
+    from edgekd.pruning import non_embedding_params, structured_prune
+
+    torch.manual_seed(0)
+    kw = {"num_items": 30, "maxlen": 8, "d": 16, "blocks": 2, "heads": 2, "dropout": 0.0, "ffn_mult": 2}
+    m = create_model("sasrec", **kw).eval()
+    with torch.no_grad():
+        for b in m.blocks:   # make half of each block's FFN units and attention dims dead
+            b.ffn[0].weight[::2] = 0
+            b.ffn[0].bias[::2] = 0
+            i = b.attn.inner
+            dead = torch.arange(0, i, 2)
+            for off in (0, i, 2 * i):
+                b.attn.qkv.weight[off + dead] = 0
+                b.attn.qkv.bias[off + dead] = 0
+    ids = torch.randint(1, 31, (4, 8))
+    new, new_kw, info = structured_prune(m, kw, amount=0.45)
+    assert non_embedding_params(new) <= 0.55 * non_embedding_params(m)
+    assert min(info["ffn_dims"]) >= 16 and min(info["attn_dims"]) >= 8   # room for every live unit
+    assert torch.allclose(new(ids), m(ids), atol=1e-4)
+    # rebuilt from its kwargs alone (what an artifact stores), it is the same model
+    again = create_model("sasrec", **new_kw).eval()
+    again.load_state_dict(new.state_dict())
+    assert torch.allclose(again(ids), new(ids))
+
+
+def test_structured_pruning_of_the_student_halves_non_embedding_params_and_exports(tiny_student, tiny_ds, store):
+    from edgekd.compress import PruneConfig, prune
+    from edgekd.export import export
+
+    p = prune(tiny_student, PruneConfig(method="structured", sparsity=0.5, dims=0.25, recover_epochs=1), store=store)
+    m = p.metrics
+    assert m["non_embedding_params"] <= 0.5 * m["parent_non_embedding_params"]
+    assert m["size"]["size_bytes"] < m["size"]["parent_size_bytes"]          # genuinely smaller
+    assert p.card["arch_kwargs"]["d"] == 6 and p.card["pruning"]["d"] == [8, 6]
+    e = export(p, "onnx-fp32", store=store, ds=tiny_ds)
+    assert e.metrics["parity"]["top10_overlap"] >= 0.99
+
+
+def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(tiny_student, tiny_ds, store):
+    import json
+
+    import numpy as np
+
+    from edgekd.compress import PruneConfig, prune
+    from edgekd.export import export
+    from edgekd.pruning import items_to_keep
+    from edgekd.train import dataset_for, load_torch_model, model_scores
+
+    keep = items_to_keep(tiny_ds, coverage=0.8)
+    counts = np.bincount(np.concatenate(tiny_ds.train_sequences()), minlength=tiny_ds.num_items + 1)[1:]
+    kept_idx = [tiny_ds.items.index(i) for i in keep]
+    share = counts[kept_idx].sum() / counts.sum()
+    assert share >= 0.8 and len(keep) < tiny_ds.num_items
+    # the fewest: dropping the least frequent kept item falls below the coverage
+    assert share - counts[kept_idx].min() / counts.sum() < 0.8
+
+    p = prune(tiny_student, PruneConfig(method="vocabulary", coverage=0.8, recover_epochs=1), store=store)
+    vocab = json.loads((p.path / "vocab.json").read_text())
+    assert vocab["items"][:-1] == keep and vocab["items"][-1] == "<oov>" and vocab["oov_index"] == len(keep) + 1
+    assert p.metrics["size"]["size_bytes"] < p.metrics["size"]["parent_size_bytes"]
+    ds = dataset_for(p)
+    assert ds.num_users == tiny_ds.num_users and ds.oov_index == len(keep) + 1
+    # OOV stands in for the pruned items as input, and is never among the recommendations
+    x = np.array([[ds.oov_index] * 5 + [1, 2, 3]])
+    scores = model_scores(load_torch_model(p), x)
+    assert scores.shape == (1, len(keep) + 1) and scores[0].argmin() == len(keep)
+    # a pruned target counts as a miss: the pruned model can only lose those users
+    test_targets = np.array([s[-1] for s in tiny_ds.sequences])
+    pruned_targets = ~np.isin(test_targets, [tiny_ds.items.index(i) + 1 for i in keep])
+    assert p.metrics["test_hr@10"] <= 1 - pruned_targets.mean() + 1e-9
+    # an in-graph top-K of the exported file never returns the OOV column either
+    from edgekd.export import run_all_outputs
+    from edgekd.train import eval_inputs
+
+    e = export(p, "tflite-fp32", store=store, ds=ds, topk=len(keep))
+    x, _, _ = eval_inputs(ds, "test", p.card["arch_kwargs"]["maxlen"])
+    items = run_all_outputs(e.file, x)["items"]
+    assert items.shape == (len(x), len(keep)) and not (items == ds.oov_index - 1).any()
