@@ -146,22 +146,72 @@ def _onnx_fp32(model: nn.Module, path: Path, maxlen: int, recipe: str | None = N
         prog = torch.onnx.export(
             model, (_sample(maxlen),), input_names=["item_ids"], output_names=["scores"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
-            optimize=True, verbose=False)
+            optimize=False, verbose=False)
+        # The exporter's own optimisation pass, with one change: constants of more than 1024
+        # elements are not folded. Folding casts an int8 table's fp16 row scales into an fp32
+        # copy beside the original (a larger file for no speed).
+        import onnxscript.optimizer
+
+        onnxscript.optimizer.optimize(prog.model, input_size_limit=1024)
         prog.save(str(path))
     _strip_onnx(path)
     return {"batch": "dynamic", "opset": _onnx_opset(path)}
 
 
 def _strip_onnx(path: Path) -> None:
-    """Drop what only the exporter's debugging needs (per-node source locations, intermediate
-    shape annotations): it is a sixth of a small model's file and no runtime reads it."""
+    """Drop what only the exporter's debugging needs and store each constant once:
+    - per-node source locations and intermediate shape annotations (a sixth of a small model's
+      file, read by no runtime);
+    - duplicate initializers (the exporter can emit the same constant twice, e.g. an int8
+      table's row scales for the lookup and for the scoring layer): one copy, rewired;
+    - long internal names (module paths, repeated in every node): short ones. The graph's
+      inputs and outputs keep their names; they are the model's interface."""
+    import hashlib
+
     import onnx
 
     m = onnx.load(str(path))
-    for node in m.graph.node:
+    g = m.graph
+    for node in g.node:
         node.ClearField("metadata_props")
         node.doc_string = ""
-    m.graph.ClearField("value_info")
+        node.name = ""
+    g.ClearField("value_info")
+    # one copy of each distinct constant
+    rename: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    keep = []
+    for t in g.initializer:
+        key = (t.data_type, tuple(t.dims), hashlib.sha256(onnx.numpy_helper.to_array(t).tobytes()).hexdigest())
+        if key in first:
+            rename[t.name] = first[key]
+        else:
+            first[key] = t.name
+            keep.append(t)
+    if rename:
+        g.ClearField("initializer")
+        g.initializer.extend(keep)
+    # short names for everything internal
+    interface = {v.name for v in g.input} | {v.name for v in g.output}
+    short: dict[str, str] = {}
+
+    def name(n: str) -> str:
+        n = rename.get(n, n)
+        if not n or n in interface:
+            return n
+        if n not in short:
+            short[n] = f"t{len(short)}"
+        return short[n]
+
+    for t in g.initializer:
+        t.name = name(t.name)
+    for node in g.node:
+        ins, outs = [name(i) for i in node.input], [name(o) for o in node.output]
+        node.ClearField("input")
+        node.input.extend(ins)
+        node.ClearField("output")
+        node.output.extend(outs)
+    onnx.checker.check_model(m)
     onnx.save(m, str(path))
 
 

@@ -137,21 +137,23 @@ class Block(nn.Module):
 class RowwiseInt8Table(nn.Module):
     """An embedding table stored in int8 with one scale per row (symmetric), dequantised in
     the graph. The item table is half to nearly all of a sequential recommender's parameters;
-    stored like this, it takes a quarter of the space in an exported file."""
+    stored like this, it takes a little over a quarter of the space in an exported file."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         w = weight.detach().float()
-        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-        self.register_buffer("q", torch.round(w / scale).clamp(-127, 127).to(torch.int8))
+        # Row scales in fp16: 2 bytes a row instead of 4 (a d=32 row is 32 bytes of int8). The
+        # rows are quantised against the fp16-rounded scale, so nothing is lost to the rounding.
+        scale = (w.abs().amax(dim=1, keepdim=True).clamp_min(1e-6) / 127.0).to(torch.float16)
+        self.register_buffer("q", torch.round(w / scale.float()).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
 
     def forward(self) -> torch.Tensor:
-        return self.q.to(torch.float32) * self.scale
+        return self.q.to(torch.float32) * self.scale.to(torch.float32)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows `idx`, dequantised after the gather (no float copy of the table is made)."""
-        return self.q[idx].to(torch.float32) * self.scale[idx]
+        return self.q[idx].to(torch.float32) * self.scale[idx].to(torch.float32)
 
 
 class SASRec(nn.Module):
