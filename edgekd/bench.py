@@ -308,8 +308,16 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
     teacher = teacher or find_teacher(artifacts[0])
     ds = dataset_for(teacher)
     todo = [teacher] + [a for a in artifacts if a.sha256 != teacher.sha256]
+    # Every artifact is scored on its own data: the teacher's, or (vocabulary pruning) the same
+    # users and targets with the pruned items mapped to the out-of-vocabulary item.
+    data = {ds.fingerprint(): ds}
     for a in todo:
-        a.check_dataset(ds.fingerprint())
+        fp = (a.card.get("dataset") or {}).get("fingerprint")
+        if fp not in data:
+            other = dataset_for(a)
+            if other.users != ds.users or other.spec is None or other.spec.keep_items is None:
+                a.check_dataset(ds.fingerprint())  # not a vocabulary-pruned view of the same data: refuse
+            data[fp] = other
     threads = threads or target.threads
     device_info = check_target(target)  # unreachable: TargetError (exit 3) before any cell runs
     if resume and run_id is None:
@@ -320,7 +328,7 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{target.name}"
     run_dir = Path(out) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    inputs: dict[int, tuple[np.ndarray, Path]] = {}
+    inputs: dict[tuple, tuple[np.ndarray, Path]] = {}
     records = []
     base = None
     host = None
@@ -333,9 +341,12 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                 rec["resumed"] = True
             else:
                 maxlen = int(a.card["arch_kwargs"]["maxlen"])
-                if maxlen not in inputs:
-                    inputs[maxlen] = write_inputs(ds, maxlen, run_dir / f"inputs-maxlen{maxlen}.npz", users)
-                targets, npz = inputs[maxlen]
+                a_ds = data[(a.card.get("dataset") or {}).get("fingerprint")]
+                key = (a_ds.fingerprint(), maxlen)
+                if key not in inputs:
+                    inputs[key] = write_inputs(a_ds, maxlen, run_dir / f"inputs-{len(inputs)}-maxlen{maxlen}.npz",
+                                               users)
+                targets, npz = inputs[key]
                 try:
                     if target.kind == "adb" and payload_kind(a) == "torch":
                         raise _Skip(f"{a.name}: torch files do not run on a phone; its accuracy is on the host "

@@ -126,7 +126,8 @@ def test_structured_pruning_of_the_student_halves_non_embedding_params_and_expor
     assert e.metrics["parity"]["top10_overlap"] >= 0.99
 
 
-def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(tiny_student, tiny_ds, store):
+def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(tiny_student, tiny_ds, store,
+                                                                              fast_target, tmp_path):
     import json
 
     import numpy as np
@@ -166,3 +167,10 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     x, _, _ = eval_inputs(ds, "test", p.card["arch_kwargs"]["maxlen"])
     items = run_all_outputs(e.file, x)["items"]
     assert items.shape == (len(x), len(keep)) and not (items == ds.oov_index - 1).any()
+    # the bench scores it on its own (remapped) data beside the teacher on the original
+    from edgekd.bench import bench
+    from edgekd.targets import load_target
+
+    _, recs = bench([p], load_target(str(fast_target)), out=tmp_path)
+    assert [r["status"] for r in recs] == ["ok", "ok"]
+    assert recs[1]["accuracy"]["ndcg@10"] == pytest.approx(p.metrics["test_ndcg@10"], abs=1e-6)
