@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--store", type=Path, default=None)
     ap.add_argument("--student-maxlen", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     ap.add_argument("--teacher", default="{}", help="JSON TrainConfig overrides for the SASRec teacher")
     ap.add_argument("--bert", default="{}", help="JSON TrainConfig overrides for the BERT4Rec teacher")
     ap.add_argument("--only", nargs="*", default=None, help="run only the rows with these exact names")
@@ -116,14 +117,14 @@ def main() -> int:
             if key not in needed and not (key == "sasrec"):
                 continue
             ds = data[period]
-            cfg = TrainConfig(**{"epochs": args.epochs, "seed": seed, **kw})
+            cfg = TrainConfig(**{"epochs": args.epochs, "seed": seed, "threads": args.threads, **kw})
             teachers[key] = get(f"teacher-{key}-s{seed}", lambda: train_teacher(ds, cfg, store=store,
                                                                                  name=f"teacher-{key}-s{seed}"))
             teacher_rows.setdefault(key, []).append(card_row(teachers[key]))
         for name, student, kd, tnames, period in rows:
             ds = data[period]
             cfg = DistillConfig(**{"maxlen": args.student_maxlen, "epochs": args.epochs, "seed": seed,
-                                   **student, **kd})
+                                   "threads": args.threads, **student, **kd})
             arts = [teachers[t] for t in tnames]
             run = f"{slug(name)}-s{seed}"
             a = get(run, lambda: distill(arts, ds, cfg, store=store, name=run))
