@@ -209,7 +209,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           blocks: Optional[int] = typer.Option(None), heads: Optional[int] = typer.Option(None),
           dropout: Optional[float] = typer.Option(None), maxlen: Optional[int] = typer.Option(None),
           epochs: int = typer.Option(200, help="at most this many epochs"),
-          patience: int = typer.Option(10, help="stop after this many epochs without a better validation NDCG@10"),
+          patience: int = typer.Option(30, help="stop after this many epochs without a better validation NDCG@10"),
           batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
           label_smoothing: float = typer.Option(0.2, help="label smoothing of the cross-entropy (chosen on "
                                                 "MovieLens-100k validation)"),
@@ -462,7 +462,9 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
                                                   "50 for the synthetic default)"),
              epochs: Optional[int] = typer.Option(None, help="at most this many epochs per training "
                                                   "(default: 200 for files, 30 for the synthetic default)"),
-             patience: int = typer.Option(10), seed: int = typer.Option(0),
+             patience: Optional[int] = typer.Option(None, help="early-stopping patience (default: 30 for the "
+                                                    "teacher, 10 for the students)"),
+             seed: int = typer.Option(0),
              resume: bool = typer.Option(False, "--resume", help="reuse finished artifacts of an earlier "
                                          "run with the same settings and continue interrupted trainings")):
     """train -> distill (KD and no-KD) -> export (4 formats) -> bench -> report, in one command."""

@@ -31,6 +31,7 @@ KD_MODES = ("on", "off")
 @dataclass(frozen=True)
 class DistillConfig(TrainConfig):
     model: str = "sasrec-student"
+    patience: int = 10
     label_smoothing: float = 0.0  # the student's task loss: the teacher's soft labels regularise it
     kd: str = "on"
     loss: str = "kl"

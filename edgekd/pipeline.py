@@ -27,7 +27,7 @@ class PipelineConfig:
     results: Path = Path("benchmarks/results")
     maxlen: int | None = None
     epochs: int | None = None  # default: 200 for files, SYNTHETIC_EPOCHS for the synthetic default
-    patience: int = 10
+    patience: int | None = None  # default: each stage's own (teacher 30, students 10)
     seed: int = 0
     resume: bool = False
     target: str = "local-cpu"
@@ -68,7 +68,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         return a.card.get("dataset", {}).get("fingerprint") == fp
 
     # 1. teacher
-    tcfg = TrainConfig(model="sasrec", maxlen=maxlen, epochs=epochs, patience=cfg.patience, seed=cfg.seed)
+    tcfg = TrainConfig(model="sasrec", maxlen=maxlen, epochs=epochs, seed=cfg.seed,
+                       **({"patience": cfg.patience} if cfg.patience else {}))
     name = f"{ds.name}-teacher"
     teacher = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
                                        and a.card["config"].get("train") == tcfg.to_dict())
@@ -84,7 +85,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     students = {}
     for kd in ("on", "off"):
         dcfg = DistillConfig(model="sasrec-student", kd=kd, maxlen=teacher.card["arch_kwargs"]["maxlen"],
-                             epochs=epochs, patience=cfg.patience, seed=cfg.seed)
+                             epochs=epochs, seed=cfg.seed, **({"patience": cfg.patience} if cfg.patience else {}))
         name = f"{ds.name}-student-{'kd' if kd == 'on' else 'nokd'}"
         s = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
                                      and a.card["parent"][0]["sha256"] == teacher.sha256
