@@ -114,7 +114,7 @@ def main() -> int:
                 "sasrec-early": ("early:0.5", {"model": "sasrec", **tcfg}),
                 "sasrec-late": ("late:0.5", {"model": "sasrec", **tcfg})}
         for key, (period, kw) in plan.items():
-            if key not in needed and not (key == "sasrec"):
+            if key not in needed:
                 continue
             ds = data[period]
             cfg = TrainConfig(**{"epochs": args.epochs, "seed": seed, "threads": args.threads, **kw})
@@ -161,7 +161,7 @@ def summarise(rows: list[dict]) -> dict:
 def write(args, teacher_rows, results, grid_rows) -> None:
     teachers = {k: summarise(v) for k, v in teacher_rows.items()}
     students = {k: summarise(v) for k, v in results.items()}
-    t = teachers["sasrec"]
+    t = teachers.get("sasrec") or next(iter(teachers.values()))
     baseline_of = {}
     for name, student, kd, tnames, period in grid_rows:
         label = name.split(" ")[0] + " " + name.split(" ")[1]
@@ -186,7 +186,7 @@ def write(args, teacher_rows, results, grid_rows) -> None:
         s = students[name]
         label = name.split(" ")[0] + " " + name.split(" ")[1]
         base = students.get(baseline_of.get((label, period)))
-        ref = teachers.get(tnames[0]) if tnames[0] in ("sasrec-late",) else t
+        ref = teachers.get("sasrec-late", t) if period == "late:0.5" else t
         vs = "-" if kd.get("kd") == "off" or not base else f"{100 * (s['ndcg'] / base['ndcg'] - 1):+.1f}%"
         extra = f" (online teacher {s['online_teacher_ndcg']:.4f})" if s.get("online_teacher_ndcg") else ""
         lines.append(f"| {name}{extra} | {s['params']:,} | {100 * s['params'] / t['params']:.1f}% | "
