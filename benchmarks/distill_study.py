@@ -78,6 +78,8 @@ def main() -> int:
     ap.add_argument("--bert", default="{}", help="JSON TrainConfig overrides for the BERT4Rec teacher")
     ap.add_argument("--only", nargs="*", default=None, help="run only the rows with these exact names")
     ap.add_argument("--small-only", action="store_true", help="only the d=8 student's rows")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: build the table from the runs "
+                    "already in --store (rows or seeds not run are left out)")
     args = ap.parse_args()
     store = args.store or args.out / "models"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -93,12 +95,17 @@ def main() -> int:
         rows = [r for r in rows if r[0] in args.only]
     needed = {t for r in rows for t in r[3]}
 
+    class Missing(Exception):
+        pass
+
     def get(name: str, make):
         try:
             a = load_artifact(store / name)
             print(f"reusing {name}", flush=True)
             return a
         except ArtifactError:
+            if args.report_only:
+                raise Missing(name) from None
             t0 = time.perf_counter()
             a = make()
             print(f"{name}: test NDCG@10 {a.metrics['test_ndcg@10']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -118,16 +125,24 @@ def main() -> int:
                 continue
             ds = data[period]
             cfg = TrainConfig(**{"epochs": args.epochs, "seed": seed, "threads": args.threads, **kw})
-            teachers[key] = get(f"teacher-{key}-s{seed}", lambda: train_teacher(ds, cfg, store=store,
-                                                                                 name=f"teacher-{key}-s{seed}"))
+            try:
+                teachers[key] = get(f"teacher-{key}-s{seed}", lambda: train_teacher(ds, cfg, store=store,
+                                                                                     name=f"teacher-{key}-s{seed}"))
+            except Missing:
+                continue
             teacher_rows.setdefault(key, []).append(card_row(teachers[key]))
         for name, student, kd, tnames, period in rows:
             ds = data[period]
             cfg = DistillConfig(**{"maxlen": args.student_maxlen, "epochs": args.epochs, "seed": seed,
                                    "threads": args.threads, **student, **kd})
+            if any(t not in teachers for t in tnames):
+                continue
             arts = [teachers[t] for t in tnames]
             run = f"{slug(name)}-s{seed}"
-            a = get(run, lambda: distill(arts, ds, cfg, store=store, name=run))
+            try:
+                a = get(run, lambda: distill(arts, ds, cfg, store=store, name=run))
+            except Missing:
+                continue
             results.setdefault(name, []).append(card_row(a))
         write(args, teacher_rows, results, rows)
     return 0
@@ -136,7 +151,7 @@ def main() -> int:
 def card_row(a) -> dict:
     m = a.metrics
     tr = a.card.get("training", {})
-    return {"params": a.card["params"], "ndcg": m["test_ndcg@10"], "hr": m["test_hr@10"], "mrr": m["test_mrr"],
+    return {"seed": a.card.get("seed"), "params": a.card["params"], "ndcg": m["test_ndcg@10"], "hr": m["test_hr@10"], "mrr": m["test_mrr"],
             "sampled_ndcg": m.get("test_sampled_ndcg@10"), "overlap": m.get("test_top10_overlap"),
             "train_s": tr.get("train_seconds"), "s_per_epoch": tr.get("seconds_per_epoch"),
             "epochs": tr.get("epochs_run"), "online_teacher_ndcg": m.get("online_teacher_test_ndcg@10"),
@@ -161,6 +176,7 @@ def summarise(rows: list[dict]) -> dict:
 def write(args, teacher_rows, results, grid_rows) -> None:
     teachers = {k: summarise(v) for k, v in teacher_rows.items()}
     students = {k: summarise(v) for k, v in results.items()}
+    per_seed = {k: {r["seed"]: r["ndcg"] for r in v} for k, v in results.items()}
     t = teachers.get("sasrec") or next(iter(teachers.values()))
     baseline_of = {}
     for name, student, kd, tnames, period in grid_rows:
@@ -185,9 +201,18 @@ def write(args, teacher_rows, results, grid_rows) -> None:
             continue
         s = students[name]
         label = name.split(" ")[0] + " " + name.split(" ")[1]
-        base = students.get(baseline_of.get((label, period)))
         ref = teachers.get("sasrec-late", t) if period == "late:0.5" else t
-        vs = "-" if kd.get("kd") == "off" or not base else f"{100 * (s['ndcg'] / base['ndcg'] - 1):+.1f}%"
+        vs = "-"
+        base_name = baseline_of.get((label, period))
+        if kd.get("kd") != "off" and base_name in per_seed:
+            common = sorted(set(per_seed[name]) & set(per_seed[base_name]))
+            if common:
+                mine = statistics.fmean(per_seed[name][x] for x in common)
+                theirs = statistics.fmean(per_seed[base_name][x] for x in common)
+                each = ", ".join(f"{100 * (per_seed[name][x] / per_seed[base_name][x] - 1):+.1f}" for x in common)
+                vs = f"{100 * (mine / theirs - 1):+.1f}% (seeds: {each})"
+                s["vs_nokd"] = {"relative": mine / theirs - 1, "seeds": common,
+                                "per_seed": [per_seed[name][x] / per_seed[base_name][x] - 1 for x in common]}
         extra = f" (online teacher {s['online_teacher_ndcg']:.4f})" if s.get("online_teacher_ndcg") else ""
         lines.append(f"| {name}{extra} | {s['params']:,} | {100 * s['params'] / t['params']:.1f}% | "
                      f"{fmt(s['ndcg'], s['ndcg_std'])} | {fmt(s['hr'], s['hr_std'])} | {fmt(s['mrr'], s['mrr_std'])} | "
