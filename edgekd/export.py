@@ -245,7 +245,7 @@ def _onnx_then(model: nn.Module, path: Path, maxlen: int, int8_tables: bool, qua
 
 
 @register_recipe("onnx", "dynamic", summary="int8 weights per tensor, activations quantised at run time "
-                 "(quantize_dynamic); item and position tables int8 with one scale per row")
+                 "(quantize_dynamic); item and position tables int8 with one fp16 scale per row")
 def _onnx_dynamic(model, path, maxlen, calib=None, per_channel: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -253,7 +253,7 @@ def _onnx_dynamic(model, path, maxlen, calib=None, per_channel: bool = False) ->
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel)
         return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8",
                 "per_channel": per_channel, "activations": "fp32, quantised at run time",
-                "embedding_tables": "int8, one scale per row (edgekd)"}
+                "embedding_tables": "int8, one fp16 scale per row (edgekd)"}
     return _onnx_then(model, path, maxlen, True, q)
 
 
@@ -288,7 +288,7 @@ def _onnx_static(method: str):
                             extra_options={"ActivationSymmetric": True})
             return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                     "weights": "int8 per channel", "activations": f"int8, calibrated ({method})",
-                    "embedding_tables": "int8, one scale per row (edgekd)",
+                    "embedding_tables": "int8, one fp16 scale per row (edgekd)",
                     "calibration_sequences": int(len(calib))}
         return _onnx_then(model, path, maxlen, True, q)
     return fn
