@@ -48,7 +48,7 @@ def test_int8_files_are_much_smaller(catalogue_student):
     size = {f: export(a, f, store=store, ds=ds).card["size_bytes"] for f in FORMATS}
     # the item table (800 x 32) in int8, stored once, and no stored masks. TFLite's per-row
     # quantisation parameters (a float scale and an int64 zero point per row) cost it more.
-    assert size["onnx-fp32"] / size["onnx-int8"] > 2.5, size
+    assert size["onnx-fp32"] / size["onnx-int8"] > 2.75, size   # fp16 row scales, constants stored once
     assert size["tflite-fp32"] / size["tflite-int8"] > 1.9, size
 
 
