@@ -50,6 +50,9 @@ class TrainConfig:
     patience: int = 30
     min_epochs: int = 1
     label_smoothing: float = 0.2  # on the task loss; chosen on ML-100k validation NDCG@10 (README)
+    # Length-bucketed batches: windows of similar length batched together and each batch cut to
+    # its longest window, so left padding is not computed (exact: padding changes nothing).
+    bucket: bool = False
     eval_users: int | None = None  # validate on a fixed sample of users (all when None)
     seed: int = 0
     threads: int | None = None
@@ -151,6 +154,7 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     seed_everything(cfg.seed + rank)  # dropout differs per process; the order below does not
     x_all, y_all = training_pairs(ds.train_sequences(), model.maxlen)
     x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
+    lengths = ((x_all > 0) | (y_all > 0)).sum(1)  # real positions per window (left-padded)
     if ds.oov_index is not None:
         # The out-of-vocabulary item is an input (a stand-in for the pruned items), never a
         # target: a model is not taught to predict "something rare".
@@ -200,14 +204,18 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
             loss_module.train()
         if hasattr(loss_fn, "start_epoch"):
             loss_fn.start_epoch(epoch)
-        order = torch.randperm(len(x_all), generator=gen)
+        batch_list = make_batches(lengths, cfg.batch_size, gen, cfg.bucket)
         sums: dict[str, float] = {}
         batches = 0
-        for i in range(0, len(order), cfg.batch_size):
-            b = order[i:i + cfg.batch_size][rank::world]   # this process's share of the batch
+        for bb in batch_list:
+            b = bb[rank::world]   # this process's share of the batch
             if world == 1 and not bool((y_all[b] > 0).any()):
                 continue  # nothing to predict here (only padding or out-of-vocabulary targets)
-            parts = step(x_all[b], y_all[b])
+            xb, yb = x_all[b], y_all[b]
+            if cfg.bucket:
+                width = int(lengths[b].max())
+                xb, yb = xb[:, xb.shape[1] - width:], yb[:, yb.shape[1] - width:]
+            parts = step(xb, yb)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -255,6 +263,18 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         out["processes"] = world
         out["replicas_agree"] = _replicas_agree(model)
     return out
+
+
+def make_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, bucket: bool) -> list[torch.Tensor]:
+    """One epoch's batches (index tensors). Shuffled; with `bucket`, windows are sorted by length
+    (ties in random order) and cut into batches, and the batches are shuffled."""
+    n = len(lengths)
+    order = torch.randperm(n, generator=gen)
+    if not bucket:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    order = order[torch.sort(lengths[order], stable=True).indices]
+    chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [chunks[j] for j in torch.randperm(len(chunks), generator=gen).tolist()]
 
 
 class _Step(nn.Module):
