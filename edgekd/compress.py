@@ -224,7 +224,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
           name: str | None = None, progress=None) -> Artifact:
     import torch.nn.utils.prune as tprune
 
-    from .distill import DistillConfig, find_teacher, item_map
+    from .distill import DistillConfig, find_teacher, teacher_item_map
     from .kd_losses import DistillLoss
     from .metrics import topk_overlap
     from .pruning import items_to_keep, non_embedding_params, structured_prune, vocabulary_prune
@@ -238,6 +238,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     model = load_torch_model(a)
     kwargs = dict(a.card["arch_kwargs"])
     before, parent_top = evaluate_model(model, ds, "test", sampled=False)
+    parent_non_embedding = non_embedding_params(model)
     teacher_a = find_teacher(a) if (cfg.recover_epochs or cfg.by == "teacher") else None
     teacher = None
     if teacher_a is not None:
@@ -261,8 +262,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
         # A teacher on the unpruned catalogue teaches through matched item ids (the
         # out-of-vocabulary item gets no signal). Unstructured masks are forward pre-hooks:
         # pruned weights stay zero while it trains.
-        same = (teacher_a.card.get("dataset") or {}).get("fingerprint") == new_ds.fingerprint()
-        loss = DistillLoss(tcfg, model, [teacher], [1.0], item_maps=None if same else [item_map(teacher_a, new_ds)])
+        loss = DistillLoss(tcfg, model, [teacher], [1.0], item_maps=[teacher_item_map(teacher_a, new_ds)])
         log = fit(model, new_ds, loss, tcfg, progress)
     for m, n in params:
         tprune.remove(m, n)  # make the zeros permanent: a plain state dict again
@@ -277,7 +277,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     test["top10_overlap"] = overlap
     metrics = {**{f"test_{k}": v for k, v in test.items()}, "sparsity": sparsity_of(model),
                "non_embedding_params": non_embedding_params(model),
-               "parent_non_embedding_params": non_embedding_params(load_torch_model(a)),
+               "parent_non_embedding_params": parent_non_embedding,
                "parent_test_ndcg@10": before["ndcg@10"],
                "test_ndcg@10_vs_parent": test["ndcg@10"] / before["ndcg@10"] if before["ndcg@10"] else None}
     out = save_torch_artifact(

@@ -98,6 +98,12 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, item_map: torch.Te
     return {"energy_kept": float((sv[:d] ** 2).sum() / (sv ** 2).sum())}
 
 
+def teacher_item_map(teacher: Artifact, ds: Dataset) -> torch.Tensor | None:
+    """None when `teacher` was trained on `ds`; else the map of `ds`'s items to its catalogue."""
+    same = (teacher.card.get("dataset") or {}).get("fingerprint") == ds.fingerprint()
+    return None if same else item_map(teacher, ds)
+
+
 def item_map(teacher: Artifact, ds: Dataset) -> torch.Tensor:
     """For a teacher trained on other data: the teacher's index of each of `ds`'s items, matched
     by original id (0 where the teacher does not know the item). [num_items + 1], row 0 = 0."""
@@ -128,8 +134,7 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         for p in t.parameters():
             p.requires_grad_(False)
         teachers.append(t)
-        same = (a.card.get("dataset") or {}).get("fingerprint") == ds.fingerprint()
-        maps.append(None if same else item_map(a, ds))
+        maps.append(teacher_item_map(a, ds))
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
     limit = min(t.maxlen for t in teachers)

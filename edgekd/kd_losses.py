@@ -31,7 +31,6 @@ class KDBatch:
     t_hidden: list[torch.Tensor]     # per teacher [P, d_t]
     t_logits: list[torch.Tensor]     # per teacher [P, N]
     t_weights: list[float]           # sum to 1
-    target: torch.Tensor             # [P] index of the true next item (0-based column)
     student: nn.Module
     teachers: list[nn.Module]
     epoch: int = 1
@@ -124,17 +123,18 @@ class _Term(nn.Module):
         return self.fn(b)
 
 
+def soft_kl(s_logits: torch.Tensor, t_logprob: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * KL(p_t || softmax(s/T)), mean over positions; T^2 keeps the gradient scale
+    independent of T (Hinton et al., 2015). `t_logprob` is log p_t at temperature T."""
+    return F.kl_div(F.log_softmax(s_logits / T, -1), t_logprob, log_target=True, reduction="batchmean") * (T * T)
+
+
 @register_loss("kl", "soft labels over the full catalogue at temperature T, scaled by T^2 (Hinton et al. 2015)",
                "kd_weight")
 def _kl(cfg, student, teachers) -> nn.Module:
     T = cfg.temperature
 
-    def kl(b: KDBatch) -> torch.Tensor:
-        # KL(p_t || p_s) = sum p_t (log p_t - log p_s), mean over positions; T^2 keeps the
-        # gradient scale independent of T.
-        return F.kl_div(F.log_softmax(b.s_logits / T, -1), b.t_logprob(T), log_target=True,
-                        reduction="batchmean") * (T * T)
-    return _Term(kl)
+    return _Term(lambda b: soft_kl(b.s_logits, b.t_logprob(T), T))
 
 
 @register_loss("mse", "logit matching: mean squared difference of the scores over the catalogue",
@@ -232,10 +232,9 @@ class DistillLoss(nn.Module):
         total = float(sum(teacher_weights))
         self.t_weights = [float(w) / total for w in teacher_weights]
         names = parse_losses(cfg.loss)
-        self.names = names
         self.weights = {n: float(getattr(cfg, _LOSSES[n].weight_field)) for n in names}
         self.terms = nn.ModuleDict({n: _LOSSES[n].build(cfg, student, teachers) for n in names})
-        self.label_smoothing = float(getattr(cfg, "label_smoothing", 0.0))
+        self.label_smoothing = float(cfg.label_smoothing)
         self.epoch = 1
 
     def start_epoch(self, epoch: int) -> None:
@@ -243,8 +242,7 @@ class DistillLoss(nn.Module):
 
     def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         mask = y > 0
-        s_h_all = student.hidden(x)
-        s_h = s_h_all[mask]
+        s_h = student.hidden(x)[mask]
         s_logits = student.score(s_h)
         task = F.cross_entropy(s_logits, y[mask] - 1, label_smoothing=self.label_smoothing)
         sel = None
@@ -257,14 +255,12 @@ class DistillLoss(nn.Module):
         with torch.no_grad():
             t_h = [self._teacher_hidden(t, tx, mask, sel) for t in self.teachers]
             t_logits = [t.score(h) for t, h in zip(self.teachers, t_h)]
-        target = (y[mask] - 1) if sel is None else (y[mask] - 1)[sel]
         cols = {}
         if self.item_map is not None:
             s_logits = s_logits[:, self.s_cols]
             t_logits = [t[:, self.t_cols] for t in t_logits]
             cols = {"s_cols": self.s_cols, "t_cols": [self.t_cols]}
-        b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, target, student, self.teachers, self.epoch,
-                    **cols)
+        b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, student, self.teachers, self.epoch, **cols)
         parts = {"task_loss": task}
         loss = task
         for n, term in self.terms.items():
@@ -324,8 +320,7 @@ class MutualLoss(nn.Module):
         eps = self.label_smoothing
         ce_s, ce_t = F.cross_entropy(s, target, label_smoothing=eps), F.cross_entropy(t, target, label_smoothing=eps)
         T = self.T
-        ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
-        kl_s = F.kl_div(ls, lt.detach(), log_target=True, reduction="batchmean") * T * T
-        kl_t = F.kl_div(lt, ls.detach(), log_target=True, reduction="batchmean") * T * T
+        kl_s = soft_kl(s, F.log_softmax(t.detach() / T, -1), T)
+        kl_t = soft_kl(t, F.log_softmax(s.detach() / T, -1), T)
         return {"loss": ce_s + ce_t + self.w * (kl_s + kl_t), "task_loss": ce_s, "teacher_task_loss": ce_t,
                 "kl_loss": kl_s, "teacher_kl_loss": kl_t}

@@ -156,12 +156,57 @@ class RowwiseInt8Table(nn.Module):
         return self.q[idx].to(torch.float32) * self.scale[idx].to(torch.float32)
 
 
-class SASRec(nn.Module):
+class TiedItemModel(nn.Module):
+    """What every model here shares: item embeddings tied with the output layer (the table is
+    the scoring matrix), an export copy with its tables in int8, and the out-of-vocabulary
+    item's pinned score. A subclass defines `hidden(ids)` and names its tables in TABLES."""
+
+    TABLES = {"item": "item_emb"}  # lookup name -> embedding attribute (stored in int8 on export)
+    oov = False
+
+    def item_table(self) -> torch.Tensor:
+        """The item embeddings [num_items + 1, d] (row 0: padding)."""
+        q = self._modules.get("int8_tables")  # present only in an export copy
+        return q["item"]() if q is not None else self.item_emb.weight
+
+    def lookup(self, table: str, idx: torch.Tensor) -> torch.Tensor:
+        q = self._modules.get("int8_tables")
+        if q is not None:
+            return q[table].lookup(idx)
+        # Through the modules' own forward, so that hooks on them (pruning masks) apply; the
+        # scoring layer reads item_emb.weight after this lookup in the same forward.
+        return getattr(self, self.TABLES[table])(idx)
+
+    def with_int8_tables(self) -> "TiedItemModel":
+        """A copy for export whose embedding tables are stored in int8 (row-wise)."""
+        import copy
+
+        m = copy.deepcopy(self)
+        m.int8_tables = nn.ModuleDict({k: RowwiseInt8Table(getattr(m, attr).weight) for k, attr in self.TABLES.items()})
+        for attr in self.TABLES.values():
+            delattr(m, attr)  # only the int8 copies go into the file
+        return m.eval()
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores over the catalogue for hidden states [..., d] -> [..., num_items].
+
+        F.linear against the whole table (then dropping the padding column) lets exporters
+        share the one embedding tensor with the input lookup instead of storing a sliced or
+        transposed copy of it."""
+        return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.score(self.hidden(ids)[:, -1, :])
+
+
+class SASRec(TiedItemModel):
     """SASRec (Kang & McAuley, 2018): causal self-attention over the item sequence, learned
     positions, pre-LayerNorm blocks, item embeddings tied with the output layer.
 
     Trained with full-softmax cross-entropy over the catalogue at every position.
     """
+
+    TABLES = {"item": "item_emb", "pos": "pos_emb"}
 
     def __init__(self, num_items: int, maxlen: int = 200, d: int = 64, blocks: int = 2,
                  heads: int = 1, dropout: float = 0.2, ffn_mult: int = 1,
@@ -229,42 +274,8 @@ class SASRec(nn.Module):
             x = block(x, bias)
         return self.ln_f(x)
 
-    def item_table(self) -> torch.Tensor:
-        """The item embeddings [num_items + 1, d] (row 0: padding)."""
-        q = self._modules.get("int8_tables")  # present only in an export copy
-        return q["item"]() if q is not None else self.item_emb.weight
 
-    def lookup(self, table: str, idx: torch.Tensor) -> torch.Tensor:
-        q = self._modules.get("int8_tables")
-        if q is not None:
-            return q[table].lookup(idx)
-        # Through the modules' own forward, so that hooks on them (pruning masks) apply; the
-        # scoring layer reads item_emb.weight after this lookup in the same forward.
-        return (self.item_emb if table == "item" else self.pos_emb)(idx)
-
-    def with_int8_tables(self) -> "SASRec":
-        """A copy for export whose item and position tables are stored in int8 (row-wise)."""
-        import copy
-
-        m = copy.deepcopy(self)
-        m.int8_tables = nn.ModuleDict({"item": RowwiseInt8Table(m.item_emb.weight),
-                                       "pos": RowwiseInt8Table(m.pos_emb.weight)})
-        del m.item_emb, m.pos_emb  # only the int8 copies go into the file
-        return m.eval()
-
-    def score(self, h: torch.Tensor) -> torch.Tensor:
-        """Scores over the catalogue for hidden states [..., d] -> [..., num_items].
-
-        F.linear against the whole table (then dropping the padding column) lets exporters
-        share the one embedding tensor with the input lookup instead of storing a sliced or
-        transposed copy of it."""
-        return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.score(self.hidden(ids)[:, -1, :])
-
-
-class BERT4Rec(nn.Module):
+class BERT4Rec(TiedItemModel):
     """BERT4Rec (Sun et al., 2019): bidirectional self-attention trained by masked-item
     prediction (Cloze). A mask token stands for a hidden item; to recommend, the mask is put
     after the history and its output scores the catalogue.
@@ -274,6 +285,7 @@ class BERT4Rec(nn.Module):
     padding) and is tied with the output layer, as in SASRec."""
 
     bidirectional = True
+    TABLES = {"item": "item_emb", "pos": "pos_emb"}
 
     def __init__(self, num_items: int, maxlen: int = 200, d: int = 64, blocks: int = 2,
                  heads: int = 2, dropout: float = 0.2, ffn_mult: int = 4, mask_prob: float = 0.2):
@@ -308,9 +320,9 @@ class BERT4Rec(nn.Module):
         n = tokens.shape[1]
         pad = tokens == 0
         pos = torch.cumsum(tokens.ne(-1).to(tokens.dtype), 1) - 1 + (self.maxlen - n)
-        x = self.item_emb(tokens.masked_fill(is_mask, 0))
+        x = self.lookup("item", tokens.masked_fill(is_mask, 0))
         x = torch.where(is_mask.unsqueeze(-1), self.mask_emb.expand_as(x), x)
-        x = x * math.sqrt(self.d) + self.pos_emb(pos)
+        x = x * math.sqrt(self.d) + self.lookup("pos", pos)
         x = self.emb_drop(x) * (~pad).unsqueeze(-1).to(x.dtype)
         bias = (pad.unsqueeze(1).to(x.dtype) * -1e4).unsqueeze(1)  # padding keys only: bidirectional
         for block in self.blocks:
@@ -337,15 +349,6 @@ class BERT4Rec(nn.Module):
         hist = x[rows.unsqueeze(1), src.clamp(min=0)].masked_fill(src < 0, 0)
         return self.hidden(hist)[:, -1]
 
-    def item_table(self) -> torch.Tensor:
-        return self.item_emb.weight
-
-    def score(self, h: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(h, self.item_table())[..., 1:]
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.score(self.hidden(ids)[:, -1, :])
-
     def cloze(self, seq: torch.Tensor, generator: torch.Generator | None = None):
         """A masked-item training batch from item windows `seq` [batch, len]: (tokens, targets),
         targets 0 where nothing is predicted. Each item is masked with probability mask_prob; the
@@ -371,7 +374,7 @@ def _sasrec_student(**kw) -> nn.Module:
     return SASRec(**kw)
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(TiedItemModel):
     """GRU4Rec (Hidasi et al., 2016) in its sequence form: one GRU layer over the item
     embeddings, the hidden state at each position scoring the next item against the item
     embeddings (tied with the input table). Trained like SASRec, with full-softmax
@@ -405,28 +408,6 @@ class GRU4Rec(nn.Module):
         x = self.drop(self.lookup("item", ids))
         h, _ = self.gru(x)
         return self.ln_f(self.drop(h))
-
-    def item_table(self) -> torch.Tensor:
-        q = self._modules.get("int8_tables")
-        return q["item"]() if q is not None else self.item_emb.weight
-
-    def lookup(self, table: str, idx: torch.Tensor) -> torch.Tensor:
-        q = self._modules.get("int8_tables")
-        return q[table].lookup(idx) if q is not None else self.item_emb(idx)
-
-    def with_int8_tables(self) -> "GRU4Rec":
-        import copy
-
-        m = copy.deepcopy(self)
-        m.int8_tables = nn.ModuleDict({"item": RowwiseInt8Table(m.item_emb.weight)})
-        del m.item_emb
-        return m.eval()
-
-    def score(self, h: torch.Tensor) -> torch.Tensor:
-        return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.score(self.hidden(ids)[:, -1, :])
 
 
 @register_model("gru4rec", role="student", summary="GRU4Rec, one GRU layer, d=32",

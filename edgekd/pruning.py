@@ -67,7 +67,9 @@ def structured_prune(model: SASRec, kwargs: dict, amount: float, dims: float = 0
     for step in range(1, 1000):
         keep = 1 - step / 1000
         attn, ffn = _widths(model, keep)
-        probe = create_model("sasrec", **{**kwargs, "d": new_d, "attn_dims": attn, "ffn_dims": ffn})
+        # non-embedding parameters do not depend on the tables: count them on a 1-item model
+        probe = create_model("sasrec", **{**kwargs, "num_items": 1, "maxlen": 1, "d": new_d,
+                                          "attn_dims": attn, "ffn_dims": ffn})
         if non_embedding_params(probe) <= goal:
             break
     else:

@@ -19,8 +19,7 @@ def batch(s_logits, t_logits_list, weights=None, epoch=1, d=4):
     t = [torch.as_tensor(x, dtype=torch.float32) for x in t_logits_list]
     w = weights or [1.0 / len(t)] * len(t)
     p = s_logits.shape[0]
-    return KDBatch(torch.zeros(p, d), s_logits, [torch.zeros(p, d)] * len(t), t, w,
-                   torch.zeros(p, dtype=torch.long), None, [None] * len(t), epoch)
+    return KDBatch(torch.zeros(p, d), s_logits, [torch.zeros(p, d)] * len(t), t, w, None, [None] * len(t), epoch)
 
 
 def term(name, **cfg):
