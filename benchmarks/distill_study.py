@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     ap.add_argument("--teacher", default="{}", help="JSON TrainConfig overrides for the SASRec teacher")
     ap.add_argument("--bert", default="{}", help="JSON TrainConfig overrides for the BERT4Rec teacher")
-    ap.add_argument("--only", nargs="*", default=None, help="run only the rows with these exact names")
+    ap.add_argument("--only", nargs="*", default=None, help="run only the rows with these exact names, in this order")
     ap.add_argument("--small-only", action="store_true", help="only the d=8 student's rows")
     ap.add_argument("--report-only", action="store_true", help="train nothing: build the table from the runs "
                     "already in --store (rows or seeds not run are left out)")
@@ -92,7 +92,8 @@ def main() -> int:
         unknown = set(args.only) - {r[0] for r in rows}
         if unknown:
             ap.error(f"no such rows: {sorted(unknown)}; rows: {[r[0] for r in rows]}")
-        rows = [r for r in rows if r[0] in args.only]
+        by_name = {r[0]: r for r in rows}
+        rows = [by_name[n] for n in dict.fromkeys(args.only)]   # in the order given
     needed = {t for r in rows for t in r[3]}
 
     class Missing(Exception):
