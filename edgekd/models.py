@@ -137,18 +137,29 @@ class Block(nn.Module):
 class RowwiseInt8Table(nn.Module):
     """An embedding table stored in int8 with one scale per row (symmetric), dequantised in
     the graph. The item table is half to nearly all of a sequential recommender's parameters;
-    stored like this, it takes a little over a quarter of the space in an exported file."""
+    stored like this, it takes a little over a quarter of the space in an exported file.
 
-    def __init__(self, weight: torch.Tensor):
+    `anchored`: the whole-table dequantisation (for scoring) reads the rows through an index
+    computed from the input. A converter that folds constant subgraphs (the TFLite converter
+    does, whatever their size) would otherwise store a float copy of the table beside the int8
+    one. Scales are then fp32: TFLite has no fp16 gather."""
+
+    def __init__(self, weight: torch.Tensor, anchored: bool = False):
         super().__init__()
         w = weight.detach().float()
         # Row scales in fp16: 2 bytes a row instead of 4 (a d=32 row is 32 bytes of int8). The
         # rows are quantised against the fp16-rounded scale, so nothing is lost to the rounding.
         scale = (w.abs().amax(dim=1, keepdim=True).clamp_min(1e-6) / 127.0).to(torch.float16)
         self.register_buffer("q", torch.round(w / scale.float()).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale)
+        self.register_buffer("scale", scale.float() if anchored else scale)
+        self.anchored = anchored
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        if self.anchored and anchor is not None:
+            # true at run time (ids are >= 0) but unknown to the converter, so not folded
+            keep = (anchor.min() >= 0).reshape(1, 1)
+            q = torch.where(keep, self.q, torch.zeros((1, 1), dtype=torch.int8))
+            return q.to(torch.float32) * self.scale.to(torch.float32)
         return self.q.to(torch.float32) * self.scale.to(torch.float32)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
@@ -164,10 +175,11 @@ class TiedItemModel(nn.Module):
     TABLES = {"item": "item_emb"}  # lookup name -> embedding attribute (stored in int8 on export)
     oov = False
 
-    def item_table(self) -> torch.Tensor:
-        """The item embeddings [num_items + 1, d] (row 0: padding)."""
+    def item_table(self, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """The item embeddings [num_items + 1, d] (row 0: padding). `anchor`: the input ids, for
+        an export copy whose int8 table is dequantised through a run-time index."""
         q = self._modules.get("int8_tables")  # present only in an export copy
-        return q["item"]() if q is not None else self.item_emb.weight
+        return q["item"](anchor) if q is not None else self.item_emb.weight
 
     def lookup(self, table: str, idx: torch.Tensor) -> torch.Tensor:
         q = self._modules.get("int8_tables")
@@ -177,26 +189,28 @@ class TiedItemModel(nn.Module):
         # scoring layer reads item_emb.weight after this lookup in the same forward.
         return getattr(self, self.TABLES[table])(idx)
 
-    def with_int8_tables(self) -> "TiedItemModel":
-        """A copy for export whose embedding tables are stored in int8 (row-wise)."""
+    def with_int8_tables(self, anchored: bool = False) -> "TiedItemModel":
+        """A copy for export whose embedding tables are stored in int8 (row-wise); `anchored`
+        for converters that fold constants (see RowwiseInt8Table)."""
         import copy
 
         m = copy.deepcopy(self)
-        m.int8_tables = nn.ModuleDict({k: RowwiseInt8Table(getattr(m, attr).weight) for k, attr in self.TABLES.items()})
+        m.int8_tables = nn.ModuleDict({k: RowwiseInt8Table(getattr(m, attr).weight, anchored)
+                                       for k, attr in self.TABLES.items()})
         for attr in self.TABLES.values():
             delattr(m, attr)  # only the int8 copies go into the file
         return m.eval()
 
-    def score(self, h: torch.Tensor) -> torch.Tensor:
+    def score(self, h: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
         """Scores over the catalogue for hidden states [..., d] -> [..., num_items].
 
         F.linear against the whole table (then dropping the padding column) lets exporters
         share the one embedding tensor with the input lookup instead of storing a sliced or
         transposed copy of it."""
-        return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
+        return pin_oov(nn.functional.linear(h, self.item_table(anchor))[..., 1:], self.oov)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.score(self.hidden(ids)[:, -1, :])
+        return self.score(self.hidden(ids)[:, -1, :], ids)
 
 
 class SASRec(TiedItemModel):
