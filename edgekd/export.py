@@ -376,16 +376,12 @@ def _strip_tflite(path: Path) -> None:
     flatbuffer_utils.write_model(model, path)
 
 
-def _tflite_then(model: nn.Module, path: Path, maxlen: int, recipe, calib=None, calibrated: bool = False,
-                 int8_tables: bool = False) -> dict:
-    """Convert, then quantise with ai-edge-quantizer. `int8_tables`: the embedding tables go in
-    already int8 with edgekd's row scales (anchored, so the converter keeps them int8):
-    ai-edge-quantizer's per-row quantisation would store a float scale and an int64 zero point
-    per item, 12 bytes beside a d=32 row's 32."""
+def _tflite_then(model: nn.Module, path: Path, maxlen: int, recipe, calib=None, calibrated: bool = False) -> dict:
+    """Convert, then quantise with ai-edge-quantizer."""
     from ai_edge_quantizer import quantizer
 
     fp32 = path.with_name("fp32-" + path.name)
-    info = _convert_tflite(model.with_int8_tables(anchored=True) if int8_tables else model, fp32, maxlen)
+    info = _convert_tflite(model, fp32, maxlen)
     with _quiet():
         q = quantizer.Quantizer(str(fp32))
         q.load_quantization_recipe(recipe)
@@ -416,23 +412,38 @@ register_format("tflite-fp16", suffix=".tflite", precision="fp16", family="tflit
                 summary="TFLite with fp16 weights, fp32 compute")(_quantised("tflite"))
 
 
-@register_recipe("tflite", "weight-only", summary="int8 weights (embedding tables included), dequantised "
-                 "to fp32 compute (ai-edge-quantizer weight_only_wi8_afp32)")
-def _tflite_weight_only(model, path, maxlen, calib=None) -> dict:
+def _weight_only(model, path, maxlen, granularity: str) -> dict:
     from ai_edge_quantizer import recipe
 
+    r = recipe.weight_only_wi8_afp32()
+    for entry in r:
+        entry["op_config"]["weight_tensor_config"]["granularity"] = granularity
+    info = _tflite_then(model, path, maxlen, r)
+    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "weight_only_wi8_afp32",
+                                     "granularity": granularity.lower(),
+                                     "weights": "int8 (embedding tables included)", "activations": "fp32"}}
+
+
+@register_recipe("tflite", "weight-only", summary="int8 weights (embedding tables included), one scale per "
+                 "tensor, dequantised once to fp32 compute (ai-edge-quantizer weight_only_wi8_afp32)")
+def _tflite_weight_only(model, path, maxlen, calib=None) -> dict:
     # Weight-only, not dynamic_wi8_afp32, by default: the dynamic recipe's hybrid kernels give
     # wrong scores in tflite-runtime 2.14 (what older devices run; NDCG@10 0.002 instead of
     # 0.100 on MovieLens-100k, benchmarks/tflite_runtime_compat.py); weight-only is right in
-    # both, the same size, and as fast in ai-edge-litert.
-    # One scale per weight tensor: per channel, each output channel costs a float scale and an
-    # int64 zero point (12 bytes beside a d=32 row of 32); the tables carry their own row scales.
-    r = recipe.weight_only_wi8_afp32()
-    for entry in r:
-        entry["op_config"]["weight_tensor_config"]["granularity"] = "TENSORWISE"
-    info = _tflite_then(model, path, maxlen, r, int8_tables=True)
-    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "weight_only_wi8_afp32",
-                                     "weights": "int8 (embedding tables included)", "activations": "fp32"}}
+    # both, and as fast as fp32 in ai-edge-litert (the constant is dequantised once).
+    # One scale per tensor: per channel, every item row costs a float scale and an int64 zero
+    # point, 12 bytes beside a d=32 row's 32 (2.7x instead of 3.5x smaller on a MovieLens
+    # student, for an NDCG@10 change of +0.1% instead of -0.7%: see the README). edgekd's own
+    # int8 rows with a 1-byte scale code (RowwiseInt8Table, as in ONNX) cannot be used here: the
+    # converter folds their dequantisation into a float copy of the table, and forcing it to run
+    # in the graph made every request dequantise the whole table (2x slower than fp32).
+    return _weight_only(model, path, maxlen, "TENSORWISE")
+
+
+@register_recipe("tflite", "weight-only-per-channel", summary="as weight-only, one scale per output channel "
+                 "(per item row for the tables): more accurate, larger")
+def _tflite_weight_only_pc(model, path, maxlen, calib=None) -> dict:
+    return _weight_only(model, path, maxlen, "CHANNELWISE")
 
 
 @register_recipe("tflite", "dynamic", summary="int8 weights, activations quantised at run time by hybrid "
@@ -471,6 +482,18 @@ def _tflite_full_int8(model, path, maxlen, calib=None) -> dict:
                                      "calibration_sequences": int(len(calib))}}
 
 
+@register_recipe("tflite", "full-int16x8", calibrated=True, summary="integer only: int8 weights, int16 "
+                 "activations, calibrated on validation sequences (static_wi8_ai16): the scores keep "
+                 "65,536 levels where int8 gives 256")
+def _tflite_full_int16x8(model, path, maxlen, calib=None) -> dict:
+    from ai_edge_quantizer import recipe
+
+    info = _tflite_then(model, path, maxlen, recipe.static_wi8_ai16(), calib=calib, calibrated=True)
+    return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai16",
+                                     "weights": "int8", "activations": "int16, calibrated",
+                                     "calibration_sequences": int(len(calib))}}
+
+
 # ---------------------------------------------------------------- in-graph top-K
 
 class TopKHead(nn.Module):
@@ -487,8 +510,8 @@ class TopKHead(nn.Module):
         values, idx = torch.topk(self.model(ids), self.k, dim=-1)
         return idx.to(torch.int32), values
 
-    def with_int8_tables(self, anchored: bool = False) -> "TopKHead":
-        return TopKHead(self.model.with_int8_tables(anchored), self.k)
+    def with_int8_tables(self) -> "TopKHead":
+        return TopKHead(self.model.with_int8_tables(), self.k)
 
 
 def run_all_outputs(file: Path, ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -143,13 +143,9 @@ class RowwiseInt8Table(nn.Module):
     the table's a and b. A row is quantised against its decoded scale, rounded up, so the code
     costs no accuracy beyond a scale at most exp(b) (about 1% here) coarser than its row's own;
     it takes 1 byte a row where an fp16 scale takes 2 and a TFLite quantised tensor 12 (a float
-    scale and an int64 zero point).
+    scale and an int64 zero point)."""
 
-    `anchored`: the whole-table dequantisation (for scoring) goes through a select whose
-    condition comes from the input ids. A converter that folds constant subgraphs whatever
-    their size (TFLite's) would otherwise store a float copy of the table beside the int8 one."""
-
-    def __init__(self, weight: torch.Tensor, anchored: bool = False):
+    def __init__(self, weight: torch.Tensor):
         super().__init__()
         w = weight.detach().double()
         need = w.abs().amax(dim=1) / 127.0                      # each row's own scale
@@ -163,17 +159,12 @@ class RowwiseInt8Table(nn.Module):
         q = torch.round(w / scale[:, None]).clamp(-127, 127)
         self.register_buffer("q", torch.cat([q, code[:, None]], 1).to(torch.int8))
         self.register_buffer("ab", torch.tensor([a, b], dtype=torch.float32))
-        self.anchored = anchored
 
     def _decode(self, rows: torch.Tensor) -> torch.Tensor:
         r = rows.to(torch.float32)
         return r[..., :-1] * torch.exp(self.ab[0] + self.ab[1] * r[..., -1:])
 
-    def forward(self, anchor: torch.Tensor | None = None) -> torch.Tensor:
-        if self.anchored and anchor is not None:
-            # true at run time (ids are >= 0) but unknown to the converter, so not folded
-            keep = (anchor.min() >= 0).reshape(1, 1)
-            return self._decode(torch.where(keep, self.q, torch.zeros((1, 1), dtype=torch.int8)))
+    def forward(self) -> torch.Tensor:
         return self._decode(self.q)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
@@ -189,11 +180,10 @@ class TiedItemModel(nn.Module):
     TABLES = {"item": "item_emb"}  # lookup name -> embedding attribute (stored in int8 on export)
     oov = False
 
-    def item_table(self, anchor: torch.Tensor | None = None) -> torch.Tensor:
-        """The item embeddings [num_items + 1, d] (row 0: padding). `anchor`: the input ids, for
-        an export copy whose int8 table is dequantised through a run-time index."""
+    def item_table(self) -> torch.Tensor:
+        """The item embeddings [num_items + 1, d] (row 0: padding)."""
         q = self._modules.get("int8_tables")  # present only in an export copy
-        return q["item"](anchor) if q is not None else self.item_emb.weight
+        return q["item"]() if q is not None else self.item_emb.weight
 
     def lookup(self, table: str, idx: torch.Tensor) -> torch.Tensor:
         q = self._modules.get("int8_tables")
@@ -203,28 +193,27 @@ class TiedItemModel(nn.Module):
         # scoring layer reads item_emb.weight after this lookup in the same forward.
         return getattr(self, self.TABLES[table])(idx)
 
-    def with_int8_tables(self, anchored: bool = False) -> "TiedItemModel":
-        """A copy for export whose embedding tables are stored in int8 (row-wise); `anchored`
-        for converters that fold constants (see RowwiseInt8Table)."""
+    def with_int8_tables(self) -> "TiedItemModel":
+        """A copy for export whose embedding tables are stored in int8 (row-wise)."""
         import copy
 
         m = copy.deepcopy(self)
-        m.int8_tables = nn.ModuleDict({k: RowwiseInt8Table(getattr(m, attr).weight, anchored)
+        m.int8_tables = nn.ModuleDict({k: RowwiseInt8Table(getattr(m, attr).weight)
                                        for k, attr in self.TABLES.items()})
         for attr in self.TABLES.values():
             delattr(m, attr)  # only the int8 copies go into the file
         return m.eval()
 
-    def score(self, h: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, h: torch.Tensor) -> torch.Tensor:
         """Scores over the catalogue for hidden states [..., d] -> [..., num_items].
 
         F.linear against the whole table (then dropping the padding column) lets exporters
         share the one embedding tensor with the input lookup instead of storing a sliced or
         transposed copy of it."""
-        return pin_oov(nn.functional.linear(h, self.item_table(anchor))[..., 1:], self.oov)
+        return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.score(self.hidden(ids)[:, -1, :], ids)
+        return self.score(self.hidden(ids)[:, -1, :])
 
 
 class SASRec(TiedItemModel):
