@@ -147,12 +147,12 @@ def _onnx_fp32(model: nn.Module, path: Path, maxlen: int, recipe: str | None = N
             model, (_sample(maxlen),), input_names=["item_ids"], output_names=["scores"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
             optimize=False, verbose=False)
-        # The exporter's own optimisation pass, with one change: constants of more than 1024
-        # elements are not folded. Folding casts an int8 table's fp16 row scales into an fp32
-        # copy beside the original (a larger file for no speed).
+        # The exporter's own optimisation pass, with one change: constants of more than 256
+        # elements are not folded. Folding would turn an int8 table's dequantisation into an
+        # fp32 copy beside the original (a larger file for no speed).
         import onnxscript.optimizer
 
-        onnxscript.optimizer.optimize(prog.model, input_size_limit=1024)
+        onnxscript.optimizer.optimize(prog.model, input_size_limit=256)
         prog.save(str(path))
     _strip_onnx(path)
     return {"batch": "dynamic", "opset": _onnx_opset(path)}
@@ -245,7 +245,7 @@ def _onnx_then(model: nn.Module, path: Path, maxlen: int, int8_tables: bool, qua
 
 
 @register_recipe("onnx", "dynamic", summary="int8 weights per tensor, activations quantised at run time "
-                 "(quantize_dynamic); item and position tables int8 with one fp16 scale per row")
+                 "(quantize_dynamic); item and position tables int8 with a 1-byte scale code per row")
 def _onnx_dynamic(model, path, maxlen, calib=None, per_channel: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -253,7 +253,17 @@ def _onnx_dynamic(model, path, maxlen, calib=None, per_channel: bool = False) ->
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel)
         return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8",
                 "per_channel": per_channel, "activations": "fp32, quantised at run time",
-                "embedding_tables": "int8, one fp16 scale per row (edgekd)"}
+                "embedding_tables": "int8, one 1-byte scale code per row (edgekd)"}
+    return _onnx_then(model, path, maxlen, True, q)
+
+
+@register_recipe("onnx", "tables-only", summary="int8 item and position tables (one 1-byte scale code per "
+                 "row), the other weights fp32: no run-time activation quantisation")
+def _onnx_tables_only(model, path, maxlen, calib=None) -> dict:
+    def q(src, dst):
+        shutil.copyfile(src, dst)
+        return {"tool": "edgekd", "weights": "fp32 except the tables", "activations": "fp32",
+                "embedding_tables": "int8, one 1-byte scale code per row (edgekd)"}
     return _onnx_then(model, path, maxlen, True, q)
 
 
@@ -288,7 +298,7 @@ def _onnx_static(method: str):
                             extra_options={"ActivationSymmetric": True})
             return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                     "weights": "int8 per channel", "activations": f"int8, calibrated ({method})",
-                    "embedding_tables": "int8, one fp16 scale per row (edgekd)",
+                    "embedding_tables": "int8, one 1-byte scale code per row (edgekd)",
                     "calibration_sequences": int(len(calib))}
         return _onnx_then(model, path, maxlen, True, q)
     return fn

@@ -168,8 +168,11 @@ class RowwiseInt8Table(nn.Module):
         return self._decode(self.q)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows `idx`, dequantised after the gather (no float copy of the table is made)."""
-        return self._decode(self.q[idx])
+        """Rows `idx` of the dequantised table. In the file the table stays int8; ONNX Runtime
+        folds its dequantisation once, when the session starts, and then gathers float rows
+        from the same copy the scoring layer uses (gathering int8 rows and decoding them at
+        every request made a d=32 student 20% slower than fp32)."""
+        return self.forward()[idx]
 
 
 class TiedItemModel(nn.Module):
