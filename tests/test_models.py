@@ -104,3 +104,21 @@ def test_bert4rec_cloze_masks_only_real_items_and_predicts_them():
     assert not hidden[:, :3].any() and hidden.any()
     assert torch.equal(targets[hidden], seq[hidden]) and not targets[~hidden].any()
     assert hidden[:, -1].any()           # the last item is masked in some rows
+
+
+def test_int8_rows_with_a_one_byte_scale_code_lose_little_more_than_their_own_scale():
+    from edgekd.models import RowwiseInt8Table
+
+    g = torch.Generator().manual_seed(0)
+    # rows whose magnitudes span three orders, a zero row (padding) among them
+    w = torch.randn(500, 16, generator=g) * torch.logspace(-3, 0, 500)[:, None]
+    w[0] = 0
+    t = RowwiseInt8Table(w)
+    assert t.q.dtype == torch.int8 and t.q.shape == (500, 17)   # one code column
+    own = w.abs().amax(1) / 127                                   # a float row scale's step
+    err = (t() - w).abs().amax(1)
+    assert float(err[0]) == 0.0
+    # rounding to the decoded scale, at most exp(b) coarser than the row's own: <= ~0.53 step
+    assert bool((err[1:] <= 0.53 * own[1:]).all()), float((err[1:] / own[1:]).max())
+    idx = torch.tensor([[3, 499, 0]])
+    assert torch.equal(t.lookup(idx), t()[idx])
