@@ -3,7 +3,7 @@
 
 Each configuration trains a few epochs from the same seed, in turns (A B C A B C ...), so that
 they share whatever else the machine is doing; the figure is the median training time of an
-epoch (validation excluded, as in the reference implementation's per-epoch time).
+epoch, validation excluded.
 
     python benchmarks/teacher_epoch_time.py --data ../shared/data/ml-100k/u.data --format movielens \
         --threads 2 --epochs 3 --rounds 2 --out benchmarks/results/teacher-epoch-time.json

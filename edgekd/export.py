@@ -442,8 +442,9 @@ def _tflite_weight_only(model, path, maxlen, calib=None) -> dict:
     # 0.100 on MovieLens-100k, benchmarks/tflite_runtime_compat.py); weight-only is right in
     # both, and as fast as fp32 in ai-edge-litert (the constant is dequantised once).
     # One scale per tensor: per channel, every item row costs a float scale and an int64 zero
-    # point, 12 bytes beside a d=32 row's 32 (2.7x instead of 3.5x smaller on a MovieLens
-    # student, for an NDCG@10 change of +0.1% instead of -0.7%: see the README). edgekd's own
+    # point, 12 bytes beside a d=32 row's 32. On the MovieLens d=32 KD student: 3.52x smaller
+    # and NDCG@10 -0.0% per tensor, 2.68x and -0.3% per channel (README); on its no-KD twin,
+    # -0.7% per tensor against +0.1% per channel. edgekd's own
     # int8 rows with a 1-byte scale code (RowwiseInt8Table, as in ONNX) cannot be used here: the
     # converter folds their dequantisation into a float copy of the table, and forcing it to run
     # in the graph made every request dequantise the whole table (2x slower than fp32).

@@ -171,7 +171,7 @@ class RowwiseInt8Table(nn.Module):
         """Rows `idx` of the dequantised table. In the file the table stays int8; ONNX Runtime
         folds its dequantisation once, when the session starts, and then gathers float rows
         from the same copy the scoring layer uses (gathering int8 rows and decoding them at
-        every request made a d=32 student 20% slower than fp32)."""
+        every request made a d=32 student 12% slower than fp32: 0.067 against 0.059 ms)."""
         return self.forward()[idx]
 
 

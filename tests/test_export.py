@@ -52,22 +52,23 @@ def test_int8_files_are_much_smaller(catalogue_student):
     assert size["tflite-fp32"] / size["tflite-int8"] > 2.6, size  # 2.0 with a scale and zero point per row
 
 
-def test_tflite_int8_stores_the_item_table_once_in_int8_with_one_scale(catalogue_student):
+@pytest.mark.parametrize("recipe,per_tensor", [("weight-only", True), ("weight-only-per-channel", False)])
+def test_tflite_int8_stores_the_item_table_once_in_int8(catalogue_student, recipe, per_tensor):
     from ai_edge_litert.interpreter import Interpreter
 
     a, ds, store = catalogue_student
-    f = export(a, "tflite-int8", store=store, ds=ds).file
+    f = export(a, "tflite-int8", store=store, ds=ds, recipe=recipe, name=f"cat-{recipe}").file
     it = Interpreter(str(f))
     tables = []
     for t in it.get_tensor_details():
         if tuple(t["shape"][:1]) == (ds.num_items + 1,) and len(t["shape"]) == 2 and t["shape"][1] > 1:
             try:
-                tables.append((str(it.get_tensor(t["index"]).dtype), len(t["quantization_parameters"]["scales"])))
+                tables.append((str(it.get_tensor(t["index"]).dtype), len(t["quantization_parameters"]["scales"]) == 1))
             except ValueError:
                 pass  # an activation, not a constant
-    # one int8 copy, one scale (per item row, a float scale and an int64 zero point would cost
-    # 12 bytes beside a d=32 row's 32), no float copy for the scoring layer
-    assert tables == [("int8", 1)], tables
+    # one int8 copy and no float copy for the scoring layer; one scale by default (per item
+    # row, a float scale and an int64 zero point cost 12 bytes beside a d=32 row's 32)
+    assert tables == [("int8", per_tensor)], tables
 
 
 def test_exports_run_in_their_runtimes_with_int32_ids(exports, tiny_ds):
