@@ -151,14 +151,28 @@ def inspect_tflite(path: Path) -> dict:
                 weights.append((types.get(t.type, t.type), len(b.data)))
     except ImportError:  # tflite-runtime has no flatbuffer reader
         pass
-    kinds = {w[0] for w in weights}
-    if "DEQUANTIZE" in ops and "INT8" in kinds:
+    # Constants and what the kernels compute in (the types of the other tensors): reading a
+    # constant works before allocation, reading an activation does not. The ids input is
+    # int32 whatever the recipe, so it says nothing.
+    ids = {d["index"] for d in it.get_input_details()}
+    const, act = set(), set()
+    for d in it.get_tensor_details():
+        if d["index"] in ids:
+            continue
+        try:
+            it.get_tensor(d["index"])
+            const.add(np.dtype(d["dtype"]).name)
+        except ValueError:
+            act.add(np.dtype(d["dtype"]).name)
+    if "int16" in act:
+        quant = "full integer (int16 activations, int8 weights)"
+    elif "int8" in act:
+        quant = "full integer (int8 activations and weights)"
+    elif "DEQUANTIZE" in ops and "int8" in const:
         quant = "int8 weights, fp32 compute (weight-only)"
-    elif "INT8" in kinds and "FLOAT32" not in {np.dtype(d["dtype"]).name.upper() for d in it.get_input_details()}:
-        quant = "full integer"
-    elif "INT8" in kinds:
+    elif "int8" in const:
         quant = "int8 weights (dynamic range / hybrid kernels)"
-    elif "FLOAT16" in kinds:
+    elif "float16" in const:
         quant = "fp16 weights"
     else:
         quant = "none (fp32)"

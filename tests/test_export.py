@@ -190,3 +190,44 @@ def test_gru4rec_student_exports_with_parity(fmt, tiny_teacher, tiny_ds, store):
         assert p["max_abs_diff"] < 1e-4 and p["top10_overlap"] >= 0.99
     else:
         assert p["top10_overlap"] >= 0.8
+
+
+# What each recipe must put in the file, as `edgekd inspect` reads it back from the file alone.
+RECIPE_QUANT = {
+    ("onnx", "dynamic"): "dynamic int8", ("onnx", "dynamic-per-channel"): "dynamic int8",
+    ("onnx", "static-minmax"): "static int8 (QDQ)", ("onnx", "static-entropy"): "static int8 (QDQ)",
+    ("onnx", "static-percentile"): "static int8 (QDQ)",
+    ("onnx", "tables-only"): "int8 weights, dequantised in the graph",
+    ("tflite", "weight-only"): "weight-only", ("tflite", "weight-only-per-channel"): "weight-only",
+    ("tflite", "dynamic"): "dynamic range / hybrid kernels", ("tflite", "fp16"): "fp16 weights",
+    ("tflite", "full-int8"): "full integer (int8 activations", ("tflite", "full-int16x8"): "full integer (int16 activations",
+}
+
+
+def test_every_recipe_is_expected_here():
+    from edgekd.export import list_recipes
+
+    assert {(r.family, r.name) for r in list_recipes()} == set(RECIPE_QUANT)
+
+
+@pytest.mark.parametrize("family,recipe", sorted(RECIPE_QUANT))
+def test_each_recipe_makes_the_file_it_says(tiny_student, tiny_ds, store, family, recipe):
+    from edgekd.device_runner import load_model, run_batched
+    from edgekd.export import get_recipe
+    from edgekd.inspection import inspect_path
+
+    rec = get_recipe(family, recipe)
+    fmt = {"onnx": "onnx-int8", "tflite": "tflite-int8"}[family] if rec.precision == "int8" else f"{family}-{rec.precision}"
+    a = export(tiny_student, fmt, store=store, ds=tiny_ds, recipe=recipe, name=f"recipe-{family}-{recipe}")
+    info = inspect_path(a.path)
+    assert RECIPE_QUANT[(family, recipe)] in info["quantization"], info["quantization"]
+    if (family, recipe) == ("onnx", "tables-only"):
+        # only the tables are int8: no run-time activation quantisation, matmuls in fp32
+        assert info["quantization_ops"] == [] and "MatMulInteger" not in info["operators"]
+    assert a.card["recipe"] == recipe and a.card["signature"]["quantization"] == info["quantization"]
+    p = a.metrics["parity"]
+    assert 0.0 <= p["top10_overlap"] <= 1.0 and "ndcg@10_rel_change" in p
+    ids = np.zeros((2, 20), dtype=np.int32)
+    ids[:, -3:] = [1, 2, 3]
+    scores = run_batched(load_model(str(a.file), "auto", threads=1), ids)
+    assert scores.shape == (2, tiny_ds.num_items) and np.isfinite(scores).all()
