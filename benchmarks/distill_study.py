@@ -205,7 +205,9 @@ def write(args, teacher_rows, results, grid_rows) -> None:
         ref = teachers.get("sasrec-late", t) if period == "late:0.5" else t
         vs = "-"
         base_name = baseline_of.get((label, period))
-        if kd.get("kd") != "off" and base_name in per_seed:
+        # every other row against the plain student, the label-smoothing row too (is KD more
+        # than the regularisation label smoothing gives?)
+        if name != base_name and base_name in per_seed:
             common = sorted(set(per_seed[name]) & set(per_seed[base_name]))
             if common:
                 mine = statistics.fmean(per_seed[name][x] for x in common)
