@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgekd.artifact import load_artifact
-from edgekd.metrics import full_ranks
+from edgekd.metrics import full_ranks, ndcg_gains
 from edgekd.pruning import items_to_keep
 from edgekd.train import dataset_for, eval_inputs, load_torch_model, model_scores
 
@@ -33,8 +33,7 @@ def main() -> int:
         x, targets, hist = eval_inputs(ds, "test", model.maxlen)
         with torch.no_grad():
             scores = np.concatenate([model_scores(model, x[i:i + 256]) for i in range(0, len(x), 256)])
-        r = full_ranks(scores, targets, hist)
-        ndcg = np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
+        ndcg = ndcg_gains(full_ranks(scores, targets, hist))
         for cov in args.coverage:
             keep = set(items_to_keep(ds, coverage=cov))
             kept = np.array([ds.items[t - 1] in keep for t in targets])

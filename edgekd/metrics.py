@@ -67,12 +67,18 @@ def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(hit.any(1), hit.argmax(1), topk.shape[1]).astype(np.int64)
 
 
+def ndcg_gains(ranks: np.ndarray, k: int = K) -> np.ndarray:
+    """Each user's NDCG@k from the 0-based rank of their one target (their mean is NDCG@k)."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def ranking_metrics(ranks: np.ndarray, k: int = K, prefix: str = "") -> dict[str, float]:
     ranks = np.asarray(ranks)
     inside = ranks < k
     return {
         f"{prefix}hr@{k}": float(inside.mean()),
-        f"{prefix}ndcg@{k}": float(np.where(inside, 1.0 / np.log2(ranks + 2.0), 0.0).mean()),
+        f"{prefix}ndcg@{k}": float(ndcg_gains(ranks, k).mean()),
         f"{prefix}mrr": float((1.0 / (ranks + 1.0)).mean()),
     }
 

@@ -226,8 +226,7 @@ def test_each_recipe_makes_the_file_it_says(tiny_student, tiny_ds, store, family
         # only the tables are int8: no run-time activation quantisation, matmuls in fp32
         assert info["quantization_ops"] == [] and "MatMulInteger" not in info["operators"]
     assert a.card["recipe"] == recipe and a.card["signature"]["quantization"] == info["quantization"]
-    p = a.metrics["parity"]
-    assert 0.0 <= p["top10_overlap"] <= 1.0 and "ndcg@10_rel_change" in p
+    assert {"top10_overlap", "ndcg@10_rel_change"} <= set(a.metrics["parity"])  # recorded, as for every int8 export
     ids = np.zeros((2, 20), dtype=np.int32)
     ids[:, -3:] = [1, 2, 3]
     scores = run_batched(load_model(str(a.file), "auto", threads=1), ids)
