@@ -100,16 +100,26 @@ class CausalSelfAttention(nn.Module):
         # query/key dimensions of little importance leaves the attention almost unchanged.
         self.scale = float(scale) if scale else 1.0 / math.sqrt(d // heads)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x [batch, n, d], bias [batch, queries, n] (additive; no head axis). With `last_only`
+        only the last position is a query: [batch, 1, d], all that next-item scoring needs."""
         b, n, _ = x.shape
         h, i = self.heads, self.inner
         q, k, v = self.qkv(x).split(i, dim=-1)
-        q = q.reshape(b, n, h, i // h).transpose(1, 2)
+        if last_only:
+            q = q[:, -1:]
+        if h == 1:
+            # One head needs no head axis: no reshapes or transposes in an exported graph,
+            # where at a student's size each operator costs more than its arithmetic.
+            att = self.drop(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias, dim=-1))
+            return self.proj(torch.matmul(att, v))
+        m = q.shape[1]
+        q = q.reshape(b, m, h, i // h).transpose(1, 2)
         k = k.reshape(b, n, h, i // h).transpose(1, 2)
         v = v.reshape(b, n, h, i // h).transpose(1, 2)
-        att = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias
+        att = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias.unsqueeze(1)
         att = self.drop(torch.softmax(att, dim=-1))
-        y = torch.matmul(att, v).transpose(1, 2).reshape(b, n, i)
+        y = torch.matmul(att, v).transpose(1, 2).reshape(b, m, i)
         return self.proj(y)
 
 
@@ -128,10 +138,12 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), bias))
-        x = x + self.drop(self.ffn(self.ln2(x)))
-        return x
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[batch, n, d] -> [batch, n, d], or [batch, 1, d] (the last position) with `last_only`:
+        the same figures for that position, without the feed-forward work for the others."""
+        a = self.drop(self.attn(self.ln1(x), bias, last_only))
+        x = (x[:, -1:] if last_only else x) + a
+        return x + self.drop(self.ffn(self.ln2(x)))
 
 
 class RowwiseInt8Table(nn.Module):
@@ -215,8 +227,13 @@ class TiedItemModel(nn.Module):
         transposed copy of it."""
         return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
 
+    def last_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The next-item state [batch, d] after each history: the last row of `hidden`. A
+        subclass may compute it without the other rows (inference and export only need it)."""
+        return self.hidden(ids)[:, -1, :]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.score(self.hidden(ids)[:, -1, :])
+        return self.score(self.last_hidden(ids))
 
 
 class SASRec(TiedItemModel):
@@ -271,8 +288,8 @@ class SASRec(TiedItemModel):
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
 
-    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states [batch, len, d] for every position."""
+    def _embed(self, ids: torch.Tensor):
+        """Input embeddings [batch, len, d], positions and the padding mask of a history."""
         ids = ids.long()
         # An id outside the catalogue (an item the app's vocab does not know, garbage input)
         # reads as padding instead of crashing the runtime's embedding lookup.
@@ -286,13 +303,37 @@ class SASRec(TiedItemModel):
         pos = torch.cumsum(ids.ne(-1).to(ids.dtype), 1) - 1 + (self.maxlen - n)
         x = self.lookup("item", ids) * self.emb_scale + self.lookup("pos", pos)
         x = self.emb_drop(x) * (~pad).unsqueeze(-1).to(x.dtype)
-        # mask[b, i, j]: key j comes after query i, or is padding. Additive bias: -1e4 (not
-        # -inf) keeps fully masked rows (padding queries) finite.
+        return x, pos, pad
+
+    @staticmethod
+    def _causal_bias(pos: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """[batch, n, n] additive bias: key j comes after query i, or is padding. -1e4 (not
+        -inf) keeps fully masked rows (padding queries) finite."""
         masked = (pos.unsqueeze(1) > pos.unsqueeze(2)) | pad.unsqueeze(1)
-        bias = (masked.to(x.dtype) * -1e4).unsqueeze(1)
+        return masked.to(torch.float32) * -1e4
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states [batch, len, d] for every position (training: every position predicts
+        the item after it)."""
+        x, pos, pad = self._embed(ids)
+        bias = self._causal_bias(pos, pad)
         for block in self.blocks:
             x = block(x, bias)
         return self.ln_f(x)
+
+    def last_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last row of `hidden`, computed as such: the last block takes only the last
+        position as a query (it may attend to every key, so its mask is padding only) and runs
+        its feed-forward layer on that row alone. Same figures as hidden(ids)[:, -1]; a smaller
+        graph and less work per request in every export."""
+        x, pos, pad = self._embed(ids)
+        *early, last = self.blocks
+        if early:
+            bias = self._causal_bias(pos, pad)
+            for block in early:
+                x = block(x, bias)
+        x = last(x, (pad.to(torch.float32) * -1e4).unsqueeze(1), last_only=True)
+        return self.ln_f(x[:, 0])
 
 
 class BERT4Rec(TiedItemModel):
@@ -344,7 +385,7 @@ class BERT4Rec(TiedItemModel):
         x = torch.where(is_mask.unsqueeze(-1), self.mask_emb.expand_as(x), x)
         x = x * math.sqrt(self.d) + self.lookup("pos", pos)
         x = self.emb_drop(x) * (~pad).unsqueeze(-1).to(x.dtype)
-        bias = (pad.unsqueeze(1).to(x.dtype) * -1e4).unsqueeze(1)  # padding keys only: bidirectional
+        bias = pad.unsqueeze(1).to(x.dtype) * -1e4  # padding keys only: bidirectional
         for block in self.blocks:
             x = block(x, bias)
         return self.ln_f(x)

@@ -122,3 +122,19 @@ def test_int8_rows_with_a_one_byte_scale_code_lose_little_more_than_their_own_sc
     assert bool((err[1:] <= 0.53 * own[1:]).all()), float((err[1:] / own[1:]).max())
     idx = torch.tensor([[3, 499, 0]])
     assert torch.equal(t.lookup(idx), t()[idx])
+
+
+@pytest.mark.parametrize("kw", [dict(blocks=1, heads=1), dict(blocks=2, heads=2), dict(blocks=2, heads=1, oov=True)])
+def test_last_position_path_equals_the_full_forward(kw):
+    """forward (inference, export) computes only the last position in the last block; its
+    scores must equal scoring the last row of the all-positions `hidden` used in training,
+    for padded, unpadded, empty and trailing-padding histories."""
+    torch.manual_seed(0)
+    m = create_model("sasrec", num_items=30, maxlen=12, d=16, dropout=0.0, **kw).eval()
+    ids = torch.randint(1, 31, (5, 12))
+    ids[0] = 0                 # an empty history
+    ids[1, :7] = 0             # left padding
+    ids[2, -1] = 0             # padding at the end (not what apps send, but defined)
+    full = m.score(m.hidden(ids)[:, -1])
+    assert torch.allclose(m(ids), full, atol=1e-5)
+    assert m.last_hidden(ids).shape == (5, 16)
