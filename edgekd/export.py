@@ -144,7 +144,10 @@ def _onnx_fp32(model: nn.Module, path: Path, maxlen: int, recipe: str | None = N
     with _quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            model, (_sample(maxlen),), input_names=["item_ids"], output_names=["scores"],
+            # Traced at batch 2: a batch-1 example lets the exporter treat the batch as the
+            # constant 1 wherever it broadcasts (one-row attention queries do), and the file
+            # would lose its dynamic batch.
+            model, (_sample(maxlen, batch=2),), input_names=["item_ids"], output_names=["scores"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
             optimize=False, verbose=False)
         # The exporter's own optimisation pass, with one change: constants of more than 256
