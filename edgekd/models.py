@@ -373,8 +373,9 @@ class BERT4Rec(TiedItemModel):
         self.apply(SASRec._init)
         nn.init.normal_(self.mask_emb, std=0.02)
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hidden states [batch, len, d] of a token window (items, 0 padding, mask_id masks)."""
+    def encode(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Hidden states [batch, len, d] of a token window (items, 0 padding, mask_id masks);
+        [batch, 1, d] with `last_only`: the last block then reads only the last token's row."""
         tokens = tokens.long()
         is_mask = tokens == self.mask_id
         tokens = tokens.masked_fill((tokens < 0) | (tokens > self.mask_id), 0)
@@ -386,9 +387,10 @@ class BERT4Rec(TiedItemModel):
         x = x * math.sqrt(self.d) + self.lookup("pos", pos)
         x = self.emb_drop(x) * (~pad).unsqueeze(-1).to(x.dtype)
         bias = pad.unsqueeze(1).to(x.dtype) * -1e4  # padding keys only: bidirectional
-        for block in self.blocks:
+        *early, last = self.blocks
+        for block in early:
             x = block(x, bias)
-        return self.ln_f(x)
+        return self.ln_f(last(x, bias, last_only=last_only))
 
     def with_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """The history followed by the mask, cut to the last maxlen tokens."""
@@ -402,13 +404,17 @@ class BERT4Rec(TiedItemModel):
         `prefix_hidden` for those."""
         return self.encode(self.with_mask(ids))
 
+    def last_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The mask's state [batch, d] (the last row of `hidden`), computed alone in the last block."""
+        return self.encode(self.with_mask(ids), last_only=True)[:, 0]
+
     def prefix_hidden(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, window: int) -> torch.Tensor:
         """Next-item states [P, d] after the prefixes x[rows[p], :cols[p] + 1], each read through
         its last `window` items (one forward per prefix, batched)."""
         j = torch.arange(window, device=x.device)
         src = cols.unsqueeze(1) - (window - 1) + j.unsqueeze(0)           # [P, window]
         hist = x[rows.unsqueeze(1), src.clamp(min=0)].masked_fill(src < 0, 0)
-        return self.hidden(hist)[:, -1]
+        return self.last_hidden(hist)
 
     def cloze(self, seq: torch.Tensor, generator: torch.Generator | None = None):
         """A masked-item training batch from item windows `seq` [batch, len]: (tokens, targets),

@@ -124,13 +124,14 @@ def test_int8_rows_with_a_one_byte_scale_code_lose_little_more_than_their_own_sc
     assert torch.equal(t.lookup(idx), t()[idx])
 
 
-@pytest.mark.parametrize("kw", [dict(blocks=1, heads=1), dict(blocks=2, heads=2), dict(blocks=2, heads=1, oov=True)])
-def test_last_position_path_equals_the_full_forward(kw):
+@pytest.mark.parametrize("name,kw", [("sasrec", dict(blocks=1, heads=1)), ("sasrec", dict(blocks=2, heads=2)),
+                                     ("sasrec", dict(blocks=2, heads=1, oov=True)), ("bert4rec", dict(blocks=2, heads=2))])
+def test_last_position_path_equals_the_full_forward(name, kw):
     """forward (inference, export) computes only the last position in the last block; its
     scores must equal scoring the last row of the all-positions `hidden` used in training,
     for padded, unpadded, empty and trailing-padding histories."""
     torch.manual_seed(0)
-    m = create_model("sasrec", num_items=30, maxlen=12, d=16, dropout=0.0, **kw).eval()
+    m = create_model(name, num_items=30, maxlen=12, d=16, dropout=0.0, **kw).eval()
     ids = torch.randint(1, 31, (5, 12))
     ids[0] = 0                 # an empty history
     ids[1, :7] = 0             # left padding
