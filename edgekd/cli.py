@@ -360,6 +360,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
           by: str = typer.Option("interactions", help="vocabulary: rank items by 'interactions' or 'teacher' "
                                  "(its probability mass on validation users)"),
           recover_epochs: int = typer.Option(0, help="then distil from the teacher this many epochs"),
+          recover_from: str = typer.Option("teacher", help="who teaches the recovery: 'teacher', or 'parent' "
+                                           "(the unpruned model itself)"),
           lr: float = typer.Option(1e-3, help="recovery learning rate"),
           seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None)):
     """Prune a torch model, optionally recovering by distillation from its teacher."""
@@ -367,7 +369,7 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
     from .compress import PruneConfig, prune as run
 
     cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
-                      by=by, recover_epochs=recover_epochs, lr=lr, seed=seed)
+                      by=by, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
         p = run(a, cfg, store=store, name=name, progress=progress)

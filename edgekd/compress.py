@@ -152,8 +152,10 @@ PRUNE_METHODS = ("unstructured", "structured", "vocabulary")
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """How to prune, then an optional short distillation fine-tune from the teacher
-    (`recover_epochs`; with unstructured pruning the zeros are held in place while it trains).
+    """How to prune, then an optional short distillation fine-tune (`recover_epochs`) from the
+    teacher, or from the unpruned model itself (`recover_from="parent"`: the pruned model learns
+    to rank as the model it is meant to stay close to). With unstructured pruning the zeros are
+    held in place while it trains.
 
     - unstructured: global magnitude pruning of `sparsity` of the weights (same dense file);
     - structured: remove `sparsity` of the non-embedding parameters (attention width and FFN
@@ -169,6 +171,7 @@ class PruneConfig:
     keep_items: int | None = None
     by: str = "interactions"
     recover_epochs: int = 0
+    recover_from: str = "teacher"
     temperature: float = 2.0
     kd_weight: float = 1.0
     lr: float = 1e-3
@@ -189,6 +192,8 @@ class PruneConfig:
             raise ConfigError(f"by must be 'interactions' or 'teacher', got {self.by!r}")
         if self.recover_epochs < 0:
             raise ConfigError(f"recover_epochs must be >= 0, got {self.recover_epochs}")
+        if self.recover_from not in ("teacher", "parent"):
+            raise ConfigError(f"recover_from must be 'teacher' or 'parent', got {self.recover_from!r}")
 
     def default_suffix(self) -> str:
         if self.method == "unstructured":
@@ -240,10 +245,11 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     before, parent_top = evaluate_model(model, ds, "test", sampled=False)
     parent_non_embedding = non_embedding_params(model)
     teacher_a = find_teacher(a) if (cfg.recover_epochs or cfg.by == "teacher") else None
-    teacher = None
-    if teacher_a is not None:
-        teacher = load_torch_model(teacher_a)
-        for p in teacher.parameters():
+    teacher = load_torch_model(teacher_a) if teacher_a is not None else None
+    # who teaches the recovery: the teacher, or a frozen copy of the unpruned model
+    guide_a, guide = (a, load_torch_model(a)) if cfg.recover_from == "parent" else (teacher_a, teacher)
+    for m in (teacher, guide):
+        for p in (m.parameters() if m is not None else []):
             p.requires_grad_(False)
     new_ds, info, params = ds, {}, []
     if cfg.method == "unstructured":
@@ -259,10 +265,10 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
         tcfg = DistillConfig(model=a.card["arch"], epochs=cfg.recover_epochs, patience=cfg.recover_epochs,
                              lr=cfg.lr, seed=cfg.seed, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
                              maxlen=kwargs.get("maxlen"))
-        # A teacher on the unpruned catalogue teaches through matched item ids (the
-        # out-of-vocabulary item gets no signal). Unstructured masks are forward pre-hooks:
-        # pruned weights stay zero while it trains.
-        loss = DistillLoss(tcfg, model, [teacher], [1.0], item_maps=[teacher_item_map(teacher_a, new_ds)])
+        # A teacher (or parent) on the unpruned catalogue teaches through matched item ids
+        # (the out-of-vocabulary item gets no signal). Unstructured masks are forward
+        # pre-hooks: pruned weights stay zero while it trains.
+        loss = DistillLoss(tcfg, model, [guide], [1.0], item_maps=[teacher_item_map(guide_a, new_ds)])
         log = fit(model, new_ds, loss, tcfg, progress)
     for m, n in params:
         tprune.remove(m, n)  # make the zeros permanent: a plain state dict again

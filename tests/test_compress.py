@@ -72,8 +72,37 @@ def test_unstructured_pruning_hits_the_sparsity_and_recovery_keeps_the_zeros(tin
     assert all(float((mod.weight == 0).float().mean()) < 0.99 for mod, _ in prunable(m))
 
 
+def test_recovery_can_learn_from_the_unpruned_parent(tiny_student, store, monkeypatch):
+    import torch
+
+    import edgekd.kd_losses as kd_losses
+    from edgekd.compress import PruneConfig, prune
+    from edgekd.train import load_torch_model
+
+    guides = []
+
+    class Spy(kd_losses.DistillLoss):
+        def __init__(self, cfg, student, teachers, *args, **kwargs):
+            guides.append(teachers[0])
+            super().__init__(cfg, student, teachers, *args, **kwargs)
+
+    monkeypatch.setattr(kd_losses, "DistillLoss", Spy)
+    parent = load_torch_model(tiny_student).state_dict()
+    for source in ("parent", "teacher"):
+        p = prune(tiny_student, PruneConfig(method="structured", sparsity=0.5, recover_epochs=1, recover_from=source),
+                  store=store, name=f"from-{source}")
+        assert p.card["config"]["prune"]["recover_from"] == source
+        g = guides[-1].state_dict()
+        is_parent = g.keys() == parent.keys() and all(torch.equal(g[k], parent[k]) for k in parent)
+        assert is_parent == (source == "parent")   # the unpruned student, frozen, or the teacher
+        assert not any(t.requires_grad for t in guides[-1].parameters())
+
+
 def test_prune_config_errors():
     from edgekd.compress import PruneConfig
+
+    with pytest.raises(ConfigError, match="recover_from"):
+        PruneConfig(recover_from="self")
 
     with pytest.raises(ConfigError, match="sparsity must be in"):
         PruneConfig(sparsity=1.0)
