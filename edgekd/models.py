@@ -306,17 +306,17 @@ class SASRec(TiedItemModel):
         return x, pos, pad
 
     @staticmethod
-    def _causal_bias(pos: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    def _causal_bias(pos: torch.Tensor, pad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """[batch, n, n] additive bias: key j comes after query i, or is padding. -1e4 (not
         -inf) keeps fully masked rows (padding queries) finite."""
         masked = (pos.unsqueeze(1) > pos.unsqueeze(2)) | pad.unsqueeze(1)
-        return masked.to(torch.float32) * -1e4
+        return masked.to(dtype) * -1e4
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Hidden states [batch, len, d] for every position (training: every position predicts
         the item after it)."""
         x, pos, pad = self._embed(ids)
-        bias = self._causal_bias(pos, pad)
+        bias = self._causal_bias(pos, pad, x.dtype)
         for block in self.blocks:
             x = block(x, bias)
         return self.ln_f(x)
@@ -329,10 +329,10 @@ class SASRec(TiedItemModel):
         x, pos, pad = self._embed(ids)
         *early, last = self.blocks
         if early:
-            bias = self._causal_bias(pos, pad)
+            bias = self._causal_bias(pos, pad, x.dtype)
             for block in early:
                 x = block(x, bias)
-        x = last(x, (pad.to(torch.float32) * -1e4).unsqueeze(1), last_only=True)
+        x = last(x, (pad.to(x.dtype) * -1e4).unsqueeze(1), last_only=True)
         return self.ln_f(x[:, 0])
 
 
