@@ -166,6 +166,17 @@ def stats(vals: list) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def paired_test(a: list[float], b: list[float]) -> dict | None:
+    """Paired t-test of a against b over the same seeds (two-sided): is the gain more than the
+    seed-to-seed noise? None below 3 seeds."""
+    if len(a) < 3:
+        return None
+    from scipy.stats import ttest_rel
+
+    r = ttest_rel(a, b)
+    return {"t": float(r.statistic), "p": float(r.pvalue), "n": len(a)}
+
+
 def summarise(rows: list[dict]) -> dict:
     out = {"seeds": len(rows), "params": rows[0]["params"]}
     for k in ("ndcg", "hr", "mrr", "sampled_ndcg", "overlap", "train_s", "s_per_epoch", "epochs",
@@ -216,6 +227,10 @@ def write(args, teacher_rows, results, grid_rows) -> None:
                 vs = f"{100 * (mine / theirs - 1):+.1f}% (seeds: {each})"
                 s["vs_nokd"] = {"relative": mine / theirs - 1, "seeds": common,
                                 "per_seed": [per_seed[name][x] / per_seed[base_name][x] - 1 for x in common]}
+                test = paired_test([per_seed[name][x] for x in common], [per_seed[base_name][x] for x in common])
+                if test:
+                    s["vs_nokd"].update(test)
+                    vs += f"; paired t {test['t']:.2f}, p {test['p']:.2f}"
         extra = f" (online teacher {s['online_teacher_ndcg']:.4f})" if s.get("online_teacher_ndcg") else ""
         lines.append(f"| {name}{extra} | {s['params']:,} | {100 * s['params'] / t['params']:.1f}% | "
                      f"{fmt(s['ndcg'], s['ndcg_std'])} | {fmt(s['hr'], s['hr_std'])} | {fmt(s['mrr'], s['mrr_std'])} | "
