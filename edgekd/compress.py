@@ -244,12 +244,12 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     kwargs = dict(a.card["arch_kwargs"])
     before, parent_top = evaluate_model(model, ds, "test", sampled=False)
     parent_non_embedding = non_embedding_params(model)
-    from_teacher = cfg.recover_epochs and cfg.recover_from == "teacher"
-    teacher_a = find_teacher(a) if (from_teacher or cfg.by == "teacher") else None
+    from_parent = bool(cfg.recover_epochs) and cfg.recover_from == "parent"
+    need_teacher = (bool(cfg.recover_epochs) and not from_parent) or cfg.by == "teacher"
+    teacher_a = find_teacher(a) if need_teacher else None
     teacher = load_torch_model(teacher_a) if teacher_a is not None else None
     # who teaches the recovery: the teacher, or a frozen copy of the unpruned model
-    guide_a, guide = (a, load_torch_model(a)) if cfg.recover_epochs and cfg.recover_from == "parent" \
-        else (teacher_a, teacher)
+    guide_a, guide = (a, load_torch_model(a)) if from_parent else (teacher_a, teacher)
     for m in (teacher, guide):
         for p in (m.parameters() if m is not None else []):
             p.requires_grad_(False)
