@@ -359,6 +359,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
           keep_items: Optional[int] = typer.Option(None, help="vocabulary: keep exactly this many items instead"),
           by: str = typer.Option("interactions", help="vocabulary: rank items by 'interactions' or 'teacher' "
                                  "(its probability mass on validation users)"),
+          unknown: str = typer.Option("skip", help="vocabulary: what the model's input does with a pruned "
+                                      "item: 'skip' it (the sequence closes up) or feed the one 'oov' index"),
           recover_epochs: int = typer.Option(0, help="then distil from the teacher this many epochs"),
           recover_from: str = typer.Option("teacher", help="who teaches the recovery: 'teacher', or 'parent' "
                                            "(the unpruned model itself)"),
@@ -369,7 +371,7 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
     from .compress import PruneConfig, prune as run
 
     cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
-                      by=by, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed)
+                      by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
         p = run(a, cfg, store=store, name=name, progress=progress)

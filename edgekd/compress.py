@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import DEFAULT_STORE, Artifact
+from .data import UNKNOWN_ITEMS
 from .errors import ConfigError, ExportError
 
 LATENCY_NOISE = 0.05  # "not slower" allows this much: repeated runs of one file differ by about as much
@@ -162,7 +163,8 @@ class PruneConfig:
       units, least important first) and `dims` of the embedding width: a smaller dense model;
     - vocabulary: keep the items covering `coverage` of the training interactions (`by`
       "teacher": of the teacher's probability mass), or the `keep_items` most frequent; the
-      rest become one out-of-vocabulary item."""
+      rest become one out-of-vocabulary item, which the model's input skips (`unknown="skip"`:
+      the items around it close up) or sees as one stand-in embedding (`unknown="oov"`)."""
 
     method: str = "unstructured"
     sparsity: float = 0.5
@@ -170,6 +172,7 @@ class PruneConfig:
     coverage: float = 0.95
     keep_items: int | None = None
     by: str = "interactions"
+    unknown: str = "skip"
     recover_epochs: int = 0
     recover_from: str = "teacher"
     temperature: float = 2.0
@@ -190,6 +193,8 @@ class PruneConfig:
             raise ConfigError(f"keep_items must be >= 1, got {self.keep_items}")
         if self.by not in ("interactions", "teacher"):
             raise ConfigError(f"by must be 'interactions' or 'teacher', got {self.by!r}")
+        if self.unknown not in UNKNOWN_ITEMS:
+            raise ConfigError(f"unknown must be one of {', '.join(UNKNOWN_ITEMS)}, got {self.unknown!r}")
         if self.recover_epochs < 0:
             raise ConfigError(f"recover_epochs must be >= 0, got {self.recover_epochs}")
         if self.recover_from not in ("teacher", "parent"):
@@ -261,7 +266,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
         model, kwargs, info = structured_prune(model, kwargs, cfg.sparsity, cfg.dims)
     else:
         keep = items_to_keep(ds, cfg.coverage, cfg.keep_items, teacher if cfg.by == "teacher" else None)
-        model, kwargs, new_ds, info = vocabulary_prune(model, a.card["arch"], kwargs, ds, keep)
+        model, kwargs, new_ds, info = vocabulary_prune(model, a.card["arch"], kwargs, ds, keep, cfg.unknown)
     log = None
     if cfg.recover_epochs:
         tcfg = DistillConfig(model=a.card["arch"], epochs=cfg.recover_epochs, patience=cfg.recover_epochs,

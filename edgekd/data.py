@@ -20,6 +20,7 @@ from .errors import ConfigError, DataError
 
 Event = tuple[str, str, float]  # (user, item, timestamp)
 OOV_ID = "<oov>"  # the item every pruned item becomes (vocabulary pruning)
+UNKNOWN_ITEMS = ("skip", "oov")  # what a model's input does with it: see DataSpec.unknown_items
 
 MIN_EVENTS = 3  # leave-one-out needs at least one training item, one validation and one test
 
@@ -232,6 +233,10 @@ class DataSpec:
     # Vocabulary pruning: only these original item ids stay items; every other item becomes the
     # one out-of-vocabulary item OOV_ID (the last index), which is never recommended.
     keep_items: tuple | None = None
+    # What a model's input does with an out-of-vocabulary item: "skip" leaves it out of the
+    # sequence (the items around it close up), "oov" feeds the OOV index in its place. A target
+    # that is out of the vocabulary stays in the evaluation either way, as a miss.
+    unknown_items: str = "oov"
 
     def __post_init__(self):
         if self.period is not None:
@@ -240,6 +245,8 @@ class DataSpec:
             object.__setattr__(self, "keep_items", tuple(str(i) for i in self.keep_items))
             if not self.keep_items:
                 raise ConfigError("keep_items is empty: a vocabulary needs at least one item")
+        if self.unknown_items not in UNKNOWN_ITEMS:
+            raise ConfigError(f"unknown_items must be one of {', '.join(UNKNOWN_ITEMS)}, got {self.unknown_items!r}")
         if self.format not in list_formats():
             raise ConfigError(f"unknown data format {self.format!r}; choose one of {', '.join(list_formats())}")
         if self.format != "synthetic" and not self.path:
@@ -316,20 +323,37 @@ class Dataset:
         }
         if self.oov_index is not None:
             v["oov_index"] = self.oov_index
-            v["oov_note"] = (f"items not in this vocabulary: feed index {self.oov_index}; its output column "
-                             f"{self.oov_index - 1} is not an item and must not be recommended")
+            v["unknown_items"] = self.unknown_items
+            if self.unknown_items == "skip":
+                v["oov_note"] = (f"items not in this vocabulary: leave them out of the input sequence, then take "
+                                 f"the last maxlen items (the model was trained that way); output column "
+                                 f"{self.oov_index - 1} is not an item and must not be recommended")
+            else:
+                v["oov_note"] = (f"items not in this vocabulary: feed index {self.oov_index}; its output column "
+                                 f"{self.oov_index - 1} is not an item and must not be recommended")
         return v
+
+    @property
+    def unknown_items(self) -> str:
+        return self.spec.unknown_items if self.spec is not None else "oov"
+
+    def _inputs(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
+        """Sequences as a model's input sees them: without the OOV item when it is skipped."""
+        if self.oov_index is None or self.unknown_items != "skip":
+            return seqs
+        return [s[s != self.oov_index] for s in seqs]
 
     # Leave-one-out: the last item is the test target, the second-to-last validation.
     def train_sequences(self) -> list[np.ndarray]:
-        return [s[:-2] for s in self.sequences]
+        return self._inputs([s[:-2] for s in self.sequences])
 
     def eval_split(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
-        """(histories, targets) for 'valid' or 'test'."""
+        """(histories, targets) for 'valid' or 'test'. The targets are every user's, out-of-
+        vocabulary ones included (a pruned model cannot recommend them: a miss)."""
         if split == "valid":
-            return [s[:-2] for s in self.sequences], np.array([s[-2] for s in self.sequences])
+            return self._inputs([s[:-2] for s in self.sequences]), np.array([s[-2] for s in self.sequences])
         if split == "test":
-            return [s[:-1] for s in self.sequences], np.array([s[-1] for s in self.sequences])
+            return self._inputs([s[:-1] for s in self.sequences]), np.array([s[-1] for s in self.sequences])
         raise ConfigError(f"unknown split {split!r}; use 'valid' or 'test'")
 
     def stats(self) -> dict:

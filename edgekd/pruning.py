@@ -137,14 +137,16 @@ def items_to_keep(ds: Dataset, coverage: float | None = None, keep_items: int | 
     return [ds.items[j] for j in sorted(order[:k].tolist())]
 
 
-def vocabulary_prune(model: nn.Module, arch: str, kwargs: dict, ds: Dataset,
-                     keep: list[str]) -> tuple[nn.Module, dict, Dataset, dict]:
+def vocabulary_prune(model: nn.Module, arch: str, kwargs: dict, ds: Dataset, keep: list[str],
+                     unknown: str = "skip") -> tuple[nn.Module, dict, Dataset, dict]:
     """The model on a catalogue of `keep` plus one out-of-vocabulary item (the last index,
-    initialised as the mean of the pruned items' embeddings), and the dataset remapped to it."""
+    initialised as the mean of the pruned items' embeddings), and the dataset remapped to it.
+    `unknown` is what the model's input does with that item (DataSpec.unknown_items): "skip"
+    leaves it out of the sequence, "oov" feeds its embedding."""
     if not hasattr(model, "oov"):
         raise ConfigError(f"vocabulary pruning works on SASRec and GRU4Rec models, not {type(model).__name__}")
     spec = ds.spec or DataSpec()
-    new_ds = load_data(DataSpec(**{**spec.to_dict(), "keep_items": tuple(keep)}))
+    new_ds = load_data(DataSpec(**{**spec.to_dict(), "keep_items": tuple(keep), "unknown_items": unknown}))
     new_kwargs = {**kwargs, "num_items": new_ds.num_items, "oov": new_ds.oov_index is not None}
     new = create_model(arch, **new_kwargs)
     old_index = {item: k + 1 for k, item in enumerate(ds.items)}
@@ -162,6 +164,7 @@ def vocabulary_prune(model: nn.Module, arch: str, kwargs: dict, ds: Dataset,
         if new_ds.oov_index is not None:
             new.item_emb.weight[new_ds.oov_index] = w[pruned].mean(0) if pruned.any() else 0
     info = {"items_before": ds.num_items, "items_kept": int(len(rows)),
-            "oov_index": new_ds.oov_index, "pruned_items": int(pruned.sum())}
+            "oov_index": new_ds.oov_index, "pruned_items": int(pruned.sum()),
+            "unknown_items": unknown}
     return new.eval(), new_kwargs, new_ds, info
 

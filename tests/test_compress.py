@@ -177,9 +177,11 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     p = prune(tiny_student, PruneConfig(method="vocabulary", coverage=0.8, recover_epochs=1), store=store)
     vocab = json.loads((p.path / "vocab.json").read_text())
     assert vocab["items"][:-1] == keep and vocab["items"][-1] == "<oov>" and vocab["oov_index"] == len(keep) + 1
+    assert vocab["unknown_items"] == "skip" and p.card["pruning"]["unknown_items"] == "skip"
     assert p.metrics["size"]["size_bytes"] < p.metrics["size"]["parent_size_bytes"]
     ds = dataset_for(p)
     assert ds.num_users == tiny_ds.num_users and ds.oov_index == len(keep) + 1
+    assert ds.unknown_items == "skip" and all(ds.oov_index not in s for s in ds.train_sequences())
     # OOV stands in for the pruned items as input, and is never among the recommendations
     x = np.array([[ds.oov_index] * 5 + [1, 2, 3]])
     scores = model_scores(load_torch_model(p), x)

@@ -100,6 +100,30 @@ def test_leave_one_out_split():
     assert ds.train_sequences()[0].tolist() == [1, 2, 3]
 
 
+def test_pruned_items_are_skipped_or_fed_as_oov_in_inputs_but_stay_as_targets(tmp_path):
+    # u1: 1 2 3 4 5 6, u2: 2 1 6 3 5 4; keep items 1, 2, 4: the rest become the OOV item (index 4)
+    rows = [("u1", str(i), float(i)) for i in range(1, 7)] + \
+           [("u2", str(i), float(k)) for k, i in enumerate([2, 1, 6, 3, 5, 4])]
+    p = write(tmp_path, "d.csv", "user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    spec = dict(format="csv", path=str(p), keep_items=("1", "2", "4"))
+    oov = load_data(DataSpec(**spec, unknown_items="oov"))
+    skip = load_data(DataSpec(**spec))  # DataSpec's default is "oov": older artifacts mean that
+    assert skip.unknown_items == "oov"
+    skip = load_data(DataSpec(**spec, unknown_items="skip"))
+    assert oov.items == skip.items == ["1", "2", "4", "<oov>"] and oov.oov_index == 4
+    assert [s.tolist() for s in oov.train_sequences()] == [[1, 2, 4, 3], [2, 1, 4, 4]]
+    assert [s.tolist() for s in skip.train_sequences()] == [[1, 2, 3], [2, 1]]
+    for split, want in (("valid", [4, 4]), ("test", [4, 3])):  # a pruned target stays: a miss
+        (h_oov, t_oov), (h_skip, t_skip) = oov.eval_split(split), skip.eval_split(split)
+        assert t_oov.tolist() == t_skip.tolist() == want
+        assert all(4 not in h.tolist() for h in h_skip)
+        assert [h[h != 4].tolist() for h in h_oov] == [h.tolist() for h in h_skip]
+    assert skip.vocab()["unknown_items"] == "skip" and "leave them out" in skip.vocab()["oov_note"]
+    assert oov.vocab()["unknown_items"] == "oov" and "feed index 4" in oov.vocab()["oov_note"]
+    with pytest.raises(ConfigError, match="unknown_items"):
+        DataSpec(**spec, unknown_items="drop")
+
+
 def test_synthetic_is_deterministic_by_seed_and_configurable():
     a = generate_synthetic(SyntheticConfig(users=50, items=40, tastes=4, seed=1))
     b = generate_synthetic(SyntheticConfig(users=50, items=40, tastes=4, seed=1))
