@@ -385,6 +385,10 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
                   f"({m['test_ndcg@10_vs_parent'] * 100:.1f}% of the parent), file {m['size']['size_bytes']} bytes "
                   f"(parent {m['size']['parent_size_bytes']}), gzip {m['size']['gzip_bytes']} "
                   f"(parent {m['size']['parent_gzip_bytes']}); {m['size']['note']}", highlight=False)
+    lat = m["latency"]
+    console.print(f"latency (torch, batch 1, {lat['threads']} thread(s), local CPU): p50 {lat['p50_ms']:.3f} ms, "
+                  f"parent {lat['parent_p50_ms']:.3f} ms ({lat['speedup']:.2f}x)"
+                  + ("" if lat["not_slower"] else "  WARNING: slower than the parent"), highlight=False)
     out.print(str(p.path))
 
 

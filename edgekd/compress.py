@@ -179,6 +179,8 @@ class PruneConfig:
     kd_weight: float = 1.0
     lr: float = 1e-3
     seed: int = 0
+    threads: int = 1  # the latency of the pruned model and its parent: batch 1, this many threads
+    bench_users: int = 300
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -304,5 +306,11 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     sizes = {"size_bytes": out.card["size_bytes"], "gzip_bytes": _gzip_size(out.file),
              "parent_size_bytes": a.card["size_bytes"], "parent_gzip_bytes": _gzip_size(a.file),
              "note": note[cfg.method]}
-    out.update_card(metrics={**out.metrics, "size": sizes})
+    # latency on the local CPU, the parent and the pruned model one after the other (torch)
+    lat = {"parent_p50_ms": _latency(a, ds, cfg.threads, cfg.bench_users),
+           "p50_ms": _latency(out, new_ds, cfg.threads, cfg.bench_users),
+           "runtime": "torch", "batch": 1, "threads": cfg.threads}
+    lat["speedup"] = lat["parent_p50_ms"] / lat["p50_ms"]
+    lat["not_slower"] = lat["p50_ms"] <= lat["parent_p50_ms"] * (1 + LATENCY_NOISE)
+    out.update_card(metrics={**out.metrics, "size": sizes, "latency": lat})
     return out

@@ -101,3 +101,18 @@ def test_unknown_distillation_loss_is_a_usage_error(tiny_teacher, tmp_path):
     rc, _, err = run("distill", str(tiny_teacher.path), "--loss", "kl+dark", "--out", str(tmp_path))
     assert rc == 2
     assert "unknown distillation loss 'dark'" in one_clean_line(err)
+
+
+def test_prune_vocabulary_prints_size_latency_and_the_unknown_item_policy(tiny_student, tmp_path):
+    rc, out, err = run("prune", str(tiny_student.path), "--method", "vocabulary", "--coverage", "0.8",
+                       "--unknown", "oov", "--out", str(tmp_path), "--name", "v80")
+    assert rc == 0, err
+    assert out.strip().endswith("v80")  # stdout: the artifact; the summary goes to stderr
+    assert "items kept" in err and "latency (torch, batch 1, 1 thread(s), local CPU): p50" in err
+    import json
+
+    vocab = json.loads((tmp_path / "v80" / "vocab.json").read_text())
+    assert vocab["unknown_items"] == "oov"
+    rc, _, err = run("prune", str(tiny_student.path), "--method", "vocabulary", "--unknown", "drop",
+                     "--out", str(tmp_path))
+    assert rc == 2 and "unknown must be one of skip, oov" in one_clean_line(err)

@@ -151,6 +151,10 @@ def test_structured_pruning_of_the_student_halves_non_embedding_params_and_expor
     assert m["non_embedding_params"] <= 0.5 * m["parent_non_embedding_params"]
     assert m["size"]["size_bytes"] < m["size"]["parent_size_bytes"]          # genuinely smaller
     assert p.card["arch_kwargs"]["d"] == 6 and p.card["pruning"]["d"] == [8, 6]
+    # latency on the local CPU beside the parent's, both measured
+    lat = m["latency"]
+    assert lat["p50_ms"] > 0 and lat["parent_p50_ms"] > 0 and lat["runtime"] == "torch"
+    assert lat["speedup"] == pytest.approx(lat["parent_p50_ms"] / lat["p50_ms"])
     e = export(p, "onnx-fp32", store=store, ds=tiny_ds)
     assert e.metrics["parity"]["top10_overlap"] >= 0.99
 
