@@ -253,7 +253,7 @@ def _onnx_dynamic(model, path, maxlen, calib=None, per_channel: bool = False) ->
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     def q(src, dst):
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=True)
         return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8",
                 "per_channel": per_channel, "activations": "fp32, quantised at run time",
                 "embedding_tables": "int8, one 1-byte scale code per row (edgekd)"}
