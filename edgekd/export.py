@@ -254,7 +254,7 @@ def _onnx_dynamic(model, path, maxlen, calib=None, per_channel: bool = False) ->
 
     def q(src, dst):
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=True)
-        return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8",
+        return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8, 7-bit range (reduce_range)",
                 "per_channel": per_channel, "activations": "fp32, quantised at run time",
                 "embedding_tables": "int8, one 1-byte scale code per row (edgekd)"}
     return _onnx_then(model, path, maxlen, True, q)
