@@ -34,7 +34,7 @@ def _scores(model, x: np.ndarray) -> np.ndarray:
         return np.concatenate([model_scores(model, x[i:i + 256]) for i in range(0, len(x), 256)])
 
 
-def history_effects(model, ds, x, targets, hist, pruned: np.ndarray) -> dict:
+def history_effects(model, x, targets, hist, pruned: np.ndarray) -> dict:
     """Mean NDCG@10 on the kept catalogue (pruned targets: 0) for each way of treating the
     pruned items in the histories. `pruned[i]` says whether internal index i is pruned."""
     def ndcg(inputs):
@@ -80,7 +80,7 @@ def main() -> int:
                   f"{ndcg[kept].sum() / ndcg.sum():.1%} can be kept with the other users unchanged")
             if args.history:
                 pruned = np.array([False] + [i not in keep for i in ds.items])
-                for how, v in history_effects(model, ds, x, targets, hist, pruned).items():
+                for how, v in history_effects(model, x, targets, hist, pruned).items():
                     print(f"    pruned history items {how}: NDCG@10 {v:.4f} ({v / ndcg.mean():.1%})")
     return 0
 

@@ -98,6 +98,32 @@ def test_recovery_can_learn_from_the_unpruned_parent(tiny_student, store, monkey
         assert not any(t.requires_grad for t in guides[-1].parameters())
 
 
+def test_torch_latencies_time_each_model_in_turn():
+    """The prune latency comparison tells a slower model from a faster one."""
+    import time
+
+    import torch
+
+    from edgekd.compress import _torch_latencies
+    from edgekd.data import DataSpec, load_data
+
+    class Model(torch.nn.Module):
+        maxlen = 10
+
+        def __init__(self, sleep_s):
+            super().__init__()
+            self.sleep_s = sleep_s
+
+        def forward(self, ids):
+            time.sleep(self.sleep_s)
+            return ids.float()
+
+    ds = load_data(DataSpec(synthetic={"users": 30, "items": 20, "tastes": 2}))
+    fast, slow = _torch_latencies([(Model(0.0), ds), (Model(0.002), ds)], threads=1, users=10,
+                                  rounds=2, seconds=0.05)
+    assert slow >= 2.0 > fast
+
+
 def test_prune_config_errors():
     from edgekd.compress import PruneConfig
 
@@ -186,7 +212,7 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     ds = dataset_for(p)
     assert ds.num_users == tiny_ds.num_users and ds.oov_index == len(keep) + 1
     assert ds.unknown_items == "skip" and all(ds.oov_index not in s for s in ds.train_sequences())
-    # OOV stands in for the pruned items as input, and is never among the recommendations
+    # an OOV input is still accepted (an app may feed it), and OOV is never recommended
     x = np.array([[ds.oov_index] * 5 + [1, 2, 3]])
     scores = model_scores(load_torch_model(p), x)
     assert scores.shape == (1, len(keep) + 1) and scores[0].argmin() == len(keep)

@@ -107,8 +107,7 @@ def test_pruned_items_are_skipped_or_fed_as_oov_in_inputs_but_stay_as_targets(tm
     p = write(tmp_path, "d.csv", "user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
     spec = dict(format="csv", path=str(p), keep_items=("1", "2", "4"))
     oov = load_data(DataSpec(**spec, unknown_items="oov"))
-    skip = load_data(DataSpec(**spec))  # DataSpec's default is "oov": older artifacts mean that
-    assert skip.unknown_items == "oov"
+    assert load_data(DataSpec(**spec)).unknown_items == "oov"  # the default: what older artifacts mean
     skip = load_data(DataSpec(**spec, unknown_items="skip"))
     assert oov.items == skip.items == ["1", "2", "4", "<oov>"] and oov.oov_index == 4
     assert [s.tolist() for s in oov.train_sequences()] == [[1, 2, 4, 3], [2, 1, 4, 4]]
