@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -496,10 +497,41 @@ def _done(a):
     out.print(str(a.path))
 
 
+RESUMABLE = {"train", "distill", "bench", "pipeline"}
+
+
+def _interrupted() -> None:
+    """One line on Ctrl-C: what was interrupted and how to go on."""
+    args = sys.argv[1:]
+    cmd = next((a for a in args if not a.startswith("-")), "edgekd")
+    if cmd in RESUMABLE:
+        again = "edgekd " + " ".join(args) + ("" if "--resume" in args else " --resume")
+        console.print(f"interrupted: {cmd}; finished artifacts, bench records and the last epoch's checkpoint "
+                      f"are kept; to continue: {escape(again)}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"interrupted: {cmd}; nothing half-written was kept (artifacts are written whole or not "
+                      "at all); run it again", highlight=False, soft_wrap=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from .errors import EdgeKDWarning
+
+    if issubclass(category, EdgeKDWarning):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main() -> None:
     debug = bool(os.environ.get("EDGEKD_DEBUG"))
+    warnings.showwarning = _show_warning
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C into Exit(130) before it reaches the handler below
+            _interrupted()
         sys.exit(rc if isinstance(rc, int) else 0)
     except NO_ARGS:  # help was printed
         sys.exit(0)
@@ -508,7 +540,7 @@ def main() -> None:
         console.print(f"[red]error:[/red] {escape(e.format_message())} (see `{cmd} --help`)", highlight=False)
         sys.exit(2)
     except ABORT:
-        console.print("interrupted")
+        _interrupted()
         sys.exit(130)
     except EdgeKDError as e:
         if debug:
@@ -517,7 +549,7 @@ def main() -> None:
         console.print(f"[red]error:[/red] {escape(str(e) + hint)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        console.print("interrupted: finished artifacts, bench records and the last epoch's checkpoint are kept; rerun with --resume")
+        _interrupted()
         sys.exit(130)
     except Exception as e:  # a bug or an unexpected library failure: one line, traceback on request
         if debug:
