@@ -171,23 +171,30 @@ class Artifact:
         write_json(self.path / CARD, self.card)
 
 
+def destination(store: Path, name: str) -> Path:
+    """`store/name` for a new artifact, checked before any work: the name is one safe path
+    component, and what is there already is nothing or an edgekd artifact (which the new one
+    replaces); a directory or file of anything else is never replaced."""
+    final = Path(store) / check_name(name)
+    if final.is_symlink() or (final.exists() and not (final / CARD).is_file()):
+        raise ArtifactError(f"{final} exists and is not an edgekd artifact; it is left as it is",
+                            hint="choose another --name or --out")
+    return final
+
+
 def save_artifact(store: Path, name: str, payload_name: str, write_payload: Callable[[Path], None],
                   card: dict, vocab: dict) -> Artifact:
     """Write an artifact atomically: payload (via `write_payload(path)`), vocab.json and
     artifact.json with the payload's sha256, into `store/name`."""
-    check_name(name)
     if not FILE_RE.fullmatch(payload_name):
         raise ArtifactError(f"payload file name {payload_name!r} is not a plain file name")
     bad = non_finite(card)
     if bad:
         raise ArtifactError(f"{name}: not saved: its card has a non-finite number at {bad}",
                             hint="the run diverged; lower --lr and train again")
-    store = Path(store)
+    final = destination(store, name)
+    store = final.parent
     store.mkdir(parents=True, exist_ok=True)
-    final = store / name
-    if final.is_symlink() or (final.exists() and not (final / CARD).is_file()):
-        raise ArtifactError(f"{final} exists and is not an edgekd artifact; it is left as it is",
-                            hint="choose another --name or --out")
     tmp = store / f".{name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -291,7 +298,9 @@ def read_vocab(p: Path, card: dict) -> dict:
 def load_parent(child: Artifact, record: dict) -> Artifact:
     """The parent named by a lineage record: at its recorded path, else beside the child in
     the same store; its sha256 must match the one recorded."""
-    candidates = [Path(record.get("path", "")), child.path.parent / record["name"]]
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("name", "sha256")):
+        raise ArtifactError(f"{child.path}: artifact.json has a malformed parent record {str(record)[:80]!r}")
+    candidates = [Path(str(record.get("path", ""))), child.path.parent / record["name"]]
     for c in candidates:
         if (c / CARD).is_file():
             parent = load_artifact(c)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifact import DEFAULT_STORE, Artifact, check_name, path_lock, save_artifact
+from .artifact import DEFAULT_STORE, Artifact, check_name, destination, path_lock, save_artifact
 from .data import Dataset, DataSpec, load_data, pad_left, training_pairs
 from .errors import ArtifactError, ConfigError, EdgeKDWarning, TrainingError, require_finite
 from .metrics import evaluate_scores
@@ -236,7 +236,7 @@ def _fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
                 xb, yb = xb[:, xb.shape[1] - width:], yb[:, yb.shape[1] - width:]
             parts = step(xb, yb)
             if not torch.isfinite(parts["loss"].detach()):
-                raise _diverged(epoch, f"the loss became {float(parts['loss'])}", cfg)
+                raise _diverged(epoch, f"the loss became {float(parts['loss'].detach())}", cfg)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -386,7 +386,11 @@ def load_checkpoint(path: Path, key: dict) -> dict:
 
 
 def checkpoint_path(store: Path, name: str) -> Path:
-    return Path(store) / f".{check_name(name)}.checkpoint.pt"
+    """Where a training run that will write artifact `name` keeps its checkpoint. Checks first
+    that the artifact can be written there (a safe name; nothing but an artifact in the way),
+    so a run that could not be saved fails before it trains."""
+    destination(store, name)
+    return Path(store) / f".{name}.checkpoint.pt"
 
 
 # ---------------------------------------------------------------- torch artifacts
