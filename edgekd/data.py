@@ -85,15 +85,10 @@ def _number(path: Path, lineno: int, what: str, text: str) -> float:
     return value
 
 
-MAX_ID_CHARS = 256
-
-
 def _id(path: Path, lineno: int, what: str, text: str) -> str:
     text = text.strip()
     if not text:
         raise DataError(f"{path}:{lineno}: empty {what} id")
-    if len(text) > MAX_ID_CHARS:
-        raise DataError(f"{path}:{lineno}: {what} id of {len(text)} characters (at most {MAX_ID_CHARS})")
     if not text.isprintable():
         raise DataError(f"{path}:{lineno}: {what} id {text[:40]!r} has control characters")
     return text
