@@ -45,6 +45,10 @@ TensorboardOpt = typer.Option(None, "--tensorboard", help="write TensorBoard sca
                               "metrics, epoch time) to this directory")
 PeriodOpt = typer.Option(None, "--period", help="a time period of the events: early:Q (before the Q-quantile "
                          "of timestamps) or late:Q (from it on), e.g. early:0.5")
+NegativesOpt = typer.Option(None, "--negatives", help="next-item loss: 0 = full softmax over the catalogue; N = sampled "
+                            "(in-batch + N negatives). Default: full up to 20,000 items, else 256 sampled")
+SamplerOpt = typer.Option("uniform", "--sampler", help="sampled negatives: uniform or popularity (logQ-corrected)")
+LossTypeOpt = typer.Option("ce", "--loss-type", help="with sampled negatives: ce (sampled softmax) or gbce (gSASRec)")
 
 
 def _name_ok(value: Optional[str]) -> Optional[str]:
@@ -241,6 +245,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
                                                 "MovieLens-100k validation)"),
           bucket: bool = typer.Option(False, "--bucket", help="length-bucketed batches cut to their longest "
                                       "window (exact; 1.6x faster epochs on MovieLens-100k)"),
+          negatives: Optional[int] = NegativesOpt, sampler: str = SamplerOpt, loss_type: str = LossTypeOpt,
           seed: int = typer.Option(0), store: Path = StoreOpt,
           name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)", callback=_name_ok),
           tensorboard: Optional[Path] = TensorboardOpt,
@@ -250,6 +255,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
 
     cfg = TrainConfig(model=model, d=d, blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen,
                       label_smoothing=label_smoothing, bucket=bucket,
+                      negatives=negatives, sampler=sampler, loss_type=loss_type,
                       epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed)
     ds = _load(_spec(data, format, synthetic, period))
     with _epochs("train teacher", epochs) as progress:
@@ -294,6 +300,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
             epochs: int = typer.Option(200), patience: int = typer.Option(10),
             batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
             label_smoothing: float = typer.Option(0.0, help="label smoothing of the student's task loss"),
+            negatives: Optional[int] = NegativesOpt, sampler: str = SamplerOpt, loss_type: str = LossTypeOpt,
             seed: int = typer.Option(0), store: Path = StoreOpt,
             name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok), tensorboard: Optional[Path] = TensorboardOpt,
             resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
@@ -315,7 +322,8 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                         teacher_weights=tuple(teacher_weight) if teacher_weight else None,
                         init_from_teacher=init_from_teacher, online=online, d=d,
                         blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
-                        patience=patience, batch_size=batch_size, lr=lr, seed=seed)
+                        patience=patience, batch_size=batch_size, lr=lr, seed=seed,
+                        negatives=negatives, sampler=sampler, loss_type=loss_type)
     if data or format or synthetic or period:
         if period and not (data or format or synthetic):  # the teacher's data, another period
             from .data import DataSpec

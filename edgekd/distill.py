@@ -142,6 +142,10 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         # A shorter student reads the most recent items only; the teacher reads the same window.
         raise ConfigError(f"student maxlen {kw['maxlen']} exceeds the teacher's {limit}")
     student = create_model(cfg.model, **kw)
+    if cfg.online and cfg.negatives:
+        raise ConfigError("--online (mutual learning) trains with the full softmax; use --negatives 0")
+    # the card says which task loss (mutual learning's stays full-softmax)
+    cfg = cfg.resolved(ds.num_items, getattr(student, "bidirectional", False) or cfg.online)
     extra: dict = {}
     if any(m is not None for m in maps):
         extra["cross_domain"] = [None if m is None else {"teacher": a.name, "matched_items": int((m > 0).sum()),
@@ -158,10 +162,11 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         online_teacher = create_model(arts[0].card["arch"], **arts[0].card["arch_kwargs"])
         loss_fn = MutualLoss(cfg, online_teacher)
     elif cfg.kd == "on":
+        sampled = task_loss(student, cfg.label_smoothing, cfg, ds) if cfg.negatives else None
         loss_fn = DistillLoss(cfg, student, teachers, list(cfg.teacher_weights or [1.0] * len(teachers)),
-                              item_maps=maps)
+                              item_maps=maps, sampled=sampled)
     else:
-        loss_fn = task_loss(student, cfg.label_smoothing)
+        loss_fn = task_loss(student, cfg.label_smoothing, cfg, ds)
     name = name or cfg.default_name(ds.name)
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
               identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]},

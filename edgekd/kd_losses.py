@@ -217,7 +217,7 @@ class DistillLoss(nn.Module):
     trains the terms' own parameters (hint projectors) and checkpoints them."""
 
     def __init__(self, cfg, student: nn.Module, teachers: list[nn.Module], teacher_weights: list[float],
-                 item_maps: list | None = None):
+                 item_maps: list | None = None, sampled=None):
         super().__init__()
         self.teachers = teachers  # a plain list: frozen, not part of this module's state
         # Cross-domain (a teacher trained on other data): item_maps[i][k] is teacher i's index
@@ -235,6 +235,7 @@ class DistillLoss(nn.Module):
         self.weights = {n: float(getattr(cfg, _LOSSES[n].weight_field)) for n in names}
         self.terms = nn.ModuleDict({n: _LOSSES[n].build(cfg, student, teachers) for n in names})
         self.label_smoothing = float(cfg.label_smoothing)
+        self.sampled = sampled
         self.epoch = 1
 
     def start_epoch(self, epoch: int) -> None:
@@ -244,7 +245,10 @@ class DistillLoss(nn.Module):
         mask = y > 0
         s_h = student.hidden(x)[mask]
         s_logits = student.score(s_h)
-        task = F.cross_entropy(s_logits, y[mask] - 1, label_smoothing=self.label_smoothing)
+        if self.sampled is not None:  # the task term sampled like the teacher's (the KD terms need every logit)
+            task = self.sampled.from_hidden(s_h, y[mask], student.item_table())
+        else:
+            task = F.cross_entropy(s_logits, y[mask] - 1, label_smoothing=self.label_smoothing)
         sel = None
         if any(getattr(t, "bidirectional", False) for t in self.teachers):
             # A bidirectional teacher needs one forward per prefix: distil at a random sample

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -57,10 +58,17 @@ class TrainConfig:
     eval_users: int | None = None  # validate on a fixed sample of users (all when None)
     seed: int = 0
     threads: int | None = None
+    # The next-item loss: 0 negatives = full softmax over the catalogue; N > 0 = sampled (see
+    # sampled_losses: "ce" sampled softmax with in-batch + N negatives, "gbce" gSASRec's gBCE).
+    # None: full softmax up to SAMPLE_ABOVE items, else DEFAULT_NEGATIVES sampled (resolved()).
+    negatives: int | None = None
+    sampler: str = "uniform"
+    loss_type: str = "ce"
 
     def __post_init__(self):
         require_finite(self)  # --lr inf or nan: refused before anything runs
         model_kwargs(self.model)  # raises ConfigError listing the registered models
+        _check_sampling(self)
         for name in ("epochs", "batch_size", "patience", "min_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -73,12 +81,46 @@ class TrainConfig:
         if self.eval_users is not None and self.eval_users < 1:
             raise ConfigError(f"eval_users must be >= 1, got {self.eval_users}")
 
+    def resolved(self, num_items: int, bidirectional: bool = False) -> "TrainConfig":
+        """This config with `negatives` decided for a catalogue of `num_items` (what the card records)."""
+        if self.negatives is not None:
+            return self
+        n = 0 if bidirectional else auto_negatives(num_items, self.loss_type)
+        return dataclasses.replace(self, negatives=n)
+
     def arch_kwargs(self, num_items: int) -> dict:
         return model_kwargs(self.model, num_items=num_items, d=self.d, blocks=self.blocks,
                             heads=self.heads, dropout=self.dropout, maxlen=self.maxlen)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Above this many items the full softmax is sampled unless --negatives says otherwise: one batch's
+# logits (128 windows x 50 positions x 20k items, float32) are already 0.5 GB, held three times
+# over (logits, softmax, gradient), and scoring them is most of an epoch's time; on a 1.7k-item
+# catalogue (MovieLens-100k) the full softmax is cheap and is what the teacher was tuned with.
+SAMPLE_ABOVE = 20_000
+DEFAULT_NEGATIVES = 256  # gSASRec's count; with in-batch negatives a few thousand candidates a batch
+
+
+def auto_negatives(num_items: int, loss_type: str = "ce") -> int:
+    return DEFAULT_NEGATIVES if loss_type == "gbce" or num_items > SAMPLE_ABOVE else 0
+
+
+def _check_sampling(cfg) -> None:
+    from .sampled_losses import LOSS_TYPES, SAMPLERS
+
+    if cfg.negatives is not None and cfg.negatives < 0:
+        raise ConfigError(f"negatives must be >= 0 (0: full softmax), got {cfg.negatives}")
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
+    if cfg.loss_type not in LOSS_TYPES:
+        raise ConfigError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {cfg.loss_type!r}")
+    if cfg.loss_type == "gbce" and cfg.negatives == 0:
+        raise ConfigError("loss_type gbce needs sampled negatives (--negatives > 0)")
+    if cfg.loss_type == "gbce" and cfg.sampler != "uniform":
+        raise ConfigError("gbce's calibration is derived for uniform negatives; use --sampler uniform")
 
 
 def seed_everything(seed: int) -> None:
@@ -104,8 +146,17 @@ def cloze_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothi
     return {"loss": task, "task_loss": task}
 
 
-def task_loss(model: nn.Module, label_smoothing: float = 0.0) -> LossFn:
-    """The loss a model trains on alone: Cloze for a bidirectional model, else next-item CE."""
+def task_loss(model: nn.Module, label_smoothing: float = 0.0, cfg: TrainConfig | None = None,
+              ds: Dataset | None = None) -> LossFn:
+    """The loss a model trains on alone: Cloze for a bidirectional model (always full softmax),
+    else next-item CE: full softmax, or sampled when `cfg` (resolved) has negatives > 0."""
+    if cfg is not None and cfg.negatives and ds is not None:
+        if getattr(model, "bidirectional", False):
+            raise ConfigError(f"{cfg.model}'s Cloze loss is full-softmax only; use --negatives 0")
+        from .sampled_losses import SampledLoss, target_counts
+
+        return SampledLoss(ds.num_items, target_counts(ds.train_sequences(), ds.num_items, ds.oov_index),
+                           cfg.negatives, cfg.sampler, cfg.loss_type, label_smoothing, oov_index=ds.oov_index)
     fn = cloze_loss if getattr(model, "bidirectional", False) else cross_entropy_loss
     return functools.partial(fn, label_smoothing=label_smoothing) if label_smoothing else fn
 
@@ -487,8 +538,9 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
     model = create_model(cfg.model, **kw)
+    cfg = cfg.resolved(ds.num_items, getattr(model, "bidirectional", False))  # the card says which loss
     name = check_name(name or f"{ds.name}-teacher")
-    log = fit(model, ds, task_loss(model, cfg.label_smoothing), cfg, progress, checkpoint=checkpoint_path(store, name),
+    log = fit(model, ds, task_loss(model, cfg.label_smoothing, cfg, ds), cfg, progress, checkpoint=checkpoint_path(store, name),
               resume=resume, tensorboard=tensorboard)
     if distributed()[0] != 0:
         return None  # under torchrun, rank 0 evaluates and writes the one artifact

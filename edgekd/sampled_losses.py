@@ -1,0 +1,127 @@
+"""Next-item losses that do not score the whole catalogue at every position.
+
+The full softmax costs positions x catalogue per batch (logits, their softmax and its gradient):
+at 23.7k items that is most of an epoch. Two alternatives, both scoring the hidden states
+against a few hundred to a few thousand item embeddings only:
+
+* sampled softmax ("ce"): the candidates of a batch are its own targets (in-batch negatives)
+  plus `negatives` items drawn once per batch, uniformly or by popularity, shared by every
+  position (mixed negative sampling, Yang et al. 2020). Every candidate's logit is corrected by
+  log of its expected count in the candidate set (the logQ correction of sampled softmax: Bengio &
+  Senecal 2008, Yi et al. 2019), so the loss estimates the full softmax rather than a
+  popularity-biased one; a candidate that equals a position's own target elsewhere in the set
+  is removed for that position (an accidental hit is not a negative).
+* gBCE ("gbce", gSASRec: Petrov & Macdonald 2023): binary cross-entropy with the positive's
+  probability raised to beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = negatives / (items - 1)
+  the sampling rate and t in [0, 1] the calibration (t = 1: fully calibrated, t = 0: plain BCE),
+  against `negatives` uniform negatives. It counters the overconfidence BCE with few negatives
+  learns. The calibration is derived for uniform negatives, so gBCE takes the uniform sampler.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SAMPLERS = ("uniform", "popularity")
+LOSS_TYPES = ("ce", "gbce")
+GBCE_T = 0.75  # gSASRec's calibration on its datasets
+
+
+def target_counts(train_seqs: list[np.ndarray], num_items: int, exclude: int | None = None) -> np.ndarray:
+    """How often each item (index 1..num_items; [num_items + 1], entry 0 = 0) is a next-item
+    target in the training sequences: every item but a sequence's first."""
+    counts = np.zeros(num_items + 1, dtype=np.float64)
+    tails = [np.asarray(s[1:], dtype=np.int64) for s in train_seqs if len(s) > 1]
+    if tails:
+        counts += np.bincount(np.concatenate(tails), minlength=num_items + 1)[: num_items + 1]
+    counts[0] = 0
+    if exclude is not None:
+        counts[exclude] = 0
+    return counts
+
+
+class SampledLoss:
+    """Sampled softmax or gBCE over a model's item table (see the module doc). A plain callable
+    (no parameters of its own); draws from torch's global generator, which training seeds and
+    checkpoints, so a resumed run draws the same negatives."""
+
+    def __init__(self, num_items: int, counts: np.ndarray, negatives: int, sampler: str = "uniform",
+                 loss_type: str = "ce", label_smoothing: float = 0.0, gbce_t: float = GBCE_T,
+                 oov_index: int | None = None):
+        self.num_items = int(num_items)
+        self.negatives = int(negatives)
+        self.sampler = sampler
+        self.loss_type = loss_type
+        self.label_smoothing = float(label_smoothing)
+        self.gbce_t = float(gbce_t)
+        valid = np.ones(num_items + 1, dtype=np.float64)
+        valid[0] = 0
+        if oov_index is not None:
+            valid[oov_index] = 0  # never a target, never a negative
+        # target distribution (what in-batch candidates are drawn from)
+        pop = np.asarray(counts, dtype=np.float64) * valid
+        self.pop = torch.from_numpy(pop / max(pop.sum(), 1.0))
+        q = valid if sampler == "uniform" else pop + valid * 1e-12  # every item reachable
+        self.q = torch.from_numpy(q / q.sum())
+        self.q_float = self.q.float()
+        n_valid = int(valid.sum())
+        # gSASRec: alpha the sampling rate, beta the power of the positive's probability
+        alpha = min(1.0, self.negatives / max(n_valid - 1, 1))
+        self.beta = alpha * (self.gbce_t * (1 - 1 / alpha) + 1 / alpha) if alpha > 0 else 1.0
+
+    def describe(self) -> dict:
+        d = {"loss_type": self.loss_type, "negatives": self.negatives, "sampler": self.sampler}
+        if self.loss_type == "gbce":
+            d.update(gbce_t=self.gbce_t, gbce_beta=self.beta)
+        else:
+            d["in_batch_negatives"] = True
+        return d
+
+    def _draw(self, n: int) -> torch.Tensor:
+        return torch.multinomial(self.q_float, n, replacement=True)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        mask = y > 0
+        task = self.from_hidden(model.hidden(x)[mask], y[mask], model.item_table())
+        return {"loss": task, "task_loss": task}
+
+    def from_hidden(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """The loss for hidden states [P, d] with targets [P] (indices 1..N) against `table`."""
+        if self.loss_type == "gbce":
+            return self._gbce(h, target, table)
+        return self._sampled_softmax(h, target, table)
+
+    def _sampled_softmax(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        batch_items, pos_col = torch.unique(target, return_inverse=True)
+        neg = self._draw(self.negatives) if self.negatives > 0 else target.new_empty(0)
+        cand = torch.cat([batch_items, neg])                              # [C]
+        logits = h @ table[cand].T                                        # [P, C]
+        # logQ: log of each candidate's expected count among the candidates (its in-batch draws
+        # by target popularity plus its uniform/popularity draws)
+        expected = len(target) * self.pop[cand] + self.negatives * self.q[cand]
+        logits = logits - torch.log(expected.clamp_min(1e-30)).to(logits.dtype)
+        hit = cand[None, :] == target[:, None]
+        hit[torch.arange(len(target)), pos_col] = False                   # the positive stays
+        logits = logits.masked_fill(hit, float("-inf"))
+        logp = torch.log_softmax(logits, dim=1)
+        nll = -logp.gather(1, pos_col[:, None]).squeeze(1)
+        eps = self.label_smoothing
+        if not eps:
+            return nll.mean()
+        # label smoothing over the candidates each position keeps (the removed hits excluded)
+        keep = ~hit
+        smooth = -(logp.masked_fill(hit, 0.0).sum(1)) / keep.sum(1)
+        return ((1 - eps) * nll + eps * smooth).mean()
+
+    def _gbce(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        neg = self._draw(self.negatives)                                  # shared by the batch
+        pos_logit = (h * table[target]).sum(1)
+        neg_logits = h @ table[neg].T                                     # [P, K]
+        keep = (neg[None, :] != target[:, None]).to(h.dtype)              # accidental hits dropped
+        # -log(sigmoid(s)^beta) = -beta * log(sigmoid(s)); negatives: -log(1 - sigmoid(s))
+        pos_term = -self.beta * F.logsigmoid(pos_logit)
+        neg_term = -(F.logsigmoid(-neg_logits) * keep).sum(1)
+        # gSASRec averages over the positive and its negatives
+        return ((pos_term + neg_term) / (1.0 + keep.sum(1))).mean()
