@@ -1,45 +1,99 @@
 """Simple floors a sequence model must clear, scored like any model (full ranking, seen items
-excluded): item popularity and a k-th order Markov chain over the training data."""
+excluded): item popularity and a k-th order Markov chain over the training data.
+
+Counts are kept sparse (scipy.sparse: an items x items transition table has as many entries as
+distinct transitions, not items squared) and users are scored a chunk at a time, so neither a
+users x items nor an items x items dense matrix is ever held whole."""
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from .data import Dataset
-from .metrics import full_ranks, ranking_metrics
+from .metrics import evaluate_scores
+
+CHUNK = 256  # users scored at a time (evaluate_scores narrows it further on a large catalogue)
+
+
+def item_counts(num_items: int, histories: list[np.ndarray]) -> np.ndarray:
+    """How often each item (column k = item k + 1) occurs in the histories."""
+    flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if histories else np.zeros(0, np.int64)
+    return np.bincount(flat[flat > 0] - 1, minlength=num_items)[:num_items].astype(np.float64)
+
+
+def transitions(num_items: int, histories: list[np.ndarray], order: int = 1) -> sp.csr_matrix:
+    """Sparse [num_items + 1, num_items]: row a, column b - 1 is the weight of b following a
+    within `order` steps (1/lag each time; row 0 unused)."""
+    rows, cols, vals = [], [], []
+    for lag in range(1, order + 1):
+        for h in histories:
+            h = np.asarray(h, dtype=np.int64)
+            if len(h) > lag:
+                rows.append(h[:-lag])
+                cols.append(h[lag:] - 1)
+                vals.append(np.full(len(h) - lag, 1.0 / lag))
+    if not rows:
+        return sp.csr_matrix((num_items + 1, num_items))
+    # duplicates are summed when converting to CSR
+    return sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(num_items + 1, num_items)).tocsr()
+
+
+def _last_items(histories: list[np.ndarray], users: np.ndarray, order: int, num_items: int) -> sp.csr_matrix:
+    """[len(users), num_items + 1]: how often each item is among a user's last `order` items."""
+    lasts = [np.asarray(histories[u][-order:], dtype=np.int64) for u in users]
+    rows = np.repeat(np.arange(len(users)), [len(x) for x in lasts])
+    cols = np.concatenate(lasts) if lasts else np.zeros(0, np.int64)
+    return sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(users), num_items + 1))
+
+
+def popularity_scorer(ds: Dataset, histories: list[np.ndarray]):
+    """A function of user indices -> their popularity scores [len(users), num_items]."""
+    pop = item_counts(ds.num_items, histories)
+    return lambda users: np.broadcast_to(pop, (len(users), len(pop)))
+
+
+def markov_scorer(ds: Dataset, histories: list[np.ndarray], order: int = 1):
+    """A function of user indices -> scores from the transitions out of each user's last
+    `order` items (older ones weigh less), with popularity breaking ties. Transitions are counted
+    on the histories themselves, so nothing about the targets leaks in."""
+    n = ds.num_items
+    trans = transitions(n, histories, order)
+    pop = item_counts(n, histories)
+    # popularity breaks ties; 0.01 keeps it below any difference in transition weight and
+    # above float32 resolution, in which the ranks are computed
+    tie = 0.01 * pop / max(pop.max(initial=0.0), 1)
+
+    def score(users):
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        return (_last_items(histories, users, order, n) @ trans).toarray() + tie
+
+    return score
 
 
 def popularity_scores(ds: Dataset, histories: list[np.ndarray]) -> np.ndarray:
-    pop = np.zeros(ds.num_items)
-    for h in histories:
-        np.add.at(pop, np.asarray(h) - 1, 1)
-    return np.tile(pop, (len(histories), 1))
+    """Every user's popularity scores at once (small data and tests only)."""
+    return np.array(popularity_scorer(ds, histories)(np.arange(len(histories))))
 
 
 def markov_scores(ds: Dataset, histories: list[np.ndarray], order: int = 1) -> np.ndarray:
-    """Scores from the transitions out of the last `order` items (older ones weigh less),
-    with popularity breaking ties. Transitions are counted on the histories themselves, so
-    nothing about the targets leaks in."""
-    n = ds.num_items
-    trans = np.zeros((n + 1, n))
-    pop = np.zeros(n)
-    for h in histories:
-        h = np.asarray(h)
-        np.add.at(pop, h - 1, 1)
-        for lag in range(1, order + 1):
-            if len(h) > lag:
-                np.add.at(trans, (h[:-lag], h[lag:] - 1), 1.0 / lag)
-    out = np.empty((len(histories), n))
-    for u, h in enumerate(histories):
-        # popularity breaks ties; 0.01 keeps it below any difference in transition weight and
-        # above float32 resolution, in which the ranks are computed
-        out[u] = trans[np.asarray(h[-order:])].sum(0) + 0.01 * pop / max(pop.max(), 1)
-    return out
+    """Every user's Markov scores at once (small data and tests only)."""
+    return markov_scorer(ds, histories, order)(np.arange(len(histories)))
+
+
+def score_metrics(scorer, targets: np.ndarray, histories: list[np.ndarray], num_items: int,
+                  never: int | None = None) -> dict:
+    """Full-ranking metrics of a scorer of user indices, a chunk of users at a time."""
+    users = np.arange(len(histories))[:, None]
+    m, _ = evaluate_scores(lambda b: scorer(b[:, 0]), users, targets, histories, batch=CHUNK,
+                           sampled=False, never=never, num_items=num_items)
+    return m
 
 
 def baseline_metrics(ds: Dataset, split: str = "test") -> dict[str, dict]:
     hist, targets = ds.eval_split(split)
     return {
-        "popularity": ranking_metrics(full_ranks(popularity_scores(ds, hist), targets, hist)),
-        "markov-1": ranking_metrics(full_ranks(markov_scores(ds, hist, 1), targets, hist)),
-        "markov-3": ranking_metrics(full_ranks(markov_scores(ds, hist, 3), targets, hist)),
+        "popularity": score_metrics(popularity_scorer(ds, hist), targets, hist, ds.num_items),
+        "markov-1": score_metrics(markov_scorer(ds, hist, 1), targets, hist, ds.num_items),
+        "markov-3": score_metrics(markov_scorer(ds, hist, 3), targets, hist, ds.num_items),
     }

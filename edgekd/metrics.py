@@ -13,6 +13,9 @@ from typing import Callable
 import numpy as np
 
 K = 10
+# Scores held at once while evaluating (float32; a few copies are made per chunk): 2**24 is
+# 64 MB, 256 users on a 65k-item catalogue, 16 users on a million items.
+MAX_CHUNK_SCORES = 1 << 24
 
 
 def mask_seen(scores: np.ndarray, histories: list[np.ndarray], keep: np.ndarray | None = None) -> np.ndarray:
@@ -98,24 +101,37 @@ def topk_overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b)]))
 
 
+def chunk_users(num_items: int, batch: int = 256) -> int:
+    """Users per evaluation chunk: at most `batch`, and at most MAX_CHUNK_SCORES scores."""
+    return max(1, min(batch, MAX_CHUNK_SCORES // max(int(num_items), 1)))
+
+
 def evaluate_scores(score_fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
                     targets: np.ndarray, histories: list[np.ndarray], *, batch: int = 256,
                     sampled: bool = True, reference_topk: np.ndarray | None = None,
-                    seed: int = 0, never: int | None = None) -> tuple[dict[str, float], np.ndarray]:
-    """Run `score_fn` over `inputs` [U, maxlen] in batches and compute every metric.
+                    seed: int = 0, never: int | None = None,
+                    num_items: int | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Run `score_fn` over `inputs` [U, maxlen] in chunks of users and compute every metric; no
+    users x items score matrix is held whole (a chunk holds at most MAX_CHUNK_SCORES scores).
     Returns (metrics, top-10 lists); with `reference_topk`, adds the overlap with it.
     `never`: an index that is not an item (the out-of-vocabulary item): it is never ranked, and
-    a target that is it counts as a miss."""
+    a target that is it counts as a miss. `num_items`: the catalogue's size, to size the chunks
+    from the first (else the first chunk is `batch` users whatever the catalogue)."""
     full, samp, tops = [], [], []
-    for i in range(0, len(inputs), batch):
+    if num_items:
+        batch = chunk_users(num_items, batch)
+    i = 0
+    while i < len(inputs):
         s = np.asarray(score_fn(inputs[i:i + batch]), dtype=np.float32)
+        h, t = histories[i:i + batch], targets[i:i + batch]
+        start, i = i, i + len(t)
+        batch = chunk_users(s.shape[1], batch)  # without num_items: bounded from the second chunk on
         if never is not None:
             s = s.copy()
             s[:, never - 1] = -np.inf
-        h, t = histories[i:i + batch], targets[i:i + batch]
         full.append(full_ranks(s, t, h))
         if sampled:
-            samp.append(sampled_ranks(s, t, h, seed=seed + i))
+            samp.append(sampled_ranks(s, t, h, seed=seed + start))
         tops.append(topk(s, h, K))
     out = ranking_metrics(np.concatenate(full))
     if sampled:

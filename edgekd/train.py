@@ -187,7 +187,7 @@ def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool =
                    reference_topk: np.ndarray | None = None, users: int | None = None):
     x, t, h = eval_inputs(ds, split, model.maxlen, users)
     return evaluate_scores(lambda b: model_scores(model, b), x, t, h, sampled=sampled, never=ds.oov_index,
-                           reference_topk=reference_topk)
+                           reference_topk=reference_topk, num_items=ds.num_items)
 
 
 def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,

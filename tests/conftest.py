@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "u.data"
+# EDGEKD_ML100K: another place for it (a git worktree elsewhere than beside the data)
+ML100K = Path(os.environ.get("EDGEKD_ML100K") or
+              Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "u.data")
 TINY = {"users": 150, "items": 60, "mean_length": 12, "tastes": 4, "seed": 3}
 
 
