@@ -455,9 +455,9 @@ def _load_fast(spec: DataSpec) -> Dataset:
         cut = float(np.quantile(ts, q))
         mask = (ts < cut) == (side == "early")
         users, items, ts = users.filter(pa.array(mask)), items.filter(pa.array(mask)), ts[mask]
-    if spec.keep_items is not None:
-        keep = pc.is_in(items, value_set=pa.array(list(spec.keep_items), type=pa.string()))
-        items = pc.if_else(keep, items, OOV_ID)
+    if spec.keep_items is not None:  # on the distinct ids: every other one becomes OOV_ID
+        keep = pc.is_in(items.dictionary, value_set=pa.array(list(spec.keep_items), type=pa.string()))
+        items = pa.DictionaryArray.from_arrays(items.indices, pc.if_else(keep, items.dictionary, OOV_ID))
     built, dropped = data_arrow.build_arrays(users, items, ts, min_events=spec.min_events, oov_id=OOV_ID,
                                              key=_sort_key)
     if built is None:

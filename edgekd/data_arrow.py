@@ -75,11 +75,15 @@ def _read(path: Path, *, delimiter: str, names: list[str] | None, types: dict, q
         raise Fallback(str(e)) from None
 
 
-def _ids(col: pa.ChunkedArray, pattern: str = _ID) -> pa.Array:
+def _ids(col: pa.ChunkedArray, pattern: str = _ID) -> pa.DictionaryArray:
+    """The column dictionary-encoded (each distinct id once), its distinct ids checked."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if col.null_count or not pc.all(pc.match_substring_regex(col, pattern)).as_py():
+    if col.null_count:
+        raise Fallback("a missing id")
+    enc = pc.dictionary_encode(col)
+    if not pc.all(pc.match_substring_regex(enc.dictionary, pattern)).as_py():
         raise Fallback("an id that is not plain printable ASCII")
-    return col
+    return enc
 
 
 def _finite(col: pa.ChunkedArray) -> np.ndarray:
@@ -91,9 +95,10 @@ def _finite(col: pa.ChunkedArray) -> np.ndarray:
     return a
 
 
-def read_columns(fmt: str, path: Path, first_line: str | None, max_line: int) -> tuple[pa.Array, pa.Array, np.ndarray]:
+def read_columns(fmt: str, path: Path, first_line: str | None,
+                 max_line: int) -> tuple[pa.DictionaryArray, pa.DictionaryArray, np.ndarray]:
     """(users, items, timestamps) of a movielens, sasrec or csv file, in file order, as the
-    Python loader of that format reads them; Fallback when in any doubt."""
+    Python loader of that format reads them (ids dictionary-encoded); Fallback when in any doubt."""
     path = Path(path)
     if not path.is_file() or first_line is None:
         raise Fallback("no file or no lines")
@@ -148,15 +153,16 @@ def sort_order(values: pa.Array, key) -> np.ndarray:
     return np.array(sorted(range(len(vals)), key=lambda k: key(vals[k])), dtype=np.int64)
 
 
-def build_arrays(users: pa.Array, items: pa.Array, ts: np.ndarray, *, min_events: int, oov_id: str, key):
+def build_arrays(users: pa.DictionaryArray, items: pa.DictionaryArray, ts: np.ndarray, *, min_events: int,
+                 oov_id: str, key):
     """What data.build_dataset computes from event tuples, from columns: (sequences, items,
     users, dropped). Each user's events in time order (stable: ties keep file order), users and
-    items in `key` order of their ids, the out-of-vocabulary item last."""
-    ud = pc.dictionary_encode(users)
-    ucode, uvals = ud.indices.to_numpy().astype(np.int64), ud.dictionary
+    items in `key` order of their ids, the out-of-vocabulary item last. A dictionary may hold
+    ids no event uses (after a period filter) and, for items, the OOV id more than once."""
+    ucode, uvals = users.indices.to_numpy().astype(np.int64), users.dictionary
     counts = np.bincount(ucode, minlength=len(uvals))
     keep_u = counts >= min_events
-    dropped = int((~keep_u).sum())
+    dropped = int(((counts > 0) & ~keep_u).sum())
     if not keep_u.any():
         return None, dropped
     ev = keep_u[ucode]
@@ -165,8 +171,7 @@ def build_arrays(users: pa.Array, items: pa.Array, ts: np.ndarray, *, min_events
     urank = np.full(len(uvals), -1, dtype=np.int64)
     urank[uorder] = np.arange(len(uorder))
 
-    idict = pc.dictionary_encode(items)
-    icode, ivals = idict.indices.to_numpy().astype(np.int64), idict.dictionary
+    icode, ivals = items.indices.to_numpy().astype(np.int64), items.dictionary
     present = np.zeros(len(ivals), dtype=bool)
     present[icode[ev]] = True
     oov = pc.equal(ivals, oov_id).to_numpy(zero_copy_only=False)
@@ -181,14 +186,23 @@ def build_arrays(users: pa.Array, items: pa.Array, ts: np.ndarray, *, min_events
         item_list.append(oov_id)
 
     r, c, t = urank[ucode[ev]], icode[ev], ts[ev]
-    if len(t) > 1 and not (np.diff(t) >= 0).all():
-        o = np.argsort(t, kind="stable")
-        r, c = r[o], c[o]
-    o = np.argsort(r, kind="stable")  # by user; within a user, time then file order
-    seq = index[c[o]]
+    seq = index[c[_user_time_order(r, t, len(uorder))]]
     lengths = np.bincount(r, minlength=len(uorder))
     sequences = np.split(seq, np.cumsum(lengths)[:-1])
     return (sequences, item_list, uvals.take(pa.array(uorder)).to_pylist()), dropped
+
+
+def _user_time_order(r: np.ndarray, t: np.ndarray, users: int) -> np.ndarray:
+    """Event order by user, then time, then file position (a stable sort of each key)."""
+    if not len(t):
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = float(t.min()), float(t.max())
+    span = hi - lo + 1
+    if (t == np.floor(t)).all() and span * users < 2.0 ** 62:
+        # whole-number times: one stable sort of user * span + time
+        return np.argsort(r * np.int64(span) + (t - lo).astype(np.int64), kind="stable")
+    o = np.argsort(t, kind="stable")
+    return o[np.argsort(r[o], kind="stable")]
 
 
 def no_user_error(name: str, min_events: int, dropped: int) -> DataError:
