@@ -118,7 +118,8 @@ def read_columns(fmt: str, path: Path, first_line: str | None,
                       types={"u": s, "i": s, "r": f, "t": f})
             user, item, rating, ts = "u", "i", "r", "t"
         rows = t.num_rows
-        _finite(t[rating])
+        if t[rating].null_count or not pc.all(pc.is_finite(t[rating])).as_py():
+            raise Fallback("a rating that is missing or not finite")
         out = _ids(t[user]), _ids(t[item]), _finite(t[ts])
     elif fmt == "sasrec":
         t = _read(path, delimiter=" ", names=["u", "i"], quote=False, types={"u": s, "i": s})
