@@ -72,3 +72,25 @@ def test_a_broken_link_is_caught(tmp_path):
                    "`[in code](nowhere.md)`\n```\n[in a fence](nowhere.md)\n```\n"
                    "[gone](missing.md) [bad anchor](there.md#nope)\n")
     assert broken(doc) == ["missing.md: no such file", "there.md#nope: no heading #nope in there.md"]
+
+
+def committed_records() -> list[Path]:
+    """The JSON records in the study folders (benchmarks/<study>/*.json). benchmarks/results/ is
+    local output; aarch64/ writes its own summary shape (run.sh)."""
+    return sorted(p for p in (ROOT / "benchmarks").glob("*/*.json")
+                  if p.parent.name not in {"results", "aarch64"})
+
+
+def test_there_are_records():
+    assert len(committed_records()) > 10
+
+
+@pytest.mark.parametrize("path", committed_records(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_records_have_the_standard_shape(path):
+    import json
+
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(rec, dict) and sorted(rec) == sorted(["command", "commit", "machine", "date", "results"])
+    for key in ("command", "commit", "machine"):
+        assert isinstance(rec[key], str) and rec[key].strip(), key
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", rec["date"])
