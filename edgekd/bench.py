@@ -305,6 +305,8 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
         raise ArtifactError("nothing to benchmark", hint="pass one or more artifact directories")
     if users is not None and users < 1:
         raise ConfigError(f"users must be >= 1, got {users}")
+    if run_id is not None:
+        check_name(run_id, "bench run name")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     teacher = teacher or find_teacher(artifacts[0])

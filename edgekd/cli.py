@@ -440,8 +440,8 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
           target: str = typer.Option("local-cpu", "--target", "-t",
                                      help="DEVICE to run on (edgekd list targets); not an export format"),
           teacher: Optional[Path] = typer.Option(None, help="baseline teacher (default: from lineage)"),
-          threads: Optional[int] = typer.Option(None, help="threads (default: the target's)"),
-          users: Optional[int] = typer.Option(None, help="evaluate on a sample of this many test users"),
+          threads: Optional[int] = typer.Option(None, min=1, help="threads (default: the target's)"),
+          users: Optional[int] = typer.Option(None, min=1, help="evaluate on a sample of this many test users"),
           results: Path = typer.Option(Path("benchmarks/results"), "--out", help="results directory"),
           store: Path = typer.Option(Path("models"), "--store"),
           run_id: Optional[str] = typer.Option(None, "--run", help="run directory name (default: a new "

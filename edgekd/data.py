@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -85,15 +86,10 @@ def _number(path: Path, lineno: int, what: str, text: str) -> float:
     return value
 
 
-MAX_ID_CHARS = 256
-
-
 def _id(path: Path, lineno: int, what: str, text: str) -> str:
     text = text.strip()
     if not text:
         raise DataError(f"{path}:{lineno}: empty {what} id")
-    if len(text) > MAX_ID_CHARS:
-        raise DataError(f"{path}:{lineno}: {what} id of {len(text)} characters (at most {MAX_ID_CHARS})")
     if not text.isprintable():
         raise DataError(f"{path}:{lineno}: {what} id {text[:40]!r} has control characters")
     return text
@@ -297,6 +293,8 @@ class DataSpec:
         else:
             p = Path(self.path)
             base = p.parent.name if p.stem in ("u", "ratings", "data") else p.stem
+            # names of artifacts derive from it: keep it a safe name whatever the file is called
+            base = re.sub(r"[^A-Za-z0-9._+=-]+", "-", base).strip(".-")[:64] or "data"
         return base if self.period is None else f"{base}-{self.period.replace(':', '')}"
 
     def to_dict(self) -> dict:
