@@ -147,3 +147,29 @@ def test_the_card_records_the_loss_chosen(tiny_ds, tmp_path):
     assert card["config"]["train"]["negatives"] == 8 and card["config"]["train"]["loss_type"] == "gbce"
     b = train_teacher(tiny_ds, replace(CFG, model="sasrec", epochs=1, patience=1), store=tmp_path, name="u")
     assert json.loads((b.path / "artifact.json").read_text())["config"]["train"]["negatives"] == 0
+
+
+def test_distillation_samples_its_task_term_too(tiny_ds, tiny_teacher, tmp_path):
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.kd_losses import DistillLoss
+
+    seen = []
+    orig = SampledLoss.from_hidden
+
+    def spy(self, h, target, table):
+        seen.append(len(target))
+        return orig(self, h, target, table)
+
+    SampledLoss.from_hidden = spy
+    try:
+        for kd in ("on", "off"):
+            a = distill(tiny_teacher, tiny_ds, DistillConfig(d=8, maxlen=20, epochs=1, patience=1, kd=kd, negatives=8),
+                        store=tmp_path, name=f"s-{kd}")
+            assert a.card["config"]["distill"]["negatives"] == 8
+            assert seen and np.isfinite(a.card["history"][0]["task_loss"])  # the sampled task term ran
+            seen.clear()
+    finally:
+        SampledLoss.from_hidden = orig
+    with pytest.raises(ConfigError, match="online"):
+        distill(tiny_teacher, tiny_ds, DistillConfig(d=8, maxlen=20, epochs=1, online=True, negatives=8),
+                store=tmp_path, name="s-online")
