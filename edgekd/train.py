@@ -83,6 +83,8 @@ class TrainConfig:
 
     def resolved(self, num_items: int, bidirectional: bool = False) -> "TrainConfig":
         """This config with `negatives` decided for a catalogue of `num_items` (what the card records)."""
+        if bidirectional and (self.negatives or self.loss_type != "ce"):
+            raise ConfigError(f"{self.model}'s Cloze loss is full-softmax only; drop --negatives and --loss-type")
         if self.negatives is not None:
             return self
         n = 0 if bidirectional else auto_negatives(num_items, self.loss_type)

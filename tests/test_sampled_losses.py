@@ -122,6 +122,9 @@ def test_bert4rec_refuses_sampled_negatives(tiny_ds):
     model = create_model("bert4rec", num_items=tiny_ds.num_items, d=8, maxlen=20)
     with pytest.raises(ConfigError, match="Cloze"):
         task_loss(model, 0.0, TrainConfig(model="bert4rec", negatives=8), tiny_ds)
+    for cfg in (TrainConfig(model="bert4rec", negatives=8), TrainConfig(model="bert4rec", loss_type="gbce")):
+        with pytest.raises(ConfigError, match="Cloze"):
+            cfg.resolved(tiny_ds.num_items, bidirectional=True)
 
 
 @pytest.mark.parametrize("loss_type,sampler", [("ce", "uniform"), ("ce", "popularity"), ("gbce", "uniform")])
