@@ -117,15 +117,12 @@ def _validation_message(errors: list[dict]) -> str:
     return "; ".join(parts[:3]) + more
 
 
-# ---------------------------------------------------------------- the body-size guard and request metrics
-
-class _TooLarge(Exception):
-    pass
-
+# ---------------------------------------------------------------- request metrics
 
 class Guard:
-    """Pure ASGI middleware: refuses bodies over the limit (413, by Content-Length or as they
-    stream) and counts every request by endpoint and outcome with its duration."""
+    """Pure ASGI middleware (no per-request task or body copy): counts every request by
+    endpoint and outcome, with its duration. The body size limit is FastAPI's own
+    (max_body_size); its 413 is restated here as JSON with the limit in it."""
 
     def __init__(self, app, state: "State"):
         self.app, self.state = app, state
@@ -133,41 +130,34 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        st = self.state
         t0 = time.perf_counter()
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-        limit = st.cfg.max_body_bytes
-        status = {"code": 500, "started": False}
+        status = [500]
+
+        limit = self.state.cfg.max_body_bytes
 
         async def send_(msg):
             if msg["type"] == "http.response.start":
-                status["code"], status["started"] = msg["status"], True
+                status[0] = msg["status"]
+                if status[0] == 413:  # FastAPI's body limit answers in plain text: say it in JSON
+                    return
+            elif status[0] == 413:
+                if not msg.get("more_body"):
+                    body = json.dumps({"error": f"request body is over the {limit}-byte limit"}).encode()
+                    await send({"type": "http.response.start", "status": 413,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                return
             await send(msg)
 
         try:
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                too = length.isdigit()
-                resp = _error(413 if too else 400, f"request body of {int(length)} bytes is over the "
-                              f"{limit}-byte limit" if too else "invalid Content-Length header")
-                await resp(scope, receive, send_)
-                return
-            seen = {"n": 0}
-
-            async def receive_():
-                msg = await receive()
-                if msg["type"] == "http.request":
-                    seen["n"] += len(msg.get("body", b""))
-                    if seen["n"] > limit:
-                        raise HTTPException(413, f"request body is over the {limit}-byte limit")
-                return msg
-
-            await self.app(scope, receive_, send_)
+            await self.app(scope, receive, send_)
         finally:
-            code = status["code"]
+            code = status[0]
             outcome = ("ok" if code < 400 else "unavailable" if code == 503 else
                        "client_error" if code < 500 else "server_error")
-            m = st.metrics
+            m = self.state.metrics
             m.requests.labels(endpoint, outcome).inc()
             m.request_seconds.labels(endpoint).observe(time.perf_counter() - t0)
 
@@ -315,7 +305,10 @@ def create_app(cfg: ServeConfig, model=None) -> FastAPI:
                                 or "the model is still loading")
         return m
 
-    @app.post("/v1/recommend", response_model=RecommendResponse,
+    # the body limit is set per route (inside the middleware that reports it; see Guard)
+    limit = {"max_body_size": cfg.max_body_bytes}
+
+    @app.post("/v1/recommend", response_model=RecommendResponse, **limit,
               responses={413: {"description": "body too large"}, 422: {"description": "invalid request"},
                          503: {"description": "the model is not loaded yet"}})
     async def recommend(req: RecommendRequest):
@@ -361,7 +354,7 @@ def create_app(cfg: ServeConfig, model=None) -> FastAPI:
         return {"items": rec.items[:k], "scores": rec.scores[:k], "model": {"name": m.name, "sha256": m.sha256}}
 
     if cfg.echo:
-        @app.post("/v1/echo", response_model=RecommendResponse, include_in_schema=False)
+        @app.post("/v1/echo", response_model=RecommendResponse, include_in_schema=False, **limit)
         async def echo(req: RecommendRequest):
             """The same request parsing and response, no model: the stack's floor."""
             return {"items": [str(i) for i in req.history[-req.k:]], "scores": [0.0] * min(req.k, len(req.history)),
@@ -408,7 +401,7 @@ def create_app(cfg: ServeConfig, model=None) -> FastAPI:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     if cfg.admin_token:
-        @app.post("/admin/reload", responses={401: {"description": "no or wrong bearer token"},
+        @app.post("/admin/reload", **limit, responses={401: {"description": "no or wrong bearer token"},
                                                409: {"description": "the new artifact failed verification"}})
         async def reload(req: ReloadRequest, authorization: Optional[str] = Header(None)):
             """Load, verify (sha256, probe, same catalogue) and atomically swap in another artifact."""
