@@ -487,3 +487,48 @@ def test_cli_serve_with_two_workers(serve_store, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_serve_reference_is_computed_when_missing(serve_store, tmp_path):
+    from edgekd.artifact import load_artifact
+    from edgekd.serve import ensure_reference
+    from edgekd.serve.drift import load_reference
+
+    store = tmp_path / "s"
+    shutil.copytree(serve_store / "tiny-teacher", store / "tiny-teacher")
+    assert load_reference(load_artifact(store / "tiny-teacher")) is None
+    said = []
+    ensure_reference("tiny-teacher", store, say=said.append)
+    ref = load_reference(load_artifact(store / "tiny-teacher"))
+    assert ref is not None and "computed" in said[0]
+    ensure_reference("tiny-teacher", store, say=said.append)
+    assert "kept" in said[1]
+
+
+def test_a_reference_of_another_payload_is_ignored(serve_store, tmp_path):
+    from edgekd.artifact import load_artifact
+    from edgekd.serve.drift import load_reference
+
+    d = tmp_path / "student"
+    shutil.copytree(serve_store / "tiny-student", d)
+    ref = json.loads((d / "drift_reference.json").read_text())
+    ref["artifact"]["sha256"] = "0" * 64
+    (d / "drift_reference.json").write_text(json.dumps(ref))
+    assert load_reference(load_artifact(d)) is None
+
+
+@pytest.mark.parametrize("args,code,msg", [
+    (["--workers", "0"], 2, "--workers must be >= 1"),
+    (["--shadow-rate", "2"], 2, "--shadow-rate must be in [0, 1]"),
+    (["--max-batch", "0"], 2, "--max-batch must be in 1..1024"),
+])
+def test_cli_serve_refuses_bad_options_in_one_line(serve_store, args, code, msg):
+    import os
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "edgekd", "serve", "tiny-student", "--out", str(serve_store), *args],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert p.returncode == code, p.stderr
+    assert msg in p.stderr and "Traceback" not in p.stderr
