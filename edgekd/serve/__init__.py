@@ -33,7 +33,7 @@ def serve(cfg, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_
     """Run the service until interrupted."""
     import uvicorn
 
-    from .app import ServeConfig, create_app
+    from .app import create_app
 
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
