@@ -189,7 +189,7 @@ def time_artifacts(cells: list[tuple[Artifact, Path]], target: Target, threads: 
                     wd = stack.enter_context(tr.workdir())
                     argv, where[name] = _stage(a, target, tr, wd, npz, threads)
                     procs[name] = timing.RunnerProcess(tr._cmd(argv + ["--serve"]), f"{a.name} on {target.name}",
-                                                       target.timeout_s)
+                                                       target.timeout_s, check_link=tr._check_link)
                 except (BenchError, TargetError) as e:
                     results[name] = str(e)
             for name in list(procs):  # all loading at once; then wait for each

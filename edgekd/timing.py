@@ -15,8 +15,12 @@ round before it is summarised:
 Design: ONE WARM PROCESS PER CELL, TIMED IN TURNS. Each file runs in its own device-runner
 process (`device_runner.py --serve`), loaded once; the host sends it "round" and it times one
 round of batch-1 runs while the other processes wait on their stdin. The alternative, a fresh
-process per cell per round, was measured on this machine by benchmarks/same_artifact_twice.py
-(record and conclusion in benchmarks/ratios/): see the README there for the figures.
+process per cell per round, was measured against it (and against timing cells one after
+another) on this machine by benchmarks/same_artifact_twice.py; records and figures in
+benchmarks/ratios/README.md. Warm processes were chosen: their rounds were several times
+steadier and the run took half the time (a fresh torch process costs seconds to start, every
+round, for every cell). What they cannot see: an offset that belongs to one process (memory
+layout) and stays the same in every round; a fresh process per round would turn it into spread.
 
 A cell here is any callable that times one round and returns that round's p50 in ms (or a dict
 with "p50_ms"): a RunnerProcess below, a fake timer in the tests, or the fresh-process runner.
@@ -172,8 +176,9 @@ class RunnerProcess:
 
     PREFIX = "EDGEKD "
 
-    def __init__(self, cmd: list[str], name: str, timeout_s: float = 900):
-        self.name, self.timeout_s = name, timeout_s
+    def __init__(self, cmd: list[str], name: str, timeout_s: float = 900, check_link=None):
+        # check_link: the transport's check of its own link (ssh exit 255: TargetError)
+        self.name, self.timeout_s, self.cmd, self.check_link = name, timeout_s, cmd, check_link
         self._err = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
@@ -201,6 +206,16 @@ class RunnerProcess:
         lines = [l.strip() for l in self._err.read().decode(errors="replace").splitlines() if l.strip()]
         return lines[-1] if lines else "no output"
 
+    def _failed(self, rc: int) -> None:
+        """Raise the error for a runner that exited with `rc` (a link failure first)."""
+        self._err.seek(0)
+        if self.check_link:
+            self.check_link(subprocess.CompletedProcess(self.cmd, rc, b"", self._err.read()))
+        err = self.stderr_tail()
+        if rc == 3 and err.startswith("device unavailable"):
+            raise TargetError(f"{self.name}: {err}")
+        raise BenchError(f"{self.name}: the runner failed (exit {rc}): {err}")
+
     def _reply(self) -> dict:
         try:
             line = self._lines.get(timeout=self.timeout_s)
@@ -208,11 +223,7 @@ class RunnerProcess:
             self.kill()
             raise BenchError(f"{self.name}: the runner did not answer within {self.timeout_s:g} s") from None
         if line is None:
-            rc = self.proc.wait()
-            err = self.stderr_tail()
-            if rc == 3 and err.startswith("device unavailable"):
-                raise TargetError(f"{self.name}: {err}")
-            raise BenchError(f"{self.name}: the runner failed (exit {rc}): {err}")
+            self._failed(self.proc.wait())
         return json.loads(line)
 
     def send(self, cmd: str) -> None:
@@ -235,10 +246,8 @@ class RunnerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise BenchError(f"{self.name}: the runner did not finish within {self.timeout_s:g} s") from None
-        if rc == 3 and self.stderr_tail().startswith("device unavailable"):
-            raise TargetError(f"{self.name}: {self.stderr_tail()}")
         if rc != 0:
-            raise BenchError(f"{self.name}: the runner failed (exit {rc}): {self.stderr_tail()}")
+            self._failed(rc)
         return rc
 
     def kill(self) -> None:
