@@ -65,7 +65,10 @@ def spread(p50s: list[float]) -> dict:
 def ratio_interval(ref: list[float], cell: list[float], *, confidence: float = CONFIDENCE,
                    n_boot: int = BOOTSTRAP, seed: int = SEED) -> dict:
     """ref / cell (a speed-up: above 1 the cell is faster than the reference), paired by round:
-    the median of the per-round ratios and a percentile bootstrap interval over rounds."""
+    the median of the per-round ratios and a percentile bootstrap interval over rounds.
+
+    With few rounds the interval is about the range of the per-round ratios, which misses the
+    true ratio 2 x 0.5^n of the time (n rounds): use 5 rounds or more for a decision."""
     r = np.asarray(ref, dtype=float) / np.asarray(cell, dtype=float)
     if len(r) != len(ref) or len(r) != len(cell):
         raise ValueError("ratio_interval needs the same rounds for both cells")
