@@ -73,7 +73,8 @@ def main() -> int:
         onnx.save(floor_model(1, int(inp.shape[1]), int(out.shape[1]), in_type), floor_path)
         floor_t, _ = timer(floor_path, args.runs)
         # both loaded in this process, timed in turns, round after round (edgekd.timing)
-        t = interleave({"model": model_t, "floor": floor_t}, args.rounds, reference="floor")
+        t = interleave({"model": model_t, "floor": floor_t}, args.rounds, reference="floor",
+                       design="interleaved rounds, both models in this process timed in turns")
         model_ms, floor_ms = t.summary("model")["p50_ms"], t.summary("floor")["p50_ms"]
         # counted after the timing: with the counting session created first, the model timed
         # 2x slower here (0.07 against 0.035 ms), so nothing else runs beside the timing

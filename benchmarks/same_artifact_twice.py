@@ -100,7 +100,8 @@ def main() -> int:
                         "a_rounds": m.p50s[a.name], "b_rounds": m.p50s[b.name], "ratio": m.ratio(b.name)}
             if design == "interleaved-fresh":
                 m = timing.interleave({n: (lambda x=x: run_runner(x, tgt, npz, args.threads)["latency"]["p50_ms"])
-                                       for n, x in ((a.name, a), (b.name, b))}, args.rounds, reference=a.name)
+                                       for n, x in ((a.name, a), (b.name, b))}, args.rounds, reference=a.name,
+                                      design="interleaved rounds, a fresh runner process per cell per round")
                 return {"a": m.summary(a.name)["p50_ms"], "b": m.summary(b.name)["p50_ms"],
                         "a_rounds": m.p50s[a.name], "b_rounds": m.p50s[b.name], "ratio": m.ratio(b.name)}
             pa = run_runner(a, seq, npz, args.threads)["latency"]["p50_ms"]

@@ -118,6 +118,7 @@ class Measurement:
     reference: str | None = None
     seed: int = SEED
     load: dict | None = None                                      # MachineLoad.stop() while it ran
+    design: str = DESIGN                                          # how the cells were timed
 
     def summary(self, name: str) -> dict | None:
         return spread(self.p50s[name]) if self.p50s.get(name) else None
@@ -136,7 +137,7 @@ class Measurement:
                 and self.summary(n)["rel"] > threshold]
 
     def to_dict(self) -> dict:
-        return {"design": DESIGN, "rounds": self.rounds, "order": self.order, "reference": self.reference,
+        return {"design": self.design, "rounds": self.rounds, "order": self.order, "reference": self.reference,
                 "cells": {n: {"p50_rounds_ms": p, "spread": self.summary(n),
                               **({"vs_reference": self.ratio(n)} if self.reference and n != self.reference else {})}
                           for n, p in self.p50s.items()},
@@ -146,13 +147,13 @@ class Measurement:
 
 def interleave(cells: dict[str, Callable[[], float | dict]], rounds: int = DEFAULT_ROUNDS, *,
                reference: str | None = None, seed: int = SEED, rotate: bool = True,
-               on_round: Callable[[int, dict], None] | None = None) -> Measurement:
+               on_round: Callable[[int, dict], None] | None = None, design: str = DESIGN) -> Measurement:
     """Time every cell once per round, in turns, `rounds` times. A cell that raises an edgekd
     error is recorded in `errors` and left out of later rounds; the others go on."""
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
     names = list(cells)
-    m = Measurement(rounds=rounds, reference=reference, seed=seed,
+    m = Measurement(rounds=rounds, reference=reference, seed=seed, design=design,
                     p50s={n: [] for n in names}, replies={n: [] for n in names})
     for k in range(rounds):
         shift = k % len(names) if rotate and names else 0
