@@ -137,12 +137,15 @@ def main() -> int:
             summary[dz]["intervals_containing_1"] = sum(
                 r[dz]["ratio"]["low"] <= 1.0 <= r[dz]["ratio"]["high"] for r in runs)
     loads = [r[dz]["machine_load"] for r in runs for dz in designs]
+    m = machine()
     record = {
         "command": "python " + " ".join(sys.argv),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "machine": {**machine(), "shared": "other engineers' jobs were running on the same CPUs; see load"},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": (f"{m['cpu_count']} {m['machine']} cores ({m['cpu']}), {m['system']}, Python {m['python']}; "
+                    "shared with other engineers' jobs during the run (see results.load)"),
+        "date": time.strftime("%Y-%m-%d"),
         "results": {
+            "machine_detail": m, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "what": f"two copies of one {args.payload} file (small synthetic SASRec, d=32, maxlen 50, 1000 items) timed "
                     "together; a run agrees when their p50s are within 5%",
             "config": {"runs": args.runs, "rounds": args.rounds, "round_seconds": args.round_seconds,
