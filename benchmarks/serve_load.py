@@ -231,6 +231,13 @@ def machine() -> dict:
             "note": "client and server share the same CPUs (loopback)"}
 
 
+def machine_line(d: dict) -> str:
+    la = d["loadavg_1_5_15"]
+    return (f"{d['cpu_count']} {d['machine']} cores ({d['cpu']}), Python {d['python']}, fastapi {d['fastapi']}, "
+            f"uvicorn {d['uvicorn']}; client and server on the same CPUs; 1-minute load average "
+            f"{la['start'][0]:.1f} at the start, {la['end'][0]:.1f} at the end (results.machine_detail)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True)
@@ -284,10 +291,13 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip())
+    detail = machine()
+    detail["loadavg_1_5_15"] = {"start": load_start, "before_batching": load_before, "end": os.getloadavg()}
+    results["machine_detail"] = detail
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rec = {"command": " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
-           "commit": commit + ("-dirty" if dirty else ""), "machine": machine(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
-    rec["machine"]["loadavg_1_5_15"] = {"start": load_start, "before_batching": load_before, "end": os.getloadavg()}
+           "commit": commit + ("-dirty" if dirty else ""), "machine": machine_line(detail),
+           "date": time.strftime("%Y-%m-%d", time.gmtime()), "results": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{args.label}.json"
