@@ -114,9 +114,9 @@ def main() -> int:
     record = {
         "command": "python benchmarks/data_load.py " + " ".join(sys.argv[1:]),
         "commit": commit,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "note": "CPUs shared with other processes; see load_average_before_after"},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": (f"{platform.platform()}, {os.cpu_count()} CPUs shared with other processes (load "
+                              f"average in results), Python {platform.python_version()}"),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "results": results,
     }
     print(json.dumps(results, indent=1))

@@ -62,10 +62,9 @@ def main() -> int:
             rows.append(row)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"command": "python benchmarks/sampled_quality.py " + " ".join(sys.argv[1:]), "commit": commit,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count(), "torch_threads": args.threads,
-                          "note": "CPUs shared with other processes; see load_average_before_after"},
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": (f"{platform.platform()}, {os.cpu_count()} CPUs shared with other processes (load "
+                              f"average in results), Python {platform.python_version()}" + f", {args.threads} torch threads"),
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "results": {"dataset": ds.stats(), "epochs": args.epochs, "early_stopping": False,
                           "negatives": args.negatives, "loss_type": args.loss_type, "maxlen": args.maxlen,
                           "per_seed": rows, "load_average_before_after": [load_before, os.getloadavg()]}}

@@ -96,10 +96,9 @@ def main() -> int:
         results[f"{d} speedup"] = full["median_epoch_seconds"] / samp["median_epoch_seconds"]
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]), "commit": commit,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count(), "torch_threads": args.threads,
-                          "note": "CPUs shared with other processes; see load_average_before_after"},
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": (f"{platform.platform()}, {os.cpu_count()} CPUs shared with other processes (load "
+                              f"average in results), Python {platform.python_version()}" + f", {args.threads} torch threads"),
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "results": {**results, "load_average_before_after": [load_before, os.getloadavg()]}}
     print(json.dumps(record["results"], indent=1))
     if args.out:
