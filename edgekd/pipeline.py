@@ -72,7 +72,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
                        **({"patience": cfg.patience} if cfg.patience else {}))
     name = f"{ds.name}-teacher"
     teacher = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
-                                       and a.card["config"].get("train") == tcfg.to_dict())
+                                       and a.card["config"].get("train") == tcfg.resolved(ds.num_items).to_dict())
     if teacher:
         say(f"reusing {teacher.path}")
     else:
@@ -89,7 +89,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         name = f"{ds.name}-student-{'kd' if kd == 'on' else 'nokd'}"
         s = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
                                      and a.card["parent"][0]["sha256"] == teacher.sha256
-                                     and a.card["config"].get("distill") == dcfg.to_dict())
+                                     and a.card["config"].get("distill") == dcfg.resolved(ds.num_items).to_dict())
         if s:
             say(f"reusing {s.path}")
         else:
