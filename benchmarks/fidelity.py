@@ -25,7 +25,7 @@ import numpy as np
 from edgekd.artifact import load_artifact
 from edgekd.bench import run_runner, write_inputs
 from edgekd.targets import load_target
-from edgekd.train import dataset_for
+from edgekd.torch_io import dataset_for
 
 BARE_ORT = r"""
 import json, sys, time

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekd.artifact import load_artifact
 from edgekd.bench import RUNNER, write_inputs
-from edgekd.train import dataset_for
+from edgekd.torch_io import dataset_for
 
 VENV = Path(os.environ.get("EDGEKD_TFLRT_VENV", "/var/tmp/edgekd-tflite-runtime"))
 

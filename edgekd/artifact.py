@@ -179,3 +179,15 @@ def load_parent(child: Artifact, record: dict) -> Artifact:
             return parent
     raise ArtifactError(f"{child.path}: its parent {record['name']} is not at "
                         f"{record.get('path')} nor beside it")
+
+
+def find_teacher(a: Artifact) -> Artifact:
+    """Walk an artifact's lineage back to its teacher."""
+    seen = 0
+    while a.card.get("stage") != "teacher":
+        parents = a.card.get("parent") or []
+        if not parents or seen > 32:
+            raise ArtifactError(f"{a.path}: no teacher in its lineage", hint="pass --teacher")
+        a = load_parent(a, parents[0])
+        seen += 1
+    return a

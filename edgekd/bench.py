@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import Artifact
+from .artifact import Artifact, find_teacher
 from .data import Dataset, pad_left
-from .distill import find_teacher
 from .errors import ArtifactError, BenchError, TargetError
 from .metrics import ranking_metrics, ranks_from_topk
 from .targets import LocalTransport, Target
-from .train import dataset_for
+from .torch_io import dataset_for
 
 SCHEMA = 1
 RUNNER = Path(__file__).with_name("device_runner.py")

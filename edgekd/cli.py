@@ -275,7 +275,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
     from .artifact import load_artifact
     from .distill import DistillConfig, distill as run
     from .errors import ConfigError
-    from .train import dataset_for
+    from .torch_io import dataset_for
 
     paths = list(teachers or []) + list(teacher or [])
     if not paths:

@@ -62,7 +62,7 @@ def _torch_latencies(models: list[tuple], threads: int, users: int, rounds: int 
     import torch
 
     from .device_runner import percentiles, time_batch1
-    from .train import eval_inputs
+    from .evaluation import eval_inputs
 
     def call(m):
         def f(ids):
@@ -88,7 +88,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     """Quantise torch artifact `a` with each recipe, measure, choose. Returns the rows, the
     winner (or None) and where the report went."""
     from .export import export, get_format, list_recipes
-    from .train import dataset_for
+    from .torch_io import dataset_for
 
     spec = get_format(cfg.target)
     family = spec.family
@@ -265,12 +265,14 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
           name: str | None = None, progress=None) -> Artifact:
     import torch.nn.utils.prune as tprune
 
-    from .distill import DistillConfig, find_teacher, teacher_item_map
+    from .artifact import find_teacher
+    from .distill import DistillConfig, teacher_item_map
+    from .evaluation import evaluate_model
     from .kd_losses import DistillLoss
     from .metrics import topk_overlap
     from .pruning import items_to_keep, non_embedding_params, structured_prune, vocabulary_prune
-    from .train import (dataset_for, evaluate_model, fit, load_torch_model, save_torch_artifact,
-                        seed_everything)
+    from .torch_io import dataset_for, load_torch_model, save_torch_artifact
+    from .train import fit, seed_everything
 
     if a.format != "torch":
         raise ConfigError(f"prune takes a torch artifact, not {a.format}; prune before exporting")

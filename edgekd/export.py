@@ -26,7 +26,8 @@ from .artifact import DEFAULT_STORE, Artifact, save_artifact
 from .data import Dataset
 from .errors import ConfigError, EdgeKDError, ExportError
 from .metrics import evaluate_scores
-from .train import dataset_card, dataset_for, eval_inputs, input_spec, load_torch_model, model_scores, output_spec
+from .evaluation import eval_inputs, model_scores
+from .torch_io import dataset_card, dataset_for, input_spec, load_torch_model, output_spec
 
 # fp32 parity: the export must rank like its parent on validation users.
 FP32_MIN_TOP10_OVERLAP = 0.99

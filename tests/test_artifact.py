@@ -4,7 +4,7 @@ import pytest
 
 from edgekd.artifact import load_artifact, load_parent
 from edgekd.errors import ArtifactError
-from edgekd.train import dataset_for, load_torch_model
+from edgekd.torch_io import dataset_for, load_torch_model
 
 
 def test_teacher_artifact_card(tiny_teacher, tiny_ds):
@@ -70,7 +70,7 @@ def test_dataset_mismatch_is_detected(tiny_teacher):
 
 
 def test_student_lineage_leads_to_its_teacher(tiny_student, tiny_teacher):
-    from edgekd.distill import find_teacher
+    from edgekd.artifact import find_teacher
 
     assert tiny_student.card["parent"][0]["sha256"] == tiny_teacher.sha256
     assert find_teacher(tiny_student).sha256 == tiny_teacher.sha256

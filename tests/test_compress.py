@@ -58,7 +58,7 @@ def test_quantize_config_errors():
 def test_unstructured_pruning_hits_the_sparsity_and_recovery_keeps_the_zeros(tiny_student, store):
     from edgekd.artifact import load_artifact
     from edgekd.compress import PruneConfig, prunable, prune, sparsity_of
-    from edgekd.train import load_torch_model
+    from edgekd.torch_io import load_torch_model
 
     p = prune(tiny_student, PruneConfig(sparsity=0.6, recover_epochs=2), store=store)
     assert p.card["stage"] == "pruned" and p.card["parent"][0]["sha256"] == tiny_student.sha256
@@ -77,7 +77,7 @@ def test_recovery_can_learn_from_the_unpruned_parent(tiny_student, store, monkey
 
     import edgekd.kd_losses as kd_losses
     from edgekd.compress import PruneConfig, prune
-    from edgekd.train import load_torch_model
+    from edgekd.torch_io import load_torch_model
 
     guides = []
 
@@ -194,7 +194,8 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     from edgekd.compress import PruneConfig, prune
     from edgekd.export import export
     from edgekd.pruning import items_to_keep
-    from edgekd.train import dataset_for, load_torch_model, model_scores
+    from edgekd.evaluation import model_scores
+    from edgekd.torch_io import dataset_for, load_torch_model
 
     keep = items_to_keep(tiny_ds, coverage=0.8)
     counts = np.bincount(np.concatenate(tiny_ds.train_sequences()), minlength=tiny_ds.num_items + 1)[1:]
@@ -222,7 +223,7 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     assert p.metrics["test_hr@10"] <= 1 - pruned_targets.mean() + 1e-9
     # an in-graph top-K of the exported file never returns the OOV column either
     from edgekd.export import run_all_outputs
-    from edgekd.train import eval_inputs
+    from edgekd.evaluation import eval_inputs
 
     e = export(p, "tflite-fp32", store=store, ds=ds, topk=len(keep))
     x, _, _ = eval_inputs(ds, "test", p.card["arch_kwargs"]["maxlen"])
