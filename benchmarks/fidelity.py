@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.artifact import load_artifact
-from edgekd.bench import run_runner, write_inputs
+from edgekd.runner import run_runner, write_inputs
 from edgekd.targets import load_target
 from edgekd.torch_io import dataset_for
 

@@ -45,6 +45,9 @@ def _resolve(importer: str, is_package: bool, node: ast.ImportFrom | ast.Import,
     else:
         target = node.module or ""
     if target not in known:
+        if node.level:  # a relative import of a module that is not there: an error, not an edge
+            raise ImportError(f"{importer}: `from {'.' * node.level}{node.module or ''} import ...` "
+                              f"names no module of the package (line {node.lineno})")
         while target and target not in known:
             target = target.rpartition(".")[0]
         if target:

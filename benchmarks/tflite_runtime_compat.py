@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.artifact import load_artifact
-from edgekd.bench import RUNNER, write_inputs
+from edgekd.runner import RUNNER, write_inputs
 from edgekd.torch_io import dataset_for
 
 VENV = Path(os.environ.get("EDGEKD_TFLRT_VENV", "/var/tmp/edgekd-tflite-runtime"))

@@ -337,7 +337,7 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
              threads: int = typer.Option(1), store: Path = StoreOpt):
     """Try quantisation recipes, measure each beside fp32 (size, local-CPU latency, accuracy), keep the winner."""
     from .artifact import load_artifact
-    from .compress import QuantizeConfig, quantize as run
+    from .export.quantize import QuantizeConfig, quantize as run
 
     cfg = QuantizeConfig(target=target, recipes=tuple(recipe or ()), require_gain=require_gain,
                          max_ndcg_drop=max_ndcg_drop, threads=threads)

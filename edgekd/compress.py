@@ -1,58 +1,15 @@
-"""Compression stages. `quantize`: try quantisation recipes for a runtime family and keep
-only what pays: every candidate records its size, its latency on the local CPU and its
-accuracy against the torch parent, beside the fp32 export measured in the same run. A result
-that is larger or slower than fp32 gets a warning; `require_gain` makes "nothing helped" an
-error. The report says which recipe wins and why."""
+"""The prune stage (the quantize stage is in export/quantize.py): prune a torch artifact,
+optionally recover with a short distillation, and measure it against its parent."""
 from __future__ import annotations
 
-import json
-import tempfile
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import DEFAULT_STORE, Artifact
 from .data import UNKNOWN_ITEMS
-from .errors import ConfigError, ExportError
-
-LATENCY_NOISE = 0.05  # "not slower" allows this much: repeated runs of one file differ by about as much
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    target: str = "onnx-int8"  # a quantised export format (its family's recipes apply)
-    recipes: tuple[str, ...] = ()  # default: every recipe of the family
-    require_gain: bool = False
-    max_ndcg_drop: float = 0.01  # relative NDCG@10 drop allowed against the torch parent
-    min_top10_overlap: float = 0.9
-    threads: int = 1
-    bench_users: int = 300
-
-    def __post_init__(self):
-        from .export import get_format, get_recipe
-
-        spec = get_format(self.target)
-        if not spec.family or not spec.recipe:
-            raise ConfigError(f"quantize --target must be a quantised format (onnx-int8, tflite-int8, ...), "
-                              f"got {self.target!r}")
-        for r in self.recipes:
-            if get_recipe(spec.family, r).precision != spec.precision:
-                raise ConfigError(f"recipe {r!r} does not make {spec.precision} files; {self.target} needs one that does")
-        if not 0 <= self.max_ndcg_drop < 1:
-            raise ConfigError(f"max_ndcg_drop must be in [0, 1), got {self.max_ndcg_drop}")
-
-
-def _latency(a: Artifact, ds, threads: int, users: int) -> float:
-    from .bench import run_runner, write_inputs
-    from .targets import load_target
-
-    target = replace(load_target("local-cpu"), threads=threads, min_runs=300, min_seconds=1.5)
-    with tempfile.TemporaryDirectory() as d:
-        _, npz = write_inputs(ds, int(a.card["arch_kwargs"]["maxlen"]), Path(d) / "in.npz", users)
-        return run_runner(a, target, npz, threads)["latency"]["p50_ms"]
-
+from .errors import ConfigError
 
 def _torch_latencies(models: list[tuple], threads: int, users: int, rounds: int = 3,
                      seconds: float = 0.3) -> list[float]:
@@ -81,98 +38,6 @@ def _torch_latencies(models: list[tuple], threads: int, users: int, rounds: int 
     finally:
         torch.set_num_threads(before)
     return [percentiles(s)["p50_ms"] for s in samples]
-
-
-def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path = DEFAULT_STORE,
-             say=print) -> dict:
-    """Quantise torch artifact `a` with each recipe, measure, choose. Returns the rows, the
-    winner (or None) and where the report went."""
-    from .export import export, get_format, list_recipes
-    from .torch_io import dataset_for
-
-    spec = get_format(cfg.target)
-    family = spec.family
-    recipes = list(cfg.recipes) or [r.name for r in list_recipes(family) if r.precision == spec.precision]
-    ds = dataset_for(a)
-    fp32 = export(a, f"{family}-fp32", store=store, ds=ds)
-    base = {"recipe": "(fp32)", "artifact": fp32.name, "size_bytes": fp32.card["size_bytes"],
-            "p50_ms": _latency(fp32, ds, cfg.threads, cfg.bench_users),
-            "ndcg@10_rel": fp32.metrics["parity"]["ndcg@10_rel_change"],
-            "top10_overlap": fp32.metrics["parity"]["top10_overlap"]}
-    say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms")
-    rows = []
-    for r in recipes:
-        try:
-            e = export(a, cfg.target, store=store, ds=ds, recipe=r)
-        except ExportError as err:
-            rows.append({"recipe": r, "error": str(err)})
-            say(f"{r}: failed: {err}")
-            continue
-        p = e.metrics["parity"]
-        row = {"recipe": r, "artifact": e.name, "size_bytes": e.card["size_bytes"],
-               "p50_ms": _latency(e, ds, cfg.threads, cfg.bench_users),
-               "ndcg@10_rel": p["ndcg@10_rel_change"], "top10_overlap": p["top10_overlap"]}
-        row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
-        row["speedup"] = base["p50_ms"] / row["p50_ms"]
-        row["smaller"] = row["size_bytes"] < base["size_bytes"]
-        row["not_slower"] = row["p50_ms"] <= base["p50_ms"] * (1 + LATENCY_NOISE)
-        row["accurate"] = row["ndcg@10_rel"] >= -cfg.max_ndcg_drop and row["top10_overlap"] >= cfg.min_top10_overlap
-        e.update_card(metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg)}})
-        rows.append(row)
-        warn = [w for w, bad in (("larger", not row["smaller"]), ("slower", not row["not_slower"]),
-                                 ("less accurate than allowed", not row["accurate"])) if bad]
-        say(f"{r}: {row['size_bytes']} bytes ({row['size_ratio']:.2f}x smaller), p50 {row['p50_ms']:.3f} ms "
-            f"({row['speedup']:.2f}x), NDCG@10 {row['ndcg@10_rel'] * 100:+.1f}%, top-10 overlap "
-            f"{row['top10_overlap']:.3f}" + (f"  WARNING: {', '.join(warn)} than fp32" if warn else ""))
-    ok = [r for r in rows if "error" not in r]
-    gains = [r for r in ok if r["smaller"] and r["not_slower"] and r["accurate"]]
-    if gains:
-        winner = min(gains, key=lambda r: (r["size_bytes"], r["p50_ms"]))
-        why = (f"{winner['recipe']} wins: the smallest of the recipes that are smaller than fp32, not slower "
-               f"(within {LATENCY_NOISE:.0%}) and within {cfg.max_ndcg_drop:.0%} NDCG@10 / "
-               f"{cfg.min_top10_overlap} top-10 overlap of the parent")
-    else:
-        winner = None
-        reasons = []
-        for r in ok:
-            bad = [w for w, b in (("not smaller", not r["smaller"]), ("slower", not r["not_slower"]),
-                                  ("too inaccurate", not r["accurate"])) if b]
-            reasons.append(f"{r['recipe']}: {', '.join(bad)}")
-        why = "no recipe pays on this CPU: " + "; ".join(reasons or ["every recipe failed"])
-    say(why)
-    report = {"artifact": a.name, "target": cfg.target, "family": family, "fp32": base, "recipes": rows,
-              "winner": winner["recipe"] if winner else None, "why": why, "config": asdict(cfg),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = Path(store) / f"{a.name}-{cfg.target}-quantize.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    md = path.with_suffix(".md")
-    md.write_text(_markdown(report))
-    if cfg.require_gain and winner is None:
-        raise ExportError(why, hint=f"see {md}")
-    return {"rows": rows, "fp32": base, "winner": winner, "why": why, "report": md}
-
-
-def _markdown(rep: dict) -> str:
-    lines = [f"# Quantisation of {rep['artifact']} for {rep['target']}", "",
-             "Measured side by side in one run on the local CPU "
-             f"({rep['config']['threads']} thread(s), batch 1); accuracy on validation users against the "
-             "torch parent.", "",
-             "| recipe | size bytes | vs fp32 | p50 ms | speed vs fp32 | NDCG@10 change | top-10 overlap | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
-    b = rep["fp32"]
-    lines.append(f"| fp32 | {b['size_bytes']} | 1.00x | {b['p50_ms']:.3f} | 1.00x | "
-                 f"{b['ndcg@10_rel'] * 100:+.1f}% | {b['top10_overlap']:.3f} | baseline |")
-    for r in rep["recipes"]:
-        if "error" in r:
-            lines.append(f"| {r['recipe']} | | | | | | | failed: {r['error']} |")
-            continue
-        verdict = "wins" if r["recipe"] == rep["winner"] else ", ".join(
-            w for w, bad in (("larger", not r["smaller"]), ("slower", not r["not_slower"]),
-                             ("too inaccurate", not r["accurate"])) if bad) or "pays, not the smallest"
-        lines.append(f"| {r['recipe']} | {r['size_bytes']} | {r['size_ratio']:.2f}x | {r['p50_ms']:.3f} | "
-                     f"{r['speedup']:.2f}x | {r['ndcg@10_rel'] * 100:+.1f}% | {r['top10_overlap']:.3f} | {verdict} |")
-    lines += ["", rep["why"] + "."]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- pruning
@@ -268,6 +133,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     from .artifact import find_teacher
     from .distill import DistillConfig, teacher_item_map
     from .evaluation import evaluate_model
+    from .export.quantize import LATENCY_NOISE
     from .kd_losses import DistillLoss
     from .metrics import topk_overlap
     from .pruning import items_to_keep, non_embedding_params, structured_prune, vocabulary_prune

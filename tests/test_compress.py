@@ -6,7 +6,7 @@ from edgekd.errors import ConfigError, ExportError
 
 
 def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny_student, store):
-    from edgekd.compress import QuantizeConfig, quantize
+    from edgekd.export.quantize import QuantizeConfig, quantize
 
     lines = []
     cfg = QuantizeConfig(target="onnx-int8", recipes=("dynamic", "static-minmax"), bench_users=50)
@@ -35,7 +35,7 @@ def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny
 
 
 def test_require_gain_fails_when_nothing_pays(tiny_student, store, monkeypatch):
-    import edgekd.compress as c
+    import edgekd.export.quantize as c
 
     # "not slower" now means 100x faster than fp32: no recipe can pay
     monkeypatch.setattr(c, "LATENCY_NOISE", -0.99)
@@ -47,7 +47,7 @@ def test_require_gain_fails_when_nothing_pays(tiny_student, store, monkeypatch):
 
 
 def test_quantize_config_errors():
-    from edgekd.compress import QuantizeConfig
+    from edgekd.export.quantize import QuantizeConfig
 
     with pytest.raises(ConfigError, match="quantised format"):
         QuantizeConfig(target="onnx-fp32")

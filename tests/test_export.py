@@ -97,18 +97,18 @@ def test_onnx_stores_the_item_table_once(exports, tiny_ds):
 
 
 def test_broken_parity_is_an_error_and_writes_nothing(tiny_student, tiny_ds, tmp_path, monkeypatch):
-    import edgekd.export as ex
+    import edgekd.export.base as ex
 
     real = ex._FORMATS["onnx-fp32"]
 
-    def broken(model, path, maxlen, **kw):
+    def broken(model, path, **kw):
         import copy
 
         import torch
         wrong = copy.deepcopy(model)
         with torch.no_grad():
             wrong.item_emb.weight.mul_(-1.0)  # the file no longer computes the parent's scores
-        return real.writer(wrong, path, maxlen)
+        return real.writer(wrong, path)
 
     monkeypatch.setitem(ex._FORMATS, "onnx-fp32", ex.Format("onnx-fp32", ".onnx", "fp32", broken, ""))
     with pytest.raises(ExportError, match="breaks parity"):
@@ -149,7 +149,7 @@ def test_inspect_torch_weights_and_bad_files(tiny_teacher, tmp_path):
 
 
 def test_onnx_mobile_ships_the_ort_model_and_its_operator_config(exports):
-    from edgekd.export import required_operators
+    from edgekd.inspection import required_operators
 
     a = exports["onnx-mobile"]
     assert a.file.suffix == ".ort"
