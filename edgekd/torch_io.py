@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .artifact import Artifact, save_artifact
 from .data import Dataset, DataSpec, load_data
-from .errors import ArtifactError
+from .errors import ArtifactError, TrainingError
 from .models import count_parameters, create_model
 
 
@@ -21,6 +22,10 @@ def save_torch_artifact(model: nn.Module, *, store: Path, name: str, stage: str,
     # Tied weights share storage; safetensors refuses shared tensors, so store clones
     # (the item table is one tensor in this model, so nothing is stored twice).
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise TrainingError(f"{name}: not saved: weight {k} has non-finite values (the run diverged)",
+                                hint="lower --lr and train again")
 
     card = {
         "stage": stage, "format": "torch", "arch": arch, "arch_kwargs": arch_kwargs,
@@ -56,13 +61,26 @@ def load_torch_model(a: Artifact) -> nn.Module:
     if a.format != "torch":
         raise ArtifactError(f"{a.path}: a {a.format} artifact, not a torch model",
                             hint="pass the torch artifact it was exported from")
-    model = create_model(a.card["arch"], **a.card["arch_kwargs"])
+    from safetensors import SafetensorError
+
+    if not isinstance(a.card.get("arch_kwargs"), dict) or not isinstance(a.card.get("arch"), str):
+        raise ArtifactError(f"{a.path}: artifact.json lacks a valid 'arch' and 'arch_kwargs'")
+    try:
+        model = create_model(a.card["arch"], **a.card["arch_kwargs"])
+    except TypeError as e:
+        raise ArtifactError(f"{a.path}: arch_kwargs do not fit {a.card['arch']}: {e}") from None
     try:
         state = load_file(str(a.file))
         model.load_state_dict(state, strict=True)
+    except SafetensorError as e:
+        raise ArtifactError(f"{a.file}: not a readable safetensors file ({e})") from None
     except (RuntimeError, ValueError, OSError) as e:
         raise ArtifactError(f"{a.file}: weights do not fit {a.card['arch']} "
-                            f"{a.card['arch_kwargs']}: {str(e).splitlines()[0]}") from None
+                            f"{a.card['arch_kwargs']}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"{a.file}: weight {bad[0]} has non-finite values; the model is unusable",
+                            hint="train it again (a lower --lr)")
     return model.eval()
 
 

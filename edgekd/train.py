@@ -11,6 +11,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifact import DEFAULT_STORE, Artifact
+from .artifact import DEFAULT_STORE, Artifact, check_name, destination, path_lock
 from .data import Dataset, training_pairs
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, EdgeKDWarning, TrainingError, require_finite
 from .evaluation import evaluate_model
 from .models import create_model, model_kwargs
 from .torch_io import save_torch_artifact
@@ -59,6 +60,7 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self):
+        require_finite(self)  # --lr inf or nan: refused before anything runs
         model_kwargs(self.model)  # raises ConfigError listing the registered models
         for name in ("epochs", "batch_size", "patience", "min_epochs"):
             if getattr(self, name) < 1:
@@ -67,6 +69,8 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.eval_users is not None and self.eval_users < 1:
             raise ConfigError(f"eval_users must be >= 1, got {self.eval_users}")
 
@@ -116,6 +120,18 @@ def position_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
 def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         progress: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
         resume: bool = False, identity: dict | None = None, tensorboard: Path | None = None) -> dict:
+    """Train `model`; see `_fit`. With a checkpoint, the run holds a lock on it (one process
+    per checkpoint: a second run with the same name in the same store fails at once)."""
+    if checkpoint is None or distributed()[0] != 0:
+        return _fit(model, ds, loss_fn, cfg, progress, checkpoint, resume, identity, tensorboard)
+    checkpoint = Path(checkpoint)
+    with path_lock(checkpoint.with_name(checkpoint.name + ".lock"), "training"):
+        return _fit(model, ds, loss_fn, cfg, progress, checkpoint, resume, identity, tensorboard)
+
+
+def _fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
+         progress: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
+         resume: bool = False, identity: dict | None = None, tensorboard: Path | None = None) -> dict:
     """Train `model` on the training split with `loss_fn`, early-stopping on validation
     NDCG@10 (full ranking). Restores the best weights and returns the history.
 
@@ -149,6 +165,9 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     # What a checkpoint must match to be resumed: the settings, the data and (for a student)
     # the teacher. A checkpoint of another run with the same name is refused, not continued.
     key = {"config": cfg.to_dict(), "dataset": ds.fingerprint(), **(identity or {})}
+    if checkpoint is not None and not resume and Path(checkpoint).is_file():
+        warnings.warn(f"{checkpoint}: an interrupted run's checkpoint is discarded; this run starts over "
+                      "(pass --resume to continue it instead)", EdgeKDWarning, stacklevel=2)
     if checkpoint is not None and resume and Path(checkpoint).is_file():
         state = load_checkpoint(Path(checkpoint), key)
         try:
@@ -194,6 +213,8 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
                 width = int(lengths[b].max())
                 xb, yb = xb[:, xb.shape[1] - width:], yb[:, yb.shape[1] - width:]
             parts = step(xb, yb)
+            if not torch.isfinite(parts["loss"].detach()):
+                raise _diverged(epoch, f"the loss became {float(parts['loss'].detach())}", cfg)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -203,7 +224,11 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         train_s = time.perf_counter() - t0
         if world > 1:
             sums = _mean_over_processes(sums, world)
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise _diverged(epoch, "the weights became non-finite", cfg)
         val, _ = evaluate_model(model, ds, "valid", sampled=False, users=cfg.eval_users)
+        if not np.isfinite(val["ndcg@10"]):
+            raise _diverged(epoch, f"validation NDCG@10 is {val['ndcg@10']}", cfg)
         row = {"epoch": epoch, **{k: v / max(batches, 1) for k, v in sums.items()},
                "valid_ndcg@10": val["ndcg@10"], "valid_hr@10": val["hr@10"],
                "epoch_s": train_s}
@@ -241,6 +266,11 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         out["processes"] = world
         out["replicas_agree"] = _replicas_agree(model)
     return out
+
+
+def _diverged(epoch: int, what: str, cfg: TrainConfig) -> TrainingError:
+    return TrainingError(f"training diverged in epoch {epoch}: {what}; nothing was saved",
+                         hint=f"lower --lr (it is {cfg.lr:g}) and train again")
 
 
 def make_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, bucket: bool) -> list[torch.Tensor]:
@@ -314,7 +344,7 @@ def _tensorboard_writer(log_dir: Path | None, first_epoch: int):
 
 def save_checkpoint(path: Path, key: dict, state: dict) -> None:
     """Atomically write a training checkpoint (tensors, numbers and strings only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({**state, "config": json.dumps(key, sort_keys=True)}, tmp)
     os.replace(tmp, path)
@@ -334,6 +364,10 @@ def load_checkpoint(path: Path, key: dict) -> dict:
 
 
 def checkpoint_path(store: Path, name: str) -> Path:
+    """Where a training run that will write artifact `name` keeps its checkpoint. Checks first
+    that the artifact can be written there (a safe name; nothing but an artifact in the way),
+    so a run that could not be saved fails before it trains."""
+    destination(store, name)
     return Path(store) / f".{name}.checkpoint.pt"
 
 
@@ -345,7 +379,7 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
     model = create_model(cfg.model, **kw)
-    name = name or f"{ds.name}-teacher"
+    name = check_name(name or f"{ds.name}-teacher")
     log = fit(model, ds, task_loss(model, cfg.label_smoothing), cfg, progress, checkpoint=checkpoint_path(store, name),
               resume=resume, tensorboard=tensorboard)
     if distributed()[0] != 0:
