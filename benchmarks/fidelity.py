@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.artifact import load_artifact
-from edgekd.runner import run_runner, write_inputs
+from edgekd.runner import input_maxlen, run_runner, write_inputs
 from edgekd.targets import load_target
 from edgekd.torch_io import dataset_for
 
@@ -89,7 +89,7 @@ def main() -> int:
     target = replace(target, min_runs=args.runs, min_seconds=0.0)
     rounds = []
     with tempfile.TemporaryDirectory() as d:
-        _, npz = write_inputs(ds, int(tfl.card["arch_kwargs"]["maxlen"]), Path(d) / "inputs.npz")
+        _, npz = write_inputs(ds, input_maxlen(tfl), Path(d) / "inputs.npz")
         for r in range(args.rounds):
             row = {
                 "tflite_harness_p50_ms": harness(tfl, target, npz, args.threads),

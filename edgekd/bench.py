@@ -18,7 +18,7 @@ from . import __version__
 from .artifact import Artifact, check_name, find_teacher, write_json
 from .errors import ArtifactError, BenchError, ConfigError, TargetError
 from .metrics import ranking_metrics, ranks_from_topk
-from .runner import payload_kind, run_runner, write_inputs
+from .runner import input_maxlen, payload_kind, run_runner, write_inputs
 from .targets import LocalTransport, Target
 from .torch_io import dataset_for
 
@@ -218,11 +218,6 @@ def _finished(path: Path, a: Artifact, threads: int, users: int) -> dict | None:
     return None
 
 
-def _write_record(path: Path, rec: dict) -> None:
-    """Atomically: an interrupted write leaves the old record or none, never half of one."""
-    write_json(path, rec)
-
-
 def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
           teacher: Artifact | None = None, threads: int | None = None, run_id: str | None = None,
           users: int | None = None, on_result=None, resume: bool = False) -> tuple[Path, list[dict]]:
@@ -276,7 +271,7 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
             if rec is not None:
                 rec["resumed"] = True
             else:
-                maxlen = int(a.card["arch_kwargs"]["maxlen"])
+                maxlen = input_maxlen(a)
                 a_ds = data[(a.card.get("dataset") or {}).get("fingerprint")]
                 key = (a_ds.fingerprint(), maxlen)
                 if key not in inputs:
@@ -305,7 +300,7 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                 if base is not None and not rec.get("resumed"):
                     add_deltas(rec, base)
             if not rec.get("resumed"):  # a kept record stays exactly as it was written
-                _write_record(path, rec)  # written the moment it finishes
+                write_json(path, rec)  # written the moment it finishes, atomically
             records.append(rec)
             if on_result:
                 on_result(rec)

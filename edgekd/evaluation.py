@@ -16,12 +16,19 @@ def model_scores(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
     return model(torch.from_numpy(np.asarray(inputs, dtype=np.int64))).numpy()
 
 
+def sample_users(n: int, users: int | None = None, seed: int = 0) -> np.ndarray:
+    """Indices (sorted) of a fixed random sample of `users` of `n` users; all of them when
+    `users` is None or not smaller than `n`. The same seed gives the same users everywhere."""
+    idx = np.arange(n)
+    if users is not None and users < n:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=users, replace=False))
+    return idx
+
+
 def eval_inputs(ds: Dataset, split: str, maxlen: int, users: int | None = None, seed: int = 0):
     """(inputs [U, maxlen], targets, histories) for a split, optionally a fixed user sample."""
     hist, targets = ds.eval_split(split)
-    idx = np.arange(len(hist))
-    if users is not None and users < len(idx):
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=users, replace=False))
+    idx = sample_users(len(hist), users, seed)
     hist = [hist[i] for i in idx]
     return pad_left(hist, maxlen), targets[idx], hist
 

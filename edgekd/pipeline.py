@@ -34,12 +34,18 @@ class PipelineConfig:
     exports: tuple[str, ...] = EXPORTS
 
 
-def _reusable(store: Path, name: str, check) -> Artifact | None:
+def _reusable(store: Path, name: str, *, fingerprint: str, parent: Artifact | None = None,
+              config: dict | None = None) -> Artifact | None:
+    """The artifact `name` in `store` if it was made from the same inputs with the same
+    settings: the same data, the same parent (by sha256) and the same `config` sections."""
     try:
         a = load_artifact(store / name)
     except ArtifactError:
         return None
-    return a if check(a) else None
+    same = ((a.card.get("dataset") or {}).get("fingerprint") == fingerprint
+            and (parent is None or (a.card.get("parent") or [{}])[0].get("sha256") == parent.sha256)
+            and all((a.card.get("config") or {}).get(k) == v for k, v in (config or {}).items()))
+    return a if same else None
 
 
 def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=None) -> dict:
@@ -64,15 +70,11 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     bar = epochs_bar or (lambda label, total: nullcontext(None))
     epochs = cfg.epochs or (SYNTHETIC_EPOCHS if cfg.data.format == "synthetic" else 200)
 
-    def same_data(a: Artifact) -> bool:
-        return a.card.get("dataset", {}).get("fingerprint") == fp
-
     # 1. teacher
     tcfg = TrainConfig(model="sasrec", maxlen=maxlen, epochs=epochs, seed=cfg.seed,
                        **({"patience": cfg.patience} if cfg.patience else {}))
     name = f"{ds.name}-teacher"
-    teacher = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
-                                       and a.card["config"].get("train") == tcfg.to_dict())
+    teacher = cfg.resume and _reusable(cfg.store, name, fingerprint=fp, config={"train": tcfg.to_dict()})
     if teacher:
         say(f"reusing {teacher.path}")
     else:
@@ -87,9 +89,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         dcfg = DistillConfig(model="sasrec-student", kd=kd, maxlen=teacher.card["arch_kwargs"]["maxlen"],
                              epochs=epochs, seed=cfg.seed, **({"patience": cfg.patience} if cfg.patience else {}))
         name = f"{ds.name}-student-{'kd' if kd == 'on' else 'nokd'}"
-        s = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
-                                     and a.card["parent"][0]["sha256"] == teacher.sha256
-                                     and a.card["config"].get("distill") == dcfg.to_dict())
+        s = cfg.resume and _reusable(cfg.store, name, fingerprint=fp, parent=teacher,
+                                     config={"distill": dcfg.to_dict()})
         if s:
             say(f"reusing {s.path}")
         else:
@@ -103,7 +104,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     exported = []
     for fmt in cfg.exports:
         name = f"{students['on'].name}-{fmt}"
-        e = cfg.resume and _reusable(cfg.store, name, lambda a: a.card["parent"][0]["sha256"] == students["on"].sha256)
+        e = cfg.resume and _reusable(cfg.store, name, fingerprint=fp, parent=students["on"])
         if e:
             say(f"reusing {e.path}")
         else:

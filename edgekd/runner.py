@@ -12,6 +12,7 @@ import numpy as np
 from .artifact import Artifact
 from .data import Dataset, pad_left
 from .errors import BenchError, TargetError
+from .evaluation import sample_users
 from .targets import Target
 
 RUNNER = Path(__file__).with_name("device_runner.py")
@@ -22,11 +23,17 @@ def payload_kind(a: Artifact) -> str:
     return {".onnx": "onnx", ".ort": "onnx", ".tflite": "tflite", ".safetensors": "torch"}.get(a.file.suffix, "?")
 
 
+def input_maxlen(a: Artifact) -> int:
+    """The length of the id sequences the model reads, from its card's `input_spec` (the
+    interface an app reads too): the one source the runner's inputs are built from."""
+    return int(a.card["input_spec"][0]["shape"][1])
+
+
 def write_inputs(ds: Dataset, maxlen: int, path: Path, users: int | None = None) -> tuple[np.ndarray, Path]:
     """The test split as the runner's npz: inputs and seen items; returns the targets too."""
     hist, targets = ds.eval_split("test")
     if users is not None and users < len(hist):
-        idx = np.sort(np.random.default_rng(0).choice(len(hist), size=users, replace=False))
+        idx = sample_users(len(hist), users)
         hist, targets = [hist[i] for i in idx], targets[idx]
     # Items to exclude from each ranking: those seen before, except the target itself (a
     # repeat is still a valid next item), the same protocol as metrics.full_ranks.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BenchError, ConfigError, TargetError
+from .errors import BenchError, ConfigError, TargetError, last_line
 
 KINDS = ("local", "ssh", "adb")
 DEVICES = ("cpu", "cuda")
@@ -309,7 +309,7 @@ class Transport:
         self._check_link(p)
         if check and p.returncode != 0:
             raise BenchError(f"{self.t.name}: `{shlex.join(argv)[:80]}` failed (exit {p.returncode}): "
-                             f"{_last_line(p.stderr) or _last_line(p.stdout)}")
+                             f"{last_line(p.stderr) or last_line(p.stdout)}")
         return p
 
     def _cmd(self, argv: list[str]) -> list[str]:
@@ -331,14 +331,6 @@ class Transport:
 
     def describe(self) -> str:
         return self.t.kind
-
-
-def _last_line(b: bytes | str | None) -> str:
-    if not b:
-        return ""
-    s = b.decode(errors="replace") if isinstance(b, bytes) else b
-    lines = [l.strip() for l in s.strip().splitlines() if l.strip()]
-    return lines[-1] if lines else ""
 
 
 class LocalTransport(Transport):
@@ -387,7 +379,7 @@ class SSHTransport(Transport):
 
     def _check_link(self, p):
         if p.returncode == 255:  # ssh's own failure: connection, authentication or host key
-            msg = _last_line(p.stderr) or "connection failed"
+            msg = last_line(p.stderr) or "connection failed"
             hint = None
             if "Host key verification failed" in msg or "host key" in msg.lower():
                 hint = "add the host's key to known_hosts (ssh-keyscan, then check its fingerprint)"
@@ -397,12 +389,12 @@ class SSHTransport(Transport):
         # Through the same ssh connection settings, no scp: `cat > FILE` with a quoted path.
         p = self.run(["sh", "-c", 'cat > "$1"', "sh", remote], stdin=Path(local).read_bytes())
         if p.returncode != 0:
-            raise BenchError(f"{self.t.name}: could not write {remote}: {_last_line(p.stderr)}")
+            raise BenchError(f"{self.t.name}: could not write {remote}: {last_line(p.stderr)}")
 
     def get(self, remote):
         p = self.run(["cat", remote])
         if p.returncode != 0:
-            raise BenchError(f"{self.t.name}: could not read {remote}: {_last_line(p.stderr)}")
+            raise BenchError(f"{self.t.name}: could not read {remote}: {last_line(p.stderr)}")
         return p.stdout
 
     @contextlib.contextmanager
@@ -441,19 +433,19 @@ class ADBTransport(Transport):
         if p.returncode != 0 or p.stdout.strip() != "device":
             who = self.t.serial or "any device"
             raise TargetError(f"{self.t.name}: no Android device ({who}) reachable over adb: "
-                              f"{_last_line(p.stderr) or p.stdout.strip() or 'not connected'}",
+                              f"{last_line(p.stderr) or p.stdout.strip() or 'not connected'}",
                               hint="connect it, enable USB debugging, and check `adb devices`")
 
     def put(self, local, remote):
         p = subprocess.run(self.base() + ["push", str(local), remote], capture_output=True, timeout=self.t.timeout_s)
         if p.returncode != 0:
-            raise BenchError(f"{self.t.name}: adb push {Path(local).name} failed: {_last_line(p.stderr)}")
+            raise BenchError(f"{self.t.name}: adb push {Path(local).name} failed: {last_line(p.stderr)}")
 
     def get(self, remote):
         with tempfile.TemporaryDirectory() as d:
             p = subprocess.run(self.base() + ["pull", remote, d + "/f"], capture_output=True, timeout=self.t.timeout_s)
             if p.returncode != 0:
-                raise BenchError(f"{self.t.name}: adb pull {remote} failed: {_last_line(p.stderr)}")
+                raise BenchError(f"{self.t.name}: adb pull {remote} failed: {last_line(p.stderr)}")
             return Path(d, "f").read_bytes()
 
     @contextlib.contextmanager

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifact import DEFAULT_STORE, Artifact, check_name, destination, path_lock
+from .artifact import DEFAULT_STORE, Artifact, atomic_write, check_name, destination, path_lock
 from .data import Dataset, training_pairs
 from .errors import ArtifactError, ConfigError, EdgeKDWarning, TrainingError, require_finite
 from .evaluation import evaluate_model
@@ -345,9 +345,7 @@ def _tensorboard_writer(log_dir: Path | None, first_epoch: int):
 def save_checkpoint(path: Path, key: dict, state: dict) -> None:
     """Atomically write a training checkpoint (tensors, numbers and strings only)."""
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "config": json.dumps(key, sort_keys=True)}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({**state, "config": json.dumps(key, sort_keys=True)}, tmp))
 
 
 def load_checkpoint(path: Path, key: dict) -> dict:

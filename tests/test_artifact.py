@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,11 @@ def test_student_lineage_leads_to_its_teacher(tiny_student, tiny_teacher):
     assert find_teacher(tiny_student).sha256 == tiny_teacher.sha256
     assert load_parent(tiny_student, tiny_student.card["parent"][0]).name == tiny_teacher.name
     assert "test_top10_overlap" in tiny_student.metrics
+
+
+def test_the_runner_reads_the_input_length_from_input_spec():
+    from edgekd.artifact import Artifact
+    from edgekd.runner import input_maxlen
+
+    card = {"arch_kwargs": {"maxlen": 50}, "input_spec": [{"name": "item_ids", "shape": ["batch", 20]}]}
+    assert input_maxlen(Artifact(Path("x"), card)) == 20

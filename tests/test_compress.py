@@ -18,8 +18,9 @@ def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny
     if r["winner"] is not None:
         w = r["winner"]
         assert w["smaller"] and w["not_slower"] and w["accurate"]
+        assert r["artifact"].name == w["artifact"] and r["artifact"].card["recipe"] == w["recipe"]
     else:
-        assert r["why"].startswith("no recipe pays")
+        assert r["why"].startswith("no recipe pays") and r["artifact"] is None
     # a larger or slower result is warned about
     for row in r["rows"]:
         if not row["smaller"] or not row["not_slower"]:
@@ -43,7 +44,8 @@ def test_require_gain_fails_when_nothing_pays(tiny_student, store, monkeypatch):
     with pytest.raises(ExportError, match="no recipe pays on this CPU: weight-only: .*slower"):
         c.quantize(tiny_student, cfg, store=store, say=lambda m: None)
     cfg = c.QuantizeConfig(target="tflite-int8", recipes=("weight-only",), bench_users=50)
-    assert c.quantize(tiny_student, cfg, store=store, say=lambda m: None)["winner"] is None  # a warning only
+    r = c.quantize(tiny_student, cfg, store=store, say=lambda m: None)
+    assert r["winner"] is None and r["artifact"] is None  # a warning only
 
 
 def test_quantize_config_errors():

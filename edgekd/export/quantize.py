@@ -258,19 +258,19 @@ class QuantizeConfig:
 
 
 def _latency(a: Artifact, ds, threads: int, users: int) -> float:
-    from ..runner import run_runner, write_inputs
+    from ..runner import input_maxlen, run_runner, write_inputs
     from ..targets import load_target
 
     target = replace(load_target("local-cpu"), threads=threads, min_runs=300, min_seconds=1.5)
     with tempfile.TemporaryDirectory() as d:
-        _, npz = write_inputs(ds, int(a.card["arch_kwargs"]["maxlen"]), Path(d) / "in.npz", users)
+        _, npz = write_inputs(ds, input_maxlen(a), Path(d) / "in.npz", users)
         return run_runner(a, target, npz, threads)["latency"]["p50_ms"]
 
 
 def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path = DEFAULT_STORE,
              say=print) -> dict:
     """Quantise torch artifact `a` with each recipe, measure, choose. Returns the rows, the
-    winner (or None) and where the report went."""
+    winner (or None), its artifact ("artifact", or None) and where the report went."""
     from ..torch_io import dataset_for
     from .stage import export
 
@@ -285,6 +285,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
             "top10_overlap": fp32.metrics["parity"]["top10_overlap"]}
     say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms")
     rows = []
+    made = {}
     for r in recipes:
         try:
             e = export(a, cfg.target, store=store, ds=ds, recipe=r)
@@ -292,6 +293,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
             rows.append({"recipe": r, "error": str(err)})
             say(f"{r}: failed: {err}")
             continue
+        made[r] = e
         p = e.metrics["parity"]
         row = {"recipe": r, "artifact": e.name, "size_bytes": e.card["size_bytes"],
                "p50_ms": _latency(e, ds, cfg.threads, cfg.bench_users),
@@ -333,7 +335,8 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     md.write_text(_markdown(report))
     if cfg.require_gain and winner is None:
         raise ExportError(why, hint=f"see {md}")
-    return {"rows": rows, "fp32": base, "winner": winner, "why": why, "report": md}
+    return {"rows": rows, "fp32": base, "winner": winner, "why": why, "report": md,
+            "artifact": made[winner["recipe"]] if winner else None}
 
 
 def _markdown(rep: dict) -> str:
