@@ -11,6 +11,7 @@ from .artifact import DEFAULT_STORE, Artifact
 from .data import UNKNOWN_ITEMS
 from .errors import ConfigError
 
+
 def _torch_latencies(models: list[tuple], threads: int, users: int, rounds: int = 3,
                      seconds: float = 0.3) -> list[float]:
     """p50 batch-1 latency (ms) of torch models, each on its own dataset's test inputs, timed

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -292,6 +293,8 @@ class DataSpec:
         else:
             p = Path(self.path)
             base = p.parent.name if p.stem in ("u", "ratings", "data") else p.stem
+            # names of artifacts derive from it: keep it a safe name whatever the file is called
+            base = re.sub(r"[^A-Za-z0-9._+=-]+", "-", base).strip(".-")[:64] or "data"
         return base if self.period is None else f"{base}-{self.period.replace(':', '')}"
 
     def to_dict(self) -> dict:

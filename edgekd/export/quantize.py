@@ -10,7 +10,6 @@ which must stay in models.py: the device runner ships that file as the model cod
   wins and why."""
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..artifact import DEFAULT_STORE, Artifact
+from ..artifact import DEFAULT_STORE, Artifact, write_json
 from ..errors import ConfigError, ExportError
 from .base import _quantised, _quiet, get_format, get_recipe, list_recipes, register_format, register_recipe
 from .onnx import _onnx_fp32, _strip_onnx
@@ -330,7 +329,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
               "winner": winner["recipe"] if winner else None, "why": why, "config": asdict(cfg),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = Path(store) / f"{a.name}-{cfg.target}-quantize.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     md = path.with_suffix(".md")
     md.write_text(_markdown(report))
     if cfg.require_gain and winner is None:
