@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, timing
 from .artifact import Artifact, check_name, find_teacher, write_json
 from .errors import ArtifactError, BenchError, ConfigError, TargetError
 from .metrics import ranking_metrics, ranks_from_topk
-from .runner import input_maxlen, payload_kind, run_runner, write_inputs
+from .runner import input_maxlen, payload_kind, run_runner, time_artifacts, write_inputs
 from .targets import LocalTransport, Target
 from .torch_io import dataset_for
 
@@ -195,7 +195,9 @@ def add_deltas(rec: dict, base: dict) -> dict:
         "teacher": base["artifact"]["name"],
         "ndcg@10_rel": _rel(rec["accuracy"]["ndcg@10"], base["accuracy"]["ndcg@10"]),
         "hr@10_rel": _rel(rec["accuracy"]["hr@10"], base["accuracy"]["hr@10"]),
-        "speedup_p50": ratio(base["latency_ms"]["p50_ms"], rec["latency_ms"]["p50_ms"]),
+        # paired by round where both were timed in the same rounds (speedup_vs_teacher has the interval)
+        "speedup_p50": (rec.get("speedup_vs_teacher") or {}).get("ratio")
+        or ratio(base["latency_ms"]["p50_ms"], rec["latency_ms"]["p50_ms"]),
         "size_ratio": ratio(base["size_bytes"], rec["size_bytes"]),
         "peak_rss_ratio": ratio(base["peak_rss_bytes"], rec["peak_rss_bytes"]),
     }
@@ -218,15 +220,28 @@ def _finished(path: Path, a: Artifact, threads: int, users: int) -> dict | None:
     return None
 
 
+def _write_record(path: Path, rec: dict) -> None:
+    """Atomically: an interrupted write leaves the old record or none, never half of one."""
+    write_json(path, rec)
+
+
 def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
           teacher: Artifact | None = None, threads: int | None = None, run_id: str | None = None,
-          users: int | None = None, on_result=None, resume: bool = False) -> tuple[Path, list[dict]]:
+          users: int | None = None, on_result=None, resume: bool = False,
+          rounds: int = timing.DEFAULT_ROUNDS) -> tuple[Path, list[dict]]:
     """Benchmark `artifacts` (and their teacher, first) on `target`; returns (run dir, records).
 
     Each record is written the moment its cell finishes. With `resume`, cells that already
     have a finished record for the same file in the run directory (`run_id`, or the latest run
     on this target) are kept and skipped. A cell that fails (a runner error, a dropped
-    connection) is recorded as failed and the rest go on."""
+    connection) is recorded as failed and the rest go on.
+
+    Latency (local and ssh targets) is timed in `rounds` interleaved rounds, one warm runner
+    process per file (edgekd.timing); memory, accuracy and the batch sweep come from the same
+    processes afterwards. Records are written once the rounds are done. adb cells use the
+    phone's own tools, one after another."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
     if not artifacts and teacher is None:
         raise ArtifactError("nothing to benchmark", hint="pass one or more artifact directories")
     if users is not None and users < 1:
@@ -260,47 +275,64 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
     run_dir = Path(out) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs: dict[tuple, tuple[np.ndarray, Path]] = {}
-    records = []
-    base = None
+    done: dict[str, dict] = {}      # artifact sha -> its record
+    timed: list[tuple[Artifact, Path, np.ndarray]] = []
     host = None
+    n_users = min(users, ds.num_users) if users else ds.num_users
+    fail = lambda a, status, e: {**record_head(a, target, run_id, status), "error": str(e),  # noqa: E731
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         for a in todo:
-            path = record_path(run_dir, a, target)
-            n_users = min(users, ds.num_users) if users else ds.num_users
-            rec = _finished(path, a, threads, n_users) if resume else None
+            rec = _finished(record_path(run_dir, a, target), a, threads, n_users) if resume else None
             if rec is not None:
                 rec["resumed"] = True
-            else:
-                maxlen = input_maxlen(a)
-                a_ds = data[(a.card.get("dataset") or {}).get("fingerprint")]
-                key = (a_ds.fingerprint(), maxlen)
-                if key not in inputs:
-                    inputs[key] = write_inputs(a_ds, maxlen, run_dir / f"inputs-{len(inputs)}-maxlen{maxlen}.npz",
-                                               users)
-                targets, npz = inputs[key]
-                try:
-                    if target.kind == "adb" and payload_kind(a) == "torch":
-                        raise _Skip(f"{a.name}: torch files do not run on a phone; its accuracy is on the host "
-                                    "(local-cpu), and exports are compared with each other here")
-                    if target.kind == "adb":
-                        parsed = run_android(a, target, threads)
-                        host = host or _host_twin(target)
-                        host_raw = run_runner(a, host, npz, threads, LocalTransport(host))
-                        rec = make_android_record(a, target, parsed, host_raw, targets, run_id, threads, device_info)
-                    else:
-                        rec = make_record(a, target, run_runner(a, target, npz, threads), targets, run_id)
-                except _Skip as e:
-                    rec = {**record_head(a, target, run_id, "skipped"), "error": str(e),
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                except (BenchError, TargetError) as e:
-                    rec = {**record_head(a, target, run_id, "failed"), "error": str(e),
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                done[a.sha256] = rec
+                continue
+            maxlen = input_maxlen(a)
+            a_ds = data[(a.card.get("dataset") or {}).get("fingerprint")]
+            key = (a_ds.fingerprint(), maxlen)
+            if key not in inputs:
+                inputs[key] = write_inputs(a_ds, maxlen, run_dir / f"inputs-{len(inputs)}-maxlen{maxlen}.npz",
+                                           users)
+            targets, npz = inputs[key]
+            if target.kind != "adb":
+                timed.append((a, npz, targets))
+                continue
+            try:  # a phone: its own benchmark tool, one cell after another (no rounds)
+                if payload_kind(a) == "torch":
+                    raise _Skip(f"{a.name}: torch files do not run on a phone; its accuracy is on the host "
+                                "(local-cpu), and exports are compared with each other here")
+                parsed = run_android(a, target, threads)
+                host = host or _host_twin(target)
+                host_raw = run_runner(a, host, npz, threads, LocalTransport(host))
+                done[a.sha256] = make_android_record(a, target, parsed, host_raw, targets, run_id, threads,
+                                                     device_info)
+            except _Skip as e:
+                done[a.sha256] = fail(a, "skipped", e)
+            except (BenchError, TargetError) as e:
+                done[a.sha256] = fail(a, "failed", e)
+        if timed:
+            names = [a.name for a, _, _ in timed]
+            ref = next((k for k, (a, _, _) in enumerate(timed) if a.sha256 == teacher.sha256), None)
+            m, raws = time_artifacts([(a, npz) for a, npz, _ in timed], target, threads, rounds=rounds,
+                                     reference=ref, finish=True, names=names)
+            for a, _, targets in timed:
+                raw = raws.get(a.name)
+                if isinstance(raw, dict):
+                    rec = make_record(a, target, raw, targets, run_id)
+                    add_rounds(rec, m, a.name)
+                else:
+                    rec = fail(a, "failed", raw or m.errors.get(a.name, "not measured"))
+                done[a.sha256] = rec
+        records, base = [], None
+        for a in todo:
+            rec = done[a.sha256]
             if rec["status"] == "ok":
                 base = base or (rec if a.sha256 == teacher.sha256 else None)
                 if base is not None and not rec.get("resumed"):
                     add_deltas(rec, base)
             if not rec.get("resumed"):  # a kept record stays exactly as it was written
-                write_json(path, rec)  # written the moment it finishes, atomically
+                _write_record(record_path(run_dir, a, target), rec)
             records.append(rec)
             if on_result:
                 on_result(rec)
@@ -309,6 +341,28 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
         for _, npz in inputs.values():
             npz.unlink(missing_ok=True)
     return run_dir, records
+
+
+def add_rounds(rec: dict, m: timing.Measurement, name: str) -> dict:
+    """The interleaved rounds into a record: p50_ms becomes the median of the per-round p50s;
+    the rounds, their spread, the ratio against the teacher with its interval, and the
+    machine's load go beside it."""
+    lat = rec["latency_ms"]
+    sp = m.summary(name)
+    lat["p50_pooled_ms"] = lat["p50_ms"]  # the p50 of all samples of every round together
+    lat["p50_ms"] = sp["p50_ms"]
+    lat["p50_rounds_ms"] = m.p50s[name]
+    lat["p50_spread"] = sp
+    lat["noisy"] = sp["rel"] is not None and sp["rel"] > timing.NOISY_SPREAD
+    rec["timing"] = {"design": timing.DESIGN, "rounds": m.rounds, "order": m.order,
+                     "reference": m.reference, "noisy_threshold": timing.NOISY_SPREAD}
+    if m.reference is not None and m.reference != name:
+        rec["speedup_vs_teacher"] = m.ratio(name)
+    elif m.reference == name:
+        rec["speedup_vs_teacher"] = {"ratio": 1.0, "low": 1.0, "high": 1.0, "confidence": timing.CONFIDENCE,
+                                     "rounds": len(m.p50s[name]), "verdict": "reference"}
+    rec["machine_load"] = m.load
+    return rec
 
 
 class _Skip(Exception):

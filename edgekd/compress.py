@@ -9,39 +9,8 @@ import numpy as np
 
 from .artifact import DEFAULT_STORE, Artifact
 from .data import UNKNOWN_ITEMS
-from .errors import ConfigError
+from .errors import ConfigError, ExportError
 
-
-def _torch_latencies(models: list[tuple], threads: int, users: int, rounds: int = 3,
-                     seconds: float = 0.3) -> list[float]:
-    """p50 batch-1 latency (ms) of torch models, each on its own dataset's test inputs, timed
-    in turn in this process for `rounds` rounds, so that other work on the machine falls on all
-    of them alike (a comparison, as between a pruned model and its parent)."""
-    import torch
-
-    from .device_runner import percentiles, time_batch1
-    from .evaluation import eval_inputs
-
-    def call(m):
-        def f(ids):
-            with torch.inference_mode():
-                return m(torch.from_numpy(ids))
-        return f
-
-    runs = [(call(m.eval()), eval_inputs(d, "test", m.maxlen, users)[0]) for m, d in models]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        samples = [[] for _ in runs]
-        for _ in range(rounds):
-            for k, (f, x) in enumerate(runs):
-                samples[k] += time_batch1(f, x, warmup=10, min_runs=50, min_seconds=seconds, max_runs=100_000)
-    finally:
-        torch.set_num_threads(before)
-    return [percentiles(s)["p50_ms"] for s in samples]
-
-
-# ---------------------------------------------------------------- pruning
 
 PRUNE_METHODS = ("unstructured", "structured", "vocabulary")
 
@@ -76,6 +45,7 @@ class PruneConfig:
     seed: int = 0
     threads: int = 1  # the latency of the pruned model and its parent: batch 1, this many threads
     bench_users: int = 300
+    rounds: int = 5  # interleaved timing rounds of the pruned model and its parent
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -96,6 +66,8 @@ class PruneConfig:
             raise ConfigError(f"recover_epochs must be >= 0, got {self.recover_epochs}")
         if self.recover_from not in ("teacher", "parent"):
             raise ConfigError(f"recover_from must be 'teacher' or 'parent', got {self.recover_from!r}")
+        if self.rounds < 2:
+            raise ConfigError(f"rounds must be >= 2 (an interval needs rounds), got {self.rounds}")
 
     def default_suffix(self) -> str:
         if self.method == "unstructured":
@@ -134,10 +106,10 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     from .artifact import find_teacher
     from .distill import DistillConfig, teacher_item_map
     from .evaluation import evaluate_model
-    from .export.quantize import LATENCY_NOISE
     from .kd_losses import DistillLoss
     from .metrics import topk_overlap
     from .pruning import items_to_keep, non_embedding_params, structured_prune, vocabulary_prune
+    from .runner import _latency_gate, _time_files
     from .torch_io import dataset_for, load_torch_model, save_torch_artifact
     from .train import fit, seed_everything
 
@@ -204,10 +176,14 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     sizes = {"size_bytes": out.card["size_bytes"], "gzip_bytes": _gzip_size(out.file),
              "parent_size_bytes": a.card["size_bytes"], "parent_gzip_bytes": _gzip_size(a.file),
              "note": note[cfg.method]}
-    p50 = _torch_latencies([(load_torch_model(a), ds), (model, new_ds)], cfg.threads, cfg.bench_users)
-    lat = {"parent_p50_ms": p50[0], "p50_ms": p50[1], "runtime": "torch", "batch": 1, "threads": cfg.threads,
-           "how": "in turn in one process, 3 rounds of at least 0.3 s each, the p50 of all samples"}
-    lat["speedup"] = lat["parent_p50_ms"] / lat["p50_ms"]
-    lat["not_slower"] = lat["p50_ms"] <= lat["parent_p50_ms"] * (1 + LATENCY_NOISE)
+    m = _time_files([(a, ds), (out, new_ds)], ["parent", "pruned"], cfg.threads, cfg.bench_users, cfg.rounds)
+    if m.errors:
+        raise ExportError(f"{out.name}: its latency could not be measured: "
+                          + "; ".join(f"{k}: {v}" for k, v in m.errors.items()))
+    lat = {"parent_p50_ms": m.summary("parent")["p50_ms"], "parent_p50_rounds_ms": m.p50s["parent"],
+           **_latency_gate(m, "pruned"), "runtime": "torch", "batch": 1, "threads": cfg.threads,
+           "how": f"the parent and the pruned model in {m.rounds} interleaved rounds, one device-runner process "
+                  "each (edgekd.timing); p50 is the median over rounds, the speed-up's interval a bootstrap over "
+                  "rounds", "machine_load": m.load}
     out.update_card(metrics={**out.metrics, "size": sizes, "latency": lat})
     return out

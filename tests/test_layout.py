@@ -15,7 +15,7 @@ LAYERS = [
     # what everything stands on: files, data, models, targets, reading model files
     {"edgekd", "edgekd.errors", "edgekd.artifact", "edgekd.data", "edgekd.metrics", "edgekd.models",
      "edgekd.kd_losses", "edgekd.baselines", "edgekd.targets", "edgekd.android", "edgekd.device_runner",
-     "edgekd.inspection"},
+     "edgekd.inspection", "edgekd.timing"},
     # what the stages share: evaluation, torch artifacts, running the device runner
     {"edgekd.evaluation", "edgekd.torch_io", "edgekd.runner", "edgekd.pruning"},
     # the stages that make artifacts

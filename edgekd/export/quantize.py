@@ -11,9 +11,8 @@ which must stay in models.py: the device runner ships that file as the model cod
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 
 from ..artifact import DEFAULT_STORE, Artifact, write_json
 from ..errors import ConfigError, ExportError
+from ..runner import _latency_gate, _time_files
 from .base import _quantised, _quiet, get_format, get_recipe, list_recipes, register_format, register_recipe
 from .onnx import _onnx_fp32, _strip_onnx
 from .tflite import _convert_tflite, _strip_tflite
@@ -231,9 +231,6 @@ def _tflite_full_int16x8(model, path, calib=None) -> dict:
 
 # ---------------------------------------------------------------- the quantize stage
 
-LATENCY_NOISE = 0.05  # "not slower" allows this much: repeated runs of one file differ by about as much
-
-
 @dataclass(frozen=True)
 class QuantizeConfig:
     target: str = "onnx-int8"  # a quantised export format (its family's recipes apply)
@@ -243,8 +240,12 @@ class QuantizeConfig:
     min_top10_overlap: float = 0.9
     threads: int = 1
     bench_users: int = 300
+    rounds: int = 5  # interleaved timing rounds (fp32 and every recipe in turns)
 
     def __post_init__(self):
+        if self.rounds < 2:
+            raise ConfigError(f"rounds must be >= 2 (an interval needs rounds), got {self.rounds}")
+
         spec = get_format(self.target)
         if not spec.family or not spec.recipe:
             raise ConfigError(f"quantize --target must be a quantised format (onnx-int8, tflite-int8, ...), "
@@ -254,16 +255,6 @@ class QuantizeConfig:
                 raise ConfigError(f"recipe {r!r} does not make {spec.precision} files; {self.target} needs one that does")
         if not 0 <= self.max_ndcg_drop < 1:
             raise ConfigError(f"max_ndcg_drop must be in [0, 1), got {self.max_ndcg_drop}")
-
-
-def _latency(a: Artifact, ds, threads: int, users: int) -> float:
-    from ..runner import input_maxlen, run_runner, write_inputs
-    from ..targets import load_target
-
-    target = replace(load_target("local-cpu"), threads=threads, min_runs=300, min_seconds=1.5)
-    with tempfile.TemporaryDirectory() as d:
-        _, npz = write_inputs(ds, input_maxlen(a), Path(d) / "in.npz", users)
-        return run_runner(a, target, npz, threads)["latency"]["p50_ms"]
 
 
 def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path = DEFAULT_STORE,
@@ -279,42 +270,50 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     ds = dataset_for(a)
     fp32 = export(a, f"{family}-fp32", store=store, ds=ds)
     base = {"recipe": "(fp32)", "artifact": fp32.name, "size_bytes": fp32.card["size_bytes"],
-            "p50_ms": _latency(fp32, ds, cfg.threads, cfg.bench_users),
             "ndcg@10_rel": fp32.metrics["parity"]["ndcg@10_rel_change"],
             "top10_overlap": fp32.metrics["parity"]["top10_overlap"]}
-    say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms")
-    rows = []
-    made = {}
+    rows, exports = [], {}
     for r in recipes:
         try:
-            e = export(a, cfg.target, store=store, ds=ds, recipe=r)
+            exports[r] = export(a, cfg.target, store=store, ds=ds, recipe=r)
         except ExportError as err:
             rows.append({"recipe": r, "error": str(err)})
             say(f"{r}: failed: {err}")
+    # fp32 and every recipe timed in interleaved rounds: a burst of other work falls on all alike
+    m = _time_files([(fp32, ds)] + [(e, ds) for e in exports.values()], ["(fp32)", *exports],
+                    cfg.threads, cfg.bench_users, cfg.rounds)
+    base["p50_ms"] = m.summary("(fp32)")["p50_ms"]
+    base["p50_rounds_ms"] = m.p50s["(fp32)"]
+    base["p50_spread"] = m.summary("(fp32)")
+    timing_info = {k: v for k, v in m.to_dict().items() if k != "cells"}
+    say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms "
+        f"(median of {len(base['p50_rounds_ms'])} interleaved rounds)")
+    for r, e in exports.items():
+        if r in m.errors:
+            rows.append({"recipe": r, "error": m.errors[r]})
+            say(f"{r}: failed: {m.errors[r]}")
             continue
-        made[r] = e
         p = e.metrics["parity"]
-        row = {"recipe": r, "artifact": e.name, "size_bytes": e.card["size_bytes"],
-               "p50_ms": _latency(e, ds, cfg.threads, cfg.bench_users),
+        row = {"recipe": r, "artifact": e.name, "size_bytes": e.card["size_bytes"], **_latency_gate(m, r),
                "ndcg@10_rel": p["ndcg@10_rel_change"], "top10_overlap": p["top10_overlap"]}
         row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
-        row["speedup"] = base["p50_ms"] / row["p50_ms"]
         row["smaller"] = row["size_bytes"] < base["size_bytes"]
-        row["not_slower"] = row["p50_ms"] <= base["p50_ms"] * (1 + LATENCY_NOISE)
         row["accurate"] = row["ndcg@10_rel"] >= -cfg.max_ndcg_drop and row["top10_overlap"] >= cfg.min_top10_overlap
-        e.update_card(metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg)}})
+        e.update_card(metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg), "timing": timing_info}})
         rows.append(row)
         warn = [w for w, bad in (("larger", not row["smaller"]), ("slower", not row["not_slower"]),
                                  ("less accurate than allowed", not row["accurate"])) if bad]
+        lo, hi = row["speedup_interval"]
         say(f"{r}: {row['size_bytes']} bytes ({row['size_ratio']:.2f}x smaller), p50 {row['p50_ms']:.3f} ms "
-            f"({row['speedup']:.2f}x), NDCG@10 {row['ndcg@10_rel'] * 100:+.1f}%, top-10 overlap "
-            f"{row['top10_overlap']:.3f}" + (f"  WARNING: {', '.join(warn)} than fp32" if warn else ""))
+            f"({row['speedup']:.2f}x [{lo:.2f}-{hi:.2f}], {row['latency_verdict']}), NDCG@10 "
+            f"{row['ndcg@10_rel'] * 100:+.1f}%, top-10 overlap {row['top10_overlap']:.3f}"
+            + (f"  WARNING: {', '.join(warn)} than fp32" if warn else ""))
     ok = [r for r in rows if "error" not in r]
     gains = [r for r in ok if r["smaller"] and r["not_slower"] and r["accurate"]]
     if gains:
         winner = min(gains, key=lambda r: (r["size_bytes"], r["p50_ms"]))
         why = (f"{winner['recipe']} wins: the smallest of the recipes that are smaller than fp32, not slower "
-               f"(within {LATENCY_NOISE:.0%}) and within {cfg.max_ndcg_drop:.0%} NDCG@10 / "
+               f"(the speed-up's {m.rounds}-round interval does not lie below 1.0) and within {cfg.max_ndcg_drop:.0%} NDCG@10 / "
                f"{cfg.min_top10_overlap} top-10 overlap of the parent")
     else:
         winner = None
@@ -327,6 +326,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     say(why)
     report = {"artifact": a.name, "target": cfg.target, "family": family, "fp32": base, "recipes": rows,
               "winner": winner["recipe"] if winner else None, "why": why, "config": asdict(cfg),
+              "timing": timing_info,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = Path(store) / f"{a.name}-{cfg.target}-quantize.json"
     write_json(path, report)
@@ -335,7 +335,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     if cfg.require_gain and winner is None:
         raise ExportError(why, hint=f"see {md}")
     return {"rows": rows, "fp32": base, "winner": winner, "why": why, "report": md,
-            "artifact": made[winner["recipe"]] if winner else None}
+            "artifact": exports[winner["recipe"]] if winner else None}
 
 
 def _markdown(rep: dict) -> str:
@@ -343,6 +343,9 @@ def _markdown(rep: dict) -> str:
              "Measured side by side in one run on the local CPU "
              f"({rep['config']['threads']} thread(s), batch 1); accuracy on validation users against the "
              "torch parent.", "",
+             f"Latency: fp32 and every recipe timed in {rep.get('timing', {}).get('rounds', '?')} interleaved rounds; "
+             "p50 is the median over rounds, the speed-up's interval (in brackets) a bootstrap over rounds, and a "
+             "recipe is called slower only when that interval lies below 1.0.", "",
              "| recipe | size bytes | vs fp32 | p50 ms | speed vs fp32 | NDCG@10 change | top-10 overlap | verdict |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     b = rep["fp32"]
@@ -356,6 +359,6 @@ def _markdown(rep: dict) -> str:
             w for w, bad in (("larger", not r["smaller"]), ("slower", not r["not_slower"]),
                              ("too inaccurate", not r["accurate"])) if bad) or "pays, not the smallest"
         lines.append(f"| {r['recipe']} | {r['size_bytes']} | {r['size_ratio']:.2f}x | {r['p50_ms']:.3f} | "
-                     f"{r['speedup']:.2f}x | {r['ndcg@10_rel'] * 100:+.1f}% | {r['top10_overlap']:.3f} | {verdict} |")
+                     f"{r['speedup']:.2f}x [{r['speedup_interval'][0]:.2f}-{r['speedup_interval'][1]:.2f}] | {r['ndcg@10_rel'] * 100:+.1f}% | {r['top10_overlap']:.3f} | {verdict} |")
     lines += ["", rep["why"] + "."]
     return "\n".join(lines) + "\n"
