@@ -17,13 +17,15 @@ LAYERS = [
      "edgekd.kd_losses", "edgekd.baselines", "edgekd.targets", "edgekd.android", "edgekd.device_runner",
      "edgekd.inspection", "edgekd.timing"},
     # what the stages share: evaluation, torch artifacts, running the device runner
-    {"edgekd.evaluation", "edgekd.torch_io", "edgekd.runner", "edgekd.pruning"},
+    {"edgekd.evaluation", "edgekd.torch_io", "edgekd.runner", "edgekd.pruning", "edgekd.serve.runtime",
+     "edgekd.serve.drift", "edgekd.serve.batching", "edgekd.serve.monitoring", "edgekd.serve.shadow"},
     # the stages that make artifacts
     {"edgekd.train", "edgekd.distill", "edgekd.compress", "edgekd.export", "edgekd.export.base",
      "edgekd.export.onnx", "edgekd.export.tflite", "edgekd.export.quantize", "edgekd.export.parity",
      "edgekd.export.stage"},
     # what measures, reports and drives them
-    {"edgekd.bench", "edgekd.report", "edgekd.pipeline", "edgekd.cli", "edgekd.__main__"},
+    {"edgekd.bench", "edgekd.report", "edgekd.pipeline", "edgekd.cli", "edgekd.__main__", "edgekd.serve",
+     "edgekd.serve.app"},
 ]
 
 
