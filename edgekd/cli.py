@@ -42,8 +42,14 @@ SynthOpt = typer.Option(None, "--synthetic", help="synthetic dataset setting KEY
 StoreOpt = typer.Option(Path("models"), "--out", help="artifact store directory")
 TensorboardOpt = typer.Option(None, "--tensorboard", help="write TensorBoard scalars (losses, validation "
                               "metrics, epoch time) to this directory")
+JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
 PeriodOpt = typer.Option(None, "--period", help="a time period of the events: early:Q (before the Q-quantile "
                          "of timestamps) or late:Q (from it on), e.g. early:0.5")
+
+
+def _json(obj) -> None:
+    """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str]] = None,
@@ -165,27 +171,53 @@ def list_losses_cmd():
 
 
 @list_app.command("targets")
-def list_targets_cmd():
-    """Bench targets (for `bench --target`): devices, from targets/*.toml."""
-    targets_list()
+def list_targets_cmd(as_json: bool = JsonOpt):
+    """Bench targets (for `bench --target`): devices, each from its TOML file."""
+    targets_list(as_json)
 
 
-targets_app = typer.Typer(no_args_is_help=True, help="Bench targets: devices described by targets/*.toml.")
+targets_app = typer.Typer(no_args_is_help=True, help="Bench targets: devices described by TOML files (built-in, "
+                          "or yours in the user config directory: `edgekd targets init`).")
 app.add_typer(targets_app, name="targets")
 
 
 @targets_app.command("list")
-def targets_list():
-    """Every target file found, with its kind and where it points."""
+def targets_list(as_json: bool = JsonOpt):
+    """Every target with its kind, where it points and the file it comes from (yours in the user
+    config directory first, then the built-ins)."""
     from .targets import list_targets, load_target
 
+    rows = []
     for name, src in list_targets().items():
+        row = {"name": name, "origin": src.origin, "file": src.path or None, "overrides_builtin": src.overrides}
         try:
-            t = load_target(src if src.endswith(".toml") else name)
-            where = t.transport().describe() + (f", {t.device}" if t.device != "cpu" else "")
-            out.print(f"{name:14} {t.kind:6} {where:32} {t.threads} thread(s)  {src}")
+            t = load_target(name)
+            row.update(kind=t.kind, where=t.transport().describe() + (f", {t.device}" if t.device != "cpu" else ""),
+                       threads=t.threads, error=None)
         except EdgeKDError as e:
-            out.print(f"{name:14} invalid: {e}")
+            row.update(kind=None, where=None, threads=None, error=str(e))
+        rows.append(row)
+    if as_json:
+        return _json(rows)
+    for r in rows:
+        src = f"{r['origin']}{' (overrides the built-in)' if r['overrides_builtin'] else ''}: {r['file'] or 'in code'}"
+        if r["error"]:
+            out.print(f"{r['name']:14} invalid: {r['error']}", markup=False, highlight=False)
+        else:
+            out.print(f"{r['name']:14} {r['kind']:6} {r['where']:32} {r['threads']} thread(s)  {src}",
+                      markup=False, highlight=False)
+
+
+@targets_app.command("init")
+def targets_init(name: str = typer.Argument(..., help="a built-in target: pi, android, cuda or local-cpu"),
+                 force: bool = typer.Option(False, "--force", help="replace an existing file of that name")):
+    """Copy a built-in target file into your config directory to edit ($XDG_CONFIG_HOME/edgekd/targets,
+    default ~/.config/edgekd/targets); a file there overrides the built-in of the same name.
+
+    Example: edgekd targets init pi && $EDITOR ~/.config/edgekd/targets/pi.toml"""
+    from .targets import init_target
+
+    out.print(str(init_target(name, force=force)), markup=False, highlight=False)
 
 
 @targets_app.command("check")
