@@ -25,6 +25,7 @@ from torch import nn
 from .artifact import DEFAULT_STORE, Artifact, save_artifact
 from .data import Dataset
 from .errors import ConfigError, EdgeKDError, ExportError
+from .extras import tflite_module
 from .metrics import evaluate_scores
 from .train import dataset_card, dataset_for, eval_inputs, input_spec, load_torch_model, model_scores, output_spec
 
@@ -363,7 +364,7 @@ def _tflite_fp32(model: nn.Module, path: Path, maxlen: int, recipe: str | None =
 
 def _convert_tflite(model: nn.Module, path: Path, maxlen: int) -> dict:
     with _quiet():
-        import litert_torch  # its import logs through absl to stderr: keep it inside _quiet
+        litert_torch = tflite_module("litert_torch")  # its import logs through absl to stderr: keep it inside _quiet
 
         edge = litert_torch.convert(model, (_sample(maxlen),))
         edge.export(str(path))
@@ -391,7 +392,7 @@ def _strip_tflite(path: Path) -> None:
 
 def _tflite_then(model: nn.Module, path: Path, maxlen: int, recipe, calib=None, calibrated: bool = False) -> dict:
     """Convert, then quantise with ai-edge-quantizer."""
-    from ai_edge_quantizer import quantizer
+    quantizer = tflite_module("ai_edge_quantizer.quantizer")
 
     fp32 = path.with_name("fp32-" + path.name)
     info = _convert_tflite(model, fp32, maxlen)
@@ -426,7 +427,7 @@ register_format("tflite-fp16", suffix=".tflite", precision="fp16", family="tflit
 
 
 def _weight_only(model, path, maxlen, granularity: str) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     r = recipe.weight_only_wi8_afp32()
     for entry in r:
@@ -463,7 +464,7 @@ def _tflite_weight_only_pc(model, path, maxlen, calib=None) -> dict:
 @register_recipe("tflite", "dynamic", summary="int8 weights, activations quantised at run time by hybrid "
                  "kernels (dynamic_wi8_afp32); tflite-runtime 2.14 computes it wrongly")
 def _tflite_dynamic(model, path, maxlen, calib=None) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     info = _tflite_then(model, path, maxlen, recipe.dynamic_wi8_afp32())
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "dynamic_wi8_afp32",
@@ -474,8 +475,8 @@ def _tflite_dynamic(model, path, maxlen, calib=None) -> dict:
 
 @register_recipe("tflite", "fp16", precision="fp16", summary="fp16 weights, fp32 compute (float casting)")
 def _tflite_fp16(model, path, maxlen, calib=None) -> dict:
-    from ai_edge_quantizer import qtyping, recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    qtyping, recipe_manager = (tflite_module(f"ai_edge_quantizer.{m}") for m in ("qtyping", "recipe_manager"))
+    AlgorithmName = tflite_module("ai_edge_quantizer.algorithm_manager").AlgorithmName
 
     rm = recipe_manager.RecipeManager()
     rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
@@ -488,7 +489,7 @@ def _tflite_fp16(model, path, maxlen, calib=None) -> dict:
 @register_recipe("tflite", "full-int8", calibrated=True, summary="int8 weights and activations, "
                  "calibrated on validation sequences (static_wi8_ai8)")
 def _tflite_full_int8(model, path, maxlen, calib=None) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     info = _tflite_then(model, path, maxlen, recipe.static_wi8_ai8(), calib=calib, calibrated=True)
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai8",
@@ -500,7 +501,7 @@ def _tflite_full_int8(model, path, maxlen, calib=None) -> dict:
                  "activations, calibrated on validation sequences (static_wi8_ai16): the scores keep "
                  "65,536 levels where int8 gives 256")
 def _tflite_full_int16x8(model, path, maxlen, calib=None) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     info = _tflite_then(model, path, maxlen, recipe.static_wi8_ai16(), calib=calib, calibrated=True)
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai16",
