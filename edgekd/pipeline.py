@@ -185,7 +185,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     say(f"4/5 bench on {target.name} ({target.threads} thread(s)) ...")
     run_dir, records = bench([students["on"], students["off"], *exported], target, out=cfg.results,
                              teacher=teacher, on_result=on_result)
-    write_recipe(replace(cfg, exports=tuple(exports)), run_dir / RECIPE_FILE)
+    # the settings as they ran: the formats actually exported, the epochs and window resolved
+    write_recipe(replace(cfg, exports=tuple(exports), epochs=epochs, maxlen=maxlen), run_dir / RECIPE_FILE)
 
     # 5. report
     rep = build_report(run_dir)
