@@ -593,10 +593,14 @@ def report(run: Optional[Path] = typer.Argument(None, help="bench run directory 
     """Markdown + JSON (+ HTML) report from bench records and artifact cards.
 
     Example: edgekd report --results benchmarks/results --dest reports/latest"""
-    from .bench import latest_run
+    from .bench import latest_run, load_records
     from .report import build_report
 
-    r = build_report(run or latest_run(results), dest, plot=html)
+    run = run or latest_run(results)
+    if any(r.get("status") == "ok" and r.get("accuracy") is None for r in load_records(run)):
+        raise ConfigError(f"{run}: plain model files benched without accuracy (no --vocab and --data); "
+                          "their latency and memory are the JSON records in that directory")
+    r = build_report(run, dest, plot=html)
     if as_json:
         sys.stdout.write(Path(r["json"]).read_text().rstrip("\n") + "\n")
     else:

@@ -224,6 +224,8 @@ def test_bench_a_plain_model_file(onnx_export, tmp_path, fast_target):
     rec = json.loads(out)["records"][0]
     assert rec["status"] == "ok" and rec["artifact"]["name"] == "mine.onnx"
     assert rec["latency_ms"]["p50_ms"] > 0 and rec["peak_rss_bytes"] > 0 and rec["accuracy"] is None
+    rc, _, err = run("report", json.loads(out)["run_dir"])  # no accuracy, no report: said in one line
+    assert rc == 2 and "without accuracy" in one_clean_line(err)
     (tmp_path / "x.txt").write_text("hi")
     rc, _, err = run("bench", str(tmp_path / "x.txt"), str(mine), "--target", str(fast_target))
     assert rc != 0 and len([l for l in err.splitlines() if l.startswith("error:")]) == 1
