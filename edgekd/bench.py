@@ -7,7 +7,7 @@ record carries its change against it: accuracy, latency, size and memory.
 from __future__ import annotations
 
 import json
-import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import Artifact
+from .artifact import Artifact, check_name, write_json
 from .data import Dataset, pad_left
 from .distill import find_teacher
-from .errors import ArtifactError, BenchError, TargetError
+from .errors import ArtifactError, BenchError, ConfigError, TargetError
 from .metrics import ranking_metrics, ranks_from_topk
 from .targets import LocalTransport, Target
 from .train import dataset_for
@@ -290,9 +290,7 @@ def _finished(path: Path, a: Artifact, threads: int, users: int) -> dict | None:
 
 def _write_record(path: Path, rec: dict) -> None:
     """Atomically: an interrupted write leaves the old record or none, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, rec)
 
 
 def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
@@ -306,6 +304,12 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
     connection) is recorded as failed and the rest go on."""
     if not artifacts and teacher is None:
         raise ArtifactError("nothing to benchmark", hint="pass one or more artifact directories")
+    if users is not None and users < 1:
+        raise ConfigError(f"users must be >= 1, got {users}")
+    if run_id is not None:
+        check_name(run_id, "bench run name")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
     teacher = teacher or find_teacher(artifacts[0])
     ds = dataset_for(teacher)
     todo = [teacher] + [a for a in artifacts if a.sha256 != teacher.sha256]
@@ -326,7 +330,8 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
             run_id = latest_run(out, target.name).name
         except ArtifactError:
             pass
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{target.name}"
+    run_id = check_name(run_id or time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9._-]", "_", target.name),
+                        "bench run name")
     run_dir = Path(out) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs: dict[tuple, tuple[np.ndarray, Path]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -80,6 +81,15 @@ PeriodOpt = typer.Option(None, "--period", help="a time period of the events: ea
 def _json(obj) -> None:
     """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _name_ok(value: Optional[str]) -> Optional[str]:
+    """--name is checked before any work: one safe path component, else exit 2."""
+    if value is not None:
+        from .artifact import check_name
+
+        check_name(value)
+    return value
 
 
 def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str]] = None,
@@ -230,8 +240,10 @@ def targets_list(as_json: bool = JsonOpt):
         row = {"name": name, "origin": src.origin, "file": src.path or None, "overrides_builtin": src.overrides}
         try:
             t = load_target(name)
-            row.update(kind=t.kind, where=t.transport().describe() + (f", {t.device}" if t.device != "cpu" else ""),
-                       threads=t.threads, error=None)
+            where = t.describe() + (f", {t.device}" if t.device != "cpu" else "")
+            if t.local_commands():
+                where += " (needs --allow-local-commands)"
+            row.update(kind=t.kind, where=where, threads=t.threads, error=None)
         except EdgeKDError as e:
             row.update(kind=None, where=None, threads=None, error=str(e))
         rows.append(row)
@@ -258,13 +270,27 @@ def targets_init(name: str = typer.Argument(..., help="a built-in target: pi, an
     out.print(str(init_target(name, force=force)), markup=False, highlight=False)
 
 
-@targets_app.command("check")
-def targets_check(name: str = typer.Argument(..., help="target name or path to a .toml")):
-    """Is the target reachable, and which runtimes (and versions) does it have?"""
-    from .bench import check_target
+AllowLocalOpt = typer.Option(False, "--allow-local-commands", help="let this run use what in the target file "
+                             "could run a command on this machine (ssh ProxyCommand and the like, a custom adb "
+                             "client); refused otherwise")
+
+
+def _target(name: str, allow_local_commands: bool):
+    from dataclasses import replace
+
     from .targets import load_target
 
-    info = check_target(load_target(name))
+    t = load_target(name)
+    return replace(t, allow_local_commands=True) if allow_local_commands else t
+
+
+@targets_app.command("check")
+def targets_check(name: str = typer.Argument(..., help="target name or path to a .toml"),
+                  allow_local_commands: bool = AllowLocalOpt):
+    """Is the target reachable, and which runtimes (and versions) does it have?"""
+    from .bench import check_target
+
+    info = check_target(_target(name, allow_local_commands))
     out.print_json(json.dumps(info))
 
 
@@ -286,7 +312,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           bucket: bool = typer.Option(False, "--bucket", help="length-bucketed batches cut to their longest "
                                       "window (exact; 1.6x faster epochs on MovieLens-100k)"),
           seed: int = typer.Option(0), store: Path = StoreOpt,
-          name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)"),
+          name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)", callback=_name_ok),
           tensorboard: Optional[Path] = TensorboardOpt,
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
     """Train a teacher with early stopping on validation NDCG@10.
@@ -341,7 +367,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
             batch_size: int = typer.Option(128), lr: float = typer.Option(2e-3),
             label_smoothing: float = typer.Option(0.0, help="label smoothing of the student's task loss"),
             seed: int = typer.Option(0), store: Path = StoreOpt,
-            name: Optional[str] = typer.Option(None), tensorboard: Optional[Path] = TensorboardOpt,
+            name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok), tensorboard: Optional[Path] = TensorboardOpt,
             resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
     """Train a student: cross-entropy + the weighted --loss terms against the teacher(s).
 
@@ -384,7 +410,7 @@ def export(artifact: Path = typer.Argument(..., help="torch artifact directory (
                                       help="export FORMAT (edgekd list formats): onnx-fp32 | onnx-int8 | onnx-mobile | "
                                            "tflite-fp32 | tflite-fp16 | tflite-int8 | tflite-dynamic-int8 "
                                            "(not a device: devices are for `bench --target`)"),
-           store: Path = StoreOpt, name: Optional[str] = typer.Option(None),
+           store: Path = StoreOpt, name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok),
            topk: Optional[int] = typer.Option(None, "--topk", help="end the graph in top-K: return the K best "
                                               "item indices and their scores instead of a score per item"),
            recipe: Optional[str] = typer.Option(None, "--recipe", help="quantisation recipe for a quantised "
@@ -443,7 +469,7 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
           recover_from: str = typer.Option("teacher", help="who teaches the recovery: 'teacher', or 'parent' "
                                            "(the unpruned model itself)"),
           lr: float = typer.Option(1e-3, help="recovery learning rate"),
-          seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None)):
+          seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok)):
     """Prune a torch model, optionally recovering by distillation from its teacher.
 
     Example: edgekd prune ml-100k-student --method vocabulary --coverage 0.9 --recover-epochs 5"""
@@ -505,12 +531,13 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
                                      help="DEVICE to run on (edgekd list targets), or a path to a target .toml; "
                                           "not an export format"),
           teacher: Optional[Path] = typer.Option(None, help="baseline teacher (default: from lineage)"),
-          threads: Optional[int] = typer.Option(None, help="threads (default: the target's)"),
-          users: Optional[int] = typer.Option(None, help="evaluate on a sample of this many test users"),
+          threads: Optional[int] = typer.Option(None, min=1, help="threads (default: the target's)"),
+          users: Optional[int] = typer.Option(None, min=1, help="evaluate on a sample of this many test users"),
           store: Path = StoreOpt, results: Path = ResultsOpt,
           run_id: Optional[str] = typer.Option(None, "--run", help="run directory name (default: a new "
                                                "timestamped one; with --resume, the latest on this target)"),
           resume: bool = typer.Option(False, "--resume", help="keep finished cells of the run and do the rest"),
+          allow_local_commands: bool = AllowLocalOpt,
           vocab: Optional[Path] = typer.Option(None, "--vocab", help="plain files: the vocab.json the file was "
                                                "trained with; with --data, accuracy is measured too"),
           data: Optional[Path] = typer.Option(None, "--data", help="plain files: the interaction data for accuracy "
@@ -524,9 +551,8 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
 
     Example: edgekd bench my-model.tflite --target local-cpu"""
     from .bench import PLAIN_SUFFIXES
-    from .targets import load_target
 
-    tgt = load_target(target)
+    tgt = _target(target, allow_local_commands)
     console.print(f"target {tgt.name}: {tgt.source}", highlight=False, markup=False)
     plain = [p for p in artifacts if p.suffix in PLAIN_SUFFIXES and p.is_file()]
     if plain:
@@ -660,10 +686,41 @@ def _done(a):
     out.print(str(a.path))
 
 
+RESUMABLE = {"train", "distill", "bench", "pipeline"}
+
+
+def _interrupted() -> None:
+    """One line on Ctrl-C: what was interrupted and how to go on."""
+    args = sys.argv[1:]
+    cmd = next((a for a in args if not a.startswith("-")), "edgekd")
+    if cmd in RESUMABLE:
+        again = "edgekd " + " ".join(args) + ("" if "--resume" in args else " --resume")
+        console.print(f"interrupted: {cmd}; finished artifacts, bench records and the last epoch's checkpoint "
+                      f"are kept; to continue: {escape(again)}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"interrupted: {cmd}; nothing half-written was kept (artifacts are written whole or not "
+                      "at all); run it again", highlight=False, soft_wrap=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from .errors import EdgeKDWarning
+
+    if issubclass(category, EdgeKDWarning):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main() -> None:
     debug = bool(os.environ.get("EDGEKD_DEBUG"))
+    warnings.showwarning = _show_warning
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C into Exit(130) before it reaches the handler below
+            _interrupted()
         sys.exit(rc if isinstance(rc, int) else 0)
     except NO_ARGS:  # help was printed
         sys.exit(0)
@@ -672,7 +729,7 @@ def main() -> None:
         console.print(f"[red]error:[/red] {escape(e.format_message())} (see `{cmd} --help`)", highlight=False)
         sys.exit(2)
     except ABORT:
-        console.print("interrupted")
+        _interrupted()
         sys.exit(130)
     except EdgeKDError as e:
         if debug:
@@ -681,7 +738,7 @@ def main() -> None:
         console.print(f"[red]error:[/red] {escape(str(e) + hint)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        console.print("interrupted: finished artifacts, bench records and the last epoch's checkpoint are kept; rerun with --resume")
+        _interrupted()
         sys.exit(130)
     except Exception as e:  # a bug or an unexpected library failure: one line, traceback on request
         if debug:

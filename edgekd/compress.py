@@ -5,7 +5,6 @@ that is larger or slower than fp32 gets a warning; `require_gain` makes "nothing
 error. The report says which recipe wins and why."""
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import DEFAULT_STORE, Artifact
+from .artifact import DEFAULT_STORE, Artifact, write_json
 from .data import UNKNOWN_ITEMS
 from .errors import ConfigError, ExportError
 
@@ -144,7 +143,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
               "winner": winner["recipe"] if winner else None, "why": why, "config": asdict(cfg),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = Path(store) / f"{a.name}-{cfg.target}-quantize.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     md = path.with_suffix(".md")
     md.write_text(_markdown(report))
     if cfg.require_gain and winner is None:

@@ -10,6 +10,8 @@ import csv
 import hashlib
 import json
 import math
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -41,17 +43,37 @@ def list_formats() -> list[str]:
     return sorted(_LOADERS) + ["synthetic"]
 
 
-def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
+MAX_LINE_BYTES = 1 << 20  # a longer line is malformed input, not data: refused before it is held whole
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its newline) of a UTF-8 file, one bounded line at a time: a line
+    that is not UTF-8 or longer than MAX_LINE_BYTES is an error naming the file and line."""
     if not path.is_file():
         raise DataError(f"{path}: no such file", hint="check the --data path")
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield lineno, line
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    with open(path, "rb") as f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES} bytes; not an interaction file?")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+            if lineno == 1 and text.startswith("\ufeff"):
+                text = text[1:]  # a byte-order mark
+            yield lineno, text
+
+
+def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
+    for lineno, line in _raw_lines(path):
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield lineno, line
 
 
 def _number(path: Path, lineno: int, what: str, text: str) -> float:
@@ -68,6 +90,8 @@ def _id(path: Path, lineno: int, what: str, text: str) -> str:
     text = text.strip()
     if not text:
         raise DataError(f"{path}:{lineno}: empty {what} id")
+    if not text.isprintable():
+        raise DataError(f"{path}:{lineno}: {what} id {text[:40]!r} has control characters")
     return text
 
 
@@ -103,7 +127,7 @@ def load_sasrec(path: Path) -> list[Event]:
         parts = line.split()
         if len(parts) != 2:
             raise DataError(f"{path}:{lineno}: expected 2 fields 'user item', got {len(parts)}")
-        events.append((parts[0], parts[1], float(lineno)))
+        events.append((_id(path, lineno, "user", parts[0]), _id(path, lineno, "item", parts[1]), float(lineno)))
     if not events:
         raise DataError(f"{path}: no interactions in file")
     return events
@@ -113,34 +137,32 @@ def load_sasrec(path: Path) -> list[Event]:
 def load_csv(path: Path, user: str = "user", item: str = "item", timestamp: str = "timestamp") -> list[Event]:
     """CSV with a header naming the columns user, item and timestamp (other columns ignored)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file", hint="check the --data path")
     events: list[Event] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file") from None
-        except csv.Error as e:
-            raise DataError(f"{path}:1: {e}") from None
-        header = [h.strip().lower() for h in header]
-        missing = [c for c in (user, item, timestamp) if c not in header]
-        if missing:
-            raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)}; "
-                            f"found {', '.join(header) or 'nothing'}")
-        iu, ii, it = header.index(user), header.index(item), header.index(timestamp)
-        try:
-            for row in reader:
-                lineno = reader.line_num
-                if not row or not any(c.strip() for c in row):
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(row)}")
-                events.append((_id(path, lineno, "user", row[iu]), _id(path, lineno, "item", row[ii]),
-                               _number(path, lineno, "timestamp", row[it])))
-        except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: {e}") from None
+    # csv reads the bounded, decoded lines (a quoted field may span lines)
+    reader = csv.reader(line for _, line in _raw_lines(path))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: empty file") from None
+    except csv.Error as e:
+        raise DataError(f"{path}:1: {e}") from None
+    header = [h.strip().lower() for h in header]
+    missing = [c for c in (user, item, timestamp) if c not in header]
+    if missing:
+        raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)}; "
+                        f"found {', '.join(header) or 'nothing'}")
+    iu, ii, it = header.index(user), header.index(item), header.index(timestamp)
+    try:
+        for row in reader:
+            lineno = reader.line_num
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(row)}")
+            events.append((_id(path, lineno, "user", row[iu]), _id(path, lineno, "item", row[ii]),
+                           _number(path, lineno, "timestamp", row[it])))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}") from None
     if not events:
         raise DataError(f"{path}: no interactions in file")
     return events
@@ -271,6 +293,8 @@ class DataSpec:
         else:
             p = Path(self.path)
             base = p.parent.name if p.stem in ("u", "ratings", "data") else p.stem
+            # names of artifacts derive from it: keep it a safe name whatever the file is called
+            base = re.sub(r"[^A-Za-z0-9._+=-]+", "-", base).strip(".-")[:64] or "data"
         return base if self.period is None else f"{base}-{self.period.replace(':', '')}"
 
     def to_dict(self) -> dict:
@@ -367,7 +391,16 @@ class Dataset:
 
 
 def _sort_key(x: str):
-    return (0, int(x), x) if x.lstrip("-").isdigit() else (1, 0, x)
+    """Ids are strings; ASCII-digit ids sort numerically (without int(), which refuses very
+    long numbers), before every other id, which sort as text."""
+    neg = x.startswith("-")
+    digits = x[1:] if neg else x
+    if not (digits.isascii() and digits.isdigit()):
+        return (1, 0, 0, x)
+    d = digits.lstrip("0") or "0"
+    if neg and d != "0":  # larger magnitude first among negatives
+        return (0, -1, -len(d), tuple(-ord(c) for c in d), x)
+    return (0, 0, len(d), d, x)
 
 
 def build_dataset(events: Iterable[Event], name: str, min_events: int = MIN_EVENTS,
@@ -417,11 +450,18 @@ def write_sasrec_text(ds: Dataset, path: Path) -> Path:
     the input format of the reference SASRec implementations, which make the same
     leave-one-out split (last item test, second-to-last validation)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the file to write, e.g. {path / 'sequences.txt'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for u, seq in enumerate(ds.sequences, 1):
-            for i in seq:
-                f.write(f"{u} {int(i)}\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            for u, seq in enumerate(ds.sequences, 1):
+                f.write("".join(f"{u} {int(i)}\n" for i in seq))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -41,3 +41,23 @@ class TargetError(EdgeKDError):
 
 class BenchError(EdgeKDError):
     """A benchmark run that failed on a reachable target."""
+
+
+class TrainingError(EdgeKDError):
+    """A training run that diverged (a non-finite loss or weights): nothing is saved."""
+
+
+class EdgeKDWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints one line)."""
+
+
+def require_finite(cfg) -> None:
+    """ConfigError for the first float setting of a dataclass config that is NaN or infinite."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"{f.name} must be a finite number, got {x}")

@@ -1,10 +1,9 @@
 """Reports built only from bench records and artifact cards, so every figure traces back."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .artifact import load_artifact
+from .artifact import load_artifact, write_json
 from .bench import load_records
 from .errors import ArtifactError
 
@@ -147,8 +146,7 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
         lines += ["", f"Charts per target (Pareto front, size, memory): [{page.name}]({page.name})"]
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
-    (out / "report.json").write_text(json.dumps({"run": run_dir.name, "target": target, "rows": rows},
-                                                indent=2) + "\n")
+    write_json(out / "report.json", {"run": run_dir.name, "target": target, "rows": rows})
     return {"markdown": out / "report.md", "json": out / "report.json", "html": page, "rows": rows, "text": md}
 
 

@@ -37,6 +37,22 @@ BUILTIN = {"local-cpu": {"kind": "local", "description": "the host CPU, one thre
 # ssh options that would switch off host-key checking: refused, whatever the target file says
 UNSAFE_SSH = {"stricthostkeychecking": {"no", "off", "false", "accept-new"},
               "userknownhostsfile": {"/dev/null", "none"}, "globalknownhostsfile": {"/dev/null", "none"}}
+# ssh options a target file may set freely: connection, authentication and host-key settings
+# that run nothing on this machine. Anything else (ProxyCommand, LocalCommand,
+# KnownHostsCommand, PKCS11Provider, Match exec, Include, ... and options edgekd does not know)
+# could run a local command, so it needs `--allow-local-commands` on the command line.
+SAFE_SSH = {k.lower() for k in (
+    "AddressFamily", "BatchMode", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CertificateFile",
+    "CheckHostIP", "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ControlMaster",
+    "ControlPath", "ControlPersist", "EscapeChar", "FingerprintHash", "ForwardAgent",
+    "GlobalKnownHostsFile", "GSSAPIAuthentication", "GSSAPIDelegateCredentials", "HashKnownHosts", "Host",
+    "HostbasedAcceptedAlgorithms", "HostbasedAuthentication", "HostKeyAlgorithms", "HostKeyAlias",
+    "HostName", "IdentitiesOnly", "IdentityFile", "IPQoS", "KbdInteractiveAuthentication",
+    "KexAlgorithms", "LogLevel", "MACs", "NumberOfPasswordPrompts", "PasswordAuthentication", "Port",
+    "PreferredAuthentications", "ProxyJump", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes",
+    "PubkeyAuthentication", "RekeyLimit", "RequestTTY", "RequiredRSASize", "SendEnv", "ServerAliveCountMax",
+    "ServerAliveInterval", "SetEnv", "StrictHostKeyChecking", "TCPKeepAlive", "UpdateHostKeys", "User",
+    "UserKnownHostsFile", "VerifyHostKeyDNS")}
 
 
 class TargetFileError(TargetError):
@@ -76,8 +92,35 @@ class Target:
     remote_dir: str = "/data/local/tmp"
     taskset: str | None = None
     source: str = "built-in"
+    # Set from the command line only (`--allow-local-commands`), never from a target file.
+    allow_local_commands: bool = False
+
+    def local_commands(self) -> list[str]:
+        """What in this target could run a command on this machine (ssh options outside the
+        safe list, an ssh_config other than the user's own with such keywords, an adb client
+        other than `adb` on the PATH)."""
+        found = []
+        if self.kind == "ssh":
+            found += [f"ssh option {o!r}" for o in self.ssh_options if _ssh_key(o)[0] not in SAFE_SSH]
+            if self.ssh_config:
+                found += _ssh_config_commands(Path(self.ssh_config).expanduser())
+        if self.kind == "adb" and self.adb != "adb":
+            found.append(f"adb client {self.adb!r} (not the `adb` on the PATH)")
+        return found
+
+    def check_local_commands(self) -> None:
+        found = self.local_commands()
+        if found and not self.allow_local_commands:
+            raise TargetFileError(f"{self.source}: {found[0]} could run a command on this machine; refused",
+                                  hint="if you trust this target file, rerun with --allow-local-commands")
+
+    def describe(self) -> str:
+        """Where the target points, without checking or reaching it."""
+        cls = {"ssh": SSHTransport, "adb": ADBTransport}.get(self.kind, LocalTransport)
+        return cls.describe(cls.__new__(cls)._bind(self))
 
     def transport(self) -> "Transport":
+        self.check_local_commands()
         if self.kind == "ssh":
             return SSHTransport(self)
         if self.kind == "adb":
@@ -111,7 +154,7 @@ def parse_ssh_url(url: str) -> tuple[str | None, str, int | None]:
 
 
 def target_from_dict(name: str, raw: dict, source: str) -> Target:
-    known = {f for f in Target.__dataclass_fields__ if f not in ("name", "source")}
+    known = {f for f in Target.__dataclass_fields__ if f not in ("name", "source", "allow_local_commands")}
     for key in raw:
         if key not in known:
             raise _fail(source, key, f"is not a target field; known fields: {', '.join(sorted(known))}")
@@ -147,11 +190,10 @@ def target_from_dict(name: str, raw: dict, source: str) -> Target:
         runtimes[fmt] = rt
     out["runtimes"] = runtimes
     opts = raw.get("ssh_options", [])
-    if not isinstance(opts, list) or not all(isinstance(o, str) and "=" in o for o in opts):
+    if not isinstance(opts, list) or not all(isinstance(o, str) and _ssh_key(o)[0] for o in opts):
         raise _fail(source, "ssh_options", f"must be a list of 'Key=Value' strings, got {opts!r}")
     for o in opts:
-        k, v = o.split("=", 1)
-        if v.strip().strip("'\"").strip().lower() in UNSAFE_SSH.get(k.strip().lower(), ()):
+        if _disables_host_keys(*_ssh_key(o)):
             raise _fail(source, "ssh_options", f"{o!r} would switch off host-key checking; add the "
                         "host's key to known_hosts instead (ssh-keyscan, then check its fingerprint)")
     out["ssh_options"] = tuple(opts)
@@ -170,10 +212,8 @@ def target_from_dict(name: str, raw: dict, source: str) -> Target:
         out["host"], out["user"] = host, raw.get("user") or user
         out["port"] = raw.get("port") or port
     if kind == "adb" and raw.get("taskset") is not None:
-        try:
-            int(raw["taskset"], 16)
-        except ValueError:
-            raise _fail(source, "taskset", f"must be a hex CPU mask such as 'f0', got {raw['taskset']!r}") from None
+        if not re.fullmatch(r"[0-9a-fA-F]{1,16}", raw["taskset"]) or int(raw["taskset"], 16) == 0:
+            raise _fail(source, "taskset", f"must be a non-zero hex CPU mask such as 'f0', got {raw['taskset']!r}")
     if kind != "ssh" and raw.get("host"):
         raise _fail(source, "host", f"applies to kind 'ssh' only, not {kind!r}")
     return Target(name=name, source=source, **out)
@@ -283,6 +323,10 @@ class Transport:
 
     def __init__(self, target: Target):
         self.t = target
+
+    def _bind(self, target: Target) -> "Transport":
+        self.t = target
+        return self
 
     def run(self, argv: list[str], timeout: float | None = None, check: bool = False,
             stdin: bytes | None = None) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifact import DEFAULT_STORE, Artifact, save_artifact
+from .artifact import DEFAULT_STORE, Artifact, check_name, destination, path_lock, save_artifact
 from .data import Dataset, DataSpec, load_data, pad_left, training_pairs
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, EdgeKDWarning, TrainingError, require_finite
 from .metrics import evaluate_scores
 from .models import count_parameters, create_model, model_kwargs
 
@@ -58,6 +59,7 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self):
+        require_finite(self)  # --lr inf or nan: refused before anything runs
         model_kwargs(self.model)  # raises ConfigError listing the registered models
         for name in ("epochs", "batch_size", "patience", "min_epochs"):
             if getattr(self, name) < 1:
@@ -66,6 +68,8 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.eval_users is not None and self.eval_users < 1:
             raise ConfigError(f"eval_users must be >= 1, got {self.eval_users}")
 
@@ -138,6 +142,18 @@ def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool =
 def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         progress: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
         resume: bool = False, identity: dict | None = None, tensorboard: Path | None = None) -> dict:
+    """Train `model`; see `_fit`. With a checkpoint, the run holds a lock on it (one process
+    per checkpoint: a second run with the same name in the same store fails at once)."""
+    if checkpoint is None or distributed()[0] != 0:
+        return _fit(model, ds, loss_fn, cfg, progress, checkpoint, resume, identity, tensorboard)
+    checkpoint = Path(checkpoint)
+    with path_lock(checkpoint.with_name(checkpoint.name + ".lock"), "training"):
+        return _fit(model, ds, loss_fn, cfg, progress, checkpoint, resume, identity, tensorboard)
+
+
+def _fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
+         progress: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
+         resume: bool = False, identity: dict | None = None, tensorboard: Path | None = None) -> dict:
     """Train `model` on the training split with `loss_fn`, early-stopping on validation
     NDCG@10 (full ranking). Restores the best weights and returns the history.
 
@@ -171,6 +187,9 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
     # What a checkpoint must match to be resumed: the settings, the data and (for a student)
     # the teacher. A checkpoint of another run with the same name is refused, not continued.
     key = {"config": cfg.to_dict(), "dataset": ds.fingerprint(), **(identity or {})}
+    if checkpoint is not None and not resume and Path(checkpoint).is_file():
+        warnings.warn(f"{checkpoint}: an interrupted run's checkpoint is discarded; this run starts over "
+                      "(pass --resume to continue it instead)", EdgeKDWarning, stacklevel=2)
     if checkpoint is not None and resume and Path(checkpoint).is_file():
         state = load_checkpoint(Path(checkpoint), key)
         try:
@@ -216,6 +235,8 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
                 width = int(lengths[b].max())
                 xb, yb = xb[:, xb.shape[1] - width:], yb[:, yb.shape[1] - width:]
             parts = step(xb, yb)
+            if not torch.isfinite(parts["loss"].detach()):
+                raise _diverged(epoch, f"the loss became {float(parts['loss'].detach())}", cfg)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -225,7 +246,11 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         train_s = time.perf_counter() - t0
         if world > 1:
             sums = _mean_over_processes(sums, world)
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise _diverged(epoch, "the weights became non-finite", cfg)
         val, _ = evaluate_model(model, ds, "valid", sampled=False, users=cfg.eval_users)
+        if not np.isfinite(val["ndcg@10"]):
+            raise _diverged(epoch, f"validation NDCG@10 is {val['ndcg@10']}", cfg)
         row = {"epoch": epoch, **{k: v / max(batches, 1) for k, v in sums.items()},
                "valid_ndcg@10": val["ndcg@10"], "valid_hr@10": val["hr@10"],
                "epoch_s": train_s}
@@ -263,6 +288,11 @@ def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         out["processes"] = world
         out["replicas_agree"] = _replicas_agree(model)
     return out
+
+
+def _diverged(epoch: int, what: str, cfg: TrainConfig) -> TrainingError:
+    return TrainingError(f"training diverged in epoch {epoch}: {what}; nothing was saved",
+                         hint=f"lower --lr (it is {cfg.lr:g}) and train again")
 
 
 def make_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, bucket: bool) -> list[torch.Tensor]:
@@ -336,7 +366,7 @@ def _tensorboard_writer(log_dir: Path | None, first_epoch: int):
 
 def save_checkpoint(path: Path, key: dict, state: dict) -> None:
     """Atomically write a training checkpoint (tensors, numbers and strings only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({**state, "config": json.dumps(key, sort_keys=True)}, tmp)
     os.replace(tmp, path)
@@ -356,6 +386,10 @@ def load_checkpoint(path: Path, key: dict) -> dict:
 
 
 def checkpoint_path(store: Path, name: str) -> Path:
+    """Where a training run that will write artifact `name` keeps its checkpoint. Checks first
+    that the artifact can be written there (a safe name; nothing but an artifact in the way),
+    so a run that could not be saved fails before it trains."""
+    destination(store, name)
     return Path(store) / f".{name}.checkpoint.pt"
 
 
@@ -370,6 +404,10 @@ def save_torch_artifact(model: nn.Module, *, store: Path, name: str, stage: str,
     # Tied weights share storage; safetensors refuses shared tensors, so store clones
     # (the item table is one tensor in this model, so nothing is stored twice).
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise TrainingError(f"{name}: not saved: weight {k} has non-finite values (the run diverged)",
+                                hint="lower --lr and train again")
 
     card = {
         "stage": stage, "format": "torch", "arch": arch, "arch_kwargs": arch_kwargs,
@@ -405,13 +443,26 @@ def load_torch_model(a: Artifact) -> nn.Module:
     if a.format != "torch":
         raise ArtifactError(f"{a.path}: a {a.format} artifact, not a torch model",
                             hint="pass the torch artifact it was exported from")
-    model = create_model(a.card["arch"], **a.card["arch_kwargs"])
+    from safetensors import SafetensorError
+
+    if not isinstance(a.card.get("arch_kwargs"), dict) or not isinstance(a.card.get("arch"), str):
+        raise ArtifactError(f"{a.path}: artifact.json lacks a valid 'arch' and 'arch_kwargs'")
+    try:
+        model = create_model(a.card["arch"], **a.card["arch_kwargs"])
+    except TypeError as e:
+        raise ArtifactError(f"{a.path}: arch_kwargs do not fit {a.card['arch']}: {e}") from None
     try:
         state = load_file(str(a.file))
         model.load_state_dict(state, strict=True)
+    except SafetensorError as e:
+        raise ArtifactError(f"{a.file}: not a readable safetensors file ({e})") from None
     except (RuntimeError, ValueError, OSError) as e:
         raise ArtifactError(f"{a.file}: weights do not fit {a.card['arch']} "
-                            f"{a.card['arch_kwargs']}: {str(e).splitlines()[0]}") from None
+                            f"{a.card['arch_kwargs']}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"{a.file}: weight {bad[0]} has non-finite values; the model is unusable",
+                            hint="train it again (a lower --lr)")
     return model.eval()
 
 
@@ -436,7 +487,7 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     seed_everything(cfg.seed)
     kw = cfg.arch_kwargs(ds.num_items)
     model = create_model(cfg.model, **kw)
-    name = name or f"{ds.name}-teacher"
+    name = check_name(name or f"{ds.name}-teacher")
     log = fit(model, ds, task_loss(model, cfg.label_smoothing), cfg, progress, checkpoint=checkpoint_path(store, name),
               resume=resume, tensorboard=tensorboard)
     if distributed()[0] != 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def test_tflite_over_adb_parses_the_tool_and_takes_accuracy_from_the_host(androi
     from edgekd.targets import load_target
 
     e = export(tiny_student, "tflite-fp32", store=store, ds=tiny_ds, name="adb-tflite")
-    run_dir, recs = bench([e], load_target(str(android)), out=tmp_path / "r", teacher=tiny_student)
+    # the stand-in adb is a local program named by the target file: allowed for this run only
+    t = replace(load_target(str(android)), allow_local_commands=True)
+    run_dir, recs = bench([e], t, out=tmp_path / "r", teacher=tiny_student)
     by = {r["artifact"]["name"]: r for r in recs}
     assert by["tiny-student"]["status"] == "skipped"  # torch files have no runtime on a phone
     assert "do not run on a phone" in by["tiny-student"]["error"]
@@ -80,7 +83,7 @@ def test_a_missing_benchmark_binary_fails_the_cell_with_one_clear_line(android, 
     android.write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
     p = subprocess.run([sys.executable, "-m", "edgekd", "bench", str(e.path), "--teacher", str(tiny_student.path),
-                        "--target", str(android), "--results", str(tmp_path / "r")],
+                        "--target", str(android), "--results", str(tmp_path / "r"), "--allow-local-commands"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 1
     errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]
