@@ -60,6 +60,8 @@ def _version(value: bool):
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="print the version and exit")):
     pass
+
+
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -235,8 +237,8 @@ def targets_list(as_json: bool = JsonOpt):
     config directory first, then the built-ins)."""
     from .targets import list_targets, load_target
 
-    rows = []
-    for name, src in list_targets().items():
+    rows, sources = [], list_targets()
+    for name, src in sources.items():
         row = {"name": name, "origin": src.origin, "file": src.path or None, "overrides_builtin": src.overrides}
         try:
             t = load_target(name)
@@ -250,7 +252,7 @@ def targets_list(as_json: bool = JsonOpt):
     if as_json:
         return _json(rows)
     for r in rows:
-        src = f"{r['origin']}{' (overrides the built-in)' if r['overrides_builtin'] else ''}: {r['file'] or 'in code'}"
+        src = sources[r["name"]].describe()
         if r["error"]:
             out.print(f"{r['name']:14} invalid: {r['error']}", markup=False, highlight=False)
         else:
