@@ -18,7 +18,8 @@ for variant in base tflite; do
   du -sb "$WORK/$variant" | cut -f1 > "$WORK/$variant.bytes"
   "$WORK/$variant/bin/pip" list --format=json > "$WORK/$variant.pkgs.json"
   # the largest installed top-level folders
-  du -sb "$WORK/$variant"/lib/python3*/site-packages/* | sort -rn | head -12 > "$WORK/$variant.top"
+  du -sb "$WORK/$variant"/lib/python3*/site-packages/* | sort -rn > "$WORK/$variant.all"
+  head -12 "$WORK/$variant.all" > "$WORK/$variant.top"
 done
 python3 - "$WORK" "$COMMIT" "$REPO/benchmarks/install-size/record.json" <<'PY'
 import json, os, platform, sys, time
