@@ -219,6 +219,44 @@ def target_from_dict(name: str, raw: dict, source: str) -> Target:
     return Target(name=name, source=source, **out)
 
 
+def _ssh_key(option: str) -> tuple[str, str]:
+    """(lower-case keyword, value) of an ssh option in `Key=value` or `Key value` form, as ssh
+    itself splits it; ("", "") when there is no keyword."""
+    m = re.match(r"\s*([A-Za-z0-9]+)\s*(?:=\s*|\s+)(.*)$", option)
+    if not m:
+        return ("", "")
+    return m.group(1).lower(), m.group(2).strip()
+
+
+def _disables_host_keys(key: str, value: str) -> bool:
+    v = value.strip().strip("'\"").strip()
+    if key in ("userknownhostsfile", "globalknownhostsfile"):
+        # any of the files being /dev/null (however the path is spelled) or none
+        for f in v.split():
+            f = os.path.expanduser(f.strip("'\""))
+            if f.lower() == "none" or (f.startswith("/") and os.path.normpath("/" + f.lstrip("/")) == "/dev/null"):
+                return True
+        return False
+    return v.lower() in UNSAFE_SSH.get(key, ())
+
+
+def _ssh_config_commands(path: Path) -> list[str]:
+    """Keywords of an ssh_config file (not the user's own ~/.ssh/config) that could run a
+    local command or pull in other files; the file is read, never executed."""
+    try:
+        if path.resolve() == (Path.home() / ".ssh" / "config").resolve():
+            return []
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []  # ssh reports a missing config itself
+    found = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        key = _ssh_key(line.split("#", 1)[0])[0] if line.strip() else ""
+        if key and key not in SAFE_SSH:
+            found.append(f"{path}:{lineno}: {line.strip()[:60]!r}")
+    return found
+
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
