@@ -34,9 +34,9 @@ for v in ("base", "tflite"):
 res["tflite_extra_adds_bytes"] = res["tflite"]["venv_bytes"] - res["base"]["venv_bytes"]
 res["tflite_extra_adds_packages"] = sorted(set(res["tflite"]["versions"]) - set(res["base"]["versions"]))
 rec = {"command": "benchmarks/install-size/measure.sh", "commit": commit,
-       "machine": {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version(),
-                   "cpus": os.cpu_count()},
-       "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": res}
+       "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
+                  f"{os.cpu_count()} CPUs",
+       "date": time.strftime("%Y-%m-%d"), "results": res}
 open(dest, "w").write(json.dumps(rec, indent=2) + "\n")
 print(f"base {res['base']['venv_bytes'] / 1e9:.2f} GB, with [tflite] {res['tflite']['venv_bytes'] / 1e9:.2f} GB")
 PY
