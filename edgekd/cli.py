@@ -438,7 +438,8 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
              require_gain: bool = typer.Option(False, "--require-gain", help="fail unless a recipe is smaller, "
                                                "not slower and accurate enough"),
              max_ndcg_drop: float = typer.Option(0.01, help="largest relative NDCG@10 drop accepted"),
-             threads: int = typer.Option(1), store: Path = StoreOpt):
+             threads: int = typer.Option(1), store: Path = StoreOpt,
+             rounds: int = typer.Option(5, "--rounds", help="interleaved timing rounds of fp32 and the recipes (>= 2)")):
     """Try quantisation recipes, measure each beside fp32 (size, local-CPU latency, accuracy), keep the winner.
 
     Example: edgekd quantize ml-100k-student --target tflite-int8 --require-gain"""
@@ -446,7 +447,7 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
     from .compress import QuantizeConfig, quantize as run
 
     cfg = QuantizeConfig(target=target, recipes=tuple(recipe or ()), require_gain=require_gain,
-                         max_ndcg_drop=max_ndcg_drop, threads=threads)
+                         max_ndcg_drop=max_ndcg_drop, threads=threads, rounds=rounds)
     r = run(load_artifact(artifact, store), cfg, store=store,
             say=lambda m: console.print(m, highlight=False, markup=False))
     out.print(str(r["report"]))
@@ -471,7 +472,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
           recover_from: str = typer.Option("teacher", help="who teaches the recovery: 'teacher', or 'parent' "
                                            "(the unpruned model itself)"),
           lr: float = typer.Option(1e-3, help="recovery learning rate"),
-          seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok)):
+          seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok),
+          rounds: int = typer.Option(5, "--rounds", help="interleaved timing rounds against the parent (>= 2)")):
     """Prune a torch model, optionally recovering by distillation from its teacher.
 
     Example: edgekd prune ml-100k-student --method vocabulary --coverage 0.9 --recover-epochs 5"""
@@ -479,7 +481,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
     from .compress import PruneConfig, prune as run
 
     cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
-                      by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed)
+                      by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed,
+                      rounds=rounds)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
         p = run(a, cfg, store=store, name=name, progress=progress)
@@ -495,7 +498,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
                   f"(parent {m['size']['parent_gzip_bytes']}); {m['size']['note']}", highlight=False)
     lat = m["latency"]
     console.print(f"latency (torch, batch 1, {lat['threads']} thread(s), local CPU): p50 {lat['p50_ms']:.3f} ms, "
-                  f"parent {lat['parent_p50_ms']:.3f} ms ({lat['speedup']:.2f}x)"
+                  f"parent {lat['parent_p50_ms']:.3f} ms ({lat['speedup']:.2f}x [{lat['speedup_interval'][0]:.2f}-"
+                  f"{lat['speedup_interval'][1]:.2f}] over {len(lat['p50_rounds_ms'])} rounds, {lat['latency_verdict']})"
                   + ("" if lat["not_slower"] else "  WARNING: slower than the parent"), highlight=False)
     out.print(str(p.path))
 
@@ -540,6 +544,9 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
                                                "timestamped one; with --resume, the latest on this target)"),
           resume: bool = typer.Option(False, "--resume", help="keep finished cells of the run and do the rest"),
           allow_local_commands: bool = AllowLocalOpt,
+          rounds: int = typer.Option(5, "--rounds", min=1, help="interleaved timing rounds: every file is timed "
+                                     "once per round, in turns; p50 is the median over rounds, ratios get an "
+                                     "interval"),
           vocab: Optional[Path] = typer.Option(None, "--vocab", help="plain files: the vocab.json the file was "
                                                "trained with; with --data, accuracy is measured too"),
           data: Optional[Path] = typer.Option(None, "--data", help="plain files: the interaction data for accuracy "
@@ -568,7 +575,7 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
         arts = [load_artifact(p, store) for p in artifacts]
         t = load_artifact(teacher, store) if teacher else None
         run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
-                            on_result=_print_result, run_id=run_id, resume=resume)
+                            on_result=_print_result, run_id=run_id, resume=resume, rounds=rounds)
     if as_json:
         _json({"run_dir": str(run_dir), "records": recs})
     else:
@@ -600,6 +607,12 @@ def _bench_files(files, tgt, results, threads, users, vocab, data, fmt, run_id):
     return run_dir, recs
 
 
+def _speed(iv: dict) -> str:
+    from .timing import fmt_interval
+
+    return f"{fmt_interval(iv)} ({iv['verdict']})"
+
+
 def _print_result(rec: dict):
     if rec["status"] != "ok":
         console.print(f"{rec['status']}: {rec['error']}", highlight=False, markup=False)
@@ -607,7 +620,12 @@ def _print_result(rec: dict):
     peak = rec.get("peak_rss_bytes")
     acc = f", NDCG@10 {rec['accuracy']['ndcg@10']:.4f}" if rec.get("accuracy") else ""
     console.print(f"bench {rec['artifact']['name']}{' (kept from the earlier run)' if rec.get('resumed') else ''}: "
-                  f"p50 {rec['latency_ms']['p50_ms']:.3f} ms{acc}"
+                  f"p50 {rec['latency_ms']['p50_ms']:.3f} ms"
+                  + (f" (rounds {rec['latency_ms']['p50_spread']['min_ms']:.3f}-"
+                     f"{rec['latency_ms']['p50_spread']['max_ms']:.3f})" if rec["latency_ms"].get("p50_spread") else "")
+                  + (f", {_speed(rec['speedup_vs_teacher'])} vs teacher"
+                     if (rec.get("speedup_vs_teacher") or {}).get("verdict", "reference") != "reference" else "")
+                  + acc
                   + (f", peak {peak / 1e6:.0f} MB" if peak else ""), highlight=False)
 
 
