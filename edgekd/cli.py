@@ -695,6 +695,39 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
     run_pipeline(PipelineConfig(**kw, resume=resume), console=console, epochs_bar=_epochs, on_result=_print_result)
 
 
+@app.command()
+def serve(artifact: Path = typer.Argument(..., help="artifact to serve (a directory or a name in the store)"),
+          store: Path = StoreOpt, host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
+          port: int = typer.Option(8000), workers: int = typer.Option(1, help="worker processes (metrics in "
+                                                                      "prometheus-client's multiprocess mode)"),
+          threads: int = typer.Option(1, help="runtime threads per worker"),
+          target: str = typer.Option("local-cpu", help="bench target whose runtime table picks the runtime"),
+          max_batch: int = typer.Option(1, help="dynamic micro-batching: up to this many requests per model "
+                                        "call (1: off, the measured default; docs/serving.md)"),
+          max_wait_ms: float = typer.Option(0.5, help="micro-batching: wait at most this long for a batch"),
+          max_history: int = typer.Option(10000, help="refuse histories longer than this (422)"),
+          max_body_kb: int = typer.Option(256, help="refuse request bodies larger than this (413)"),
+          reference: bool = typer.Option(False, "--reference", help="compute the drift reference first if the "
+                                         "artifact has none (loads its training data)"),
+          shadow: Optional[Path] = typer.Option(None, "--shadow", help="teacher artifact to compare with, off "
+                                                "the request path"),
+          shadow_rate: float = typer.Option(0.05, help="share of requests the shadow teacher sees"),
+          admin_token: Optional[str] = typer.Option(None, envvar="EDGEKD_ADMIN_TOKEN", show_envvar=True,
+                                                    help="enable POST /admin/reload with this bearer token"),
+          echo: bool = typer.Option(False, "--echo-endpoint", hidden=True),
+          log_level: str = typer.Option("warning")):
+    """Serve an artifact over HTTP: /v1/recommend, /healthz, /readyz, /v1/model, /metrics."""
+    from .serve import config, ensure_reference, serve as run
+
+    if reference:
+        ensure_reference(str(artifact), store, say=lambda m: console.print(m, highlight=False, markup=False))
+    cfg = config(artifact=str(artifact), store=str(store), threads=threads, target=target, max_batch=max_batch,
+                 max_wait_ms=max_wait_ms, max_history=max_history, max_body_bytes=max_body_kb * 1024,
+                 shadow=str(shadow) if shadow else None, shadow_rate=shadow_rate, admin_token=admin_token, echo=echo)
+    console.print(f"serving {artifact} on http://{host}:{port} ({workers} worker(s)); docs at /docs", highlight=False)
+    run(cfg, host=host, port=port, workers=workers, log_level=log_level)
+
+
 def _done(a):
     m = a.card.get("metrics", {})
     bits = [f"{k} {m[k]:.4f}" for k in ("test_ndcg@10", "test_hr@10", "test_top10_overlap") if k in m]

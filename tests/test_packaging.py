@@ -203,7 +203,8 @@ DIST = {"torch": "torch", "numpy": "numpy", "onnx": "onnx", "onnxscript": "onnxs
         "litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer", "ai_edge_litert": "ai-edge-litert",
         "typer": "typer", "click": "click", "rich": "rich", "safetensors": "safetensors",
         "matplotlib": "matplotlib", "tomli_w": "tomli-w", "tensorboard": "tensorboard", "scipy": "scipy",
-        "pytest": "pytest", "hypothesis": "hypothesis"}
+        "pytest": "pytest", "hypothesis": "hypothesis", "fastapi": "fastapi", "starlette": "starlette",
+        "uvicorn": "uvicorn", "prometheus_client": "prometheus-client", "httpx": "httpx", "pydantic": "pydantic"}
 OPTIONAL_RUNTIMES = {"tflite_runtime"}  # the older devices' runtime, tried when ai-edge-litert is absent
 
 
