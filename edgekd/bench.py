@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +342,89 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
         for _, npz in inputs.values():
             npz.unlink(missing_ok=True)
     return run_dir, records
+
+
+# ---------------------------------------------------------------- bring your own model file
+
+PLAIN_SUFFIXES = (".onnx", ".ort", ".tflite")
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """A model file from outside the artifact store, timed like an artifact's payload. It
+    takes int item indices [batch, maxlen] (1..N, 0 = padding) and returns N scores."""
+
+    file: Path
+    name: str
+    sha256: str
+    format: str
+    card: dict
+
+    @property
+    def path(self) -> Path:
+        return self.file
+
+
+def plain_file(path: Path) -> PlainFile:
+    from .artifact import sha256_file
+    from .errors import ConfigError
+
+    p = Path(path)
+    if p.suffix not in PLAIN_SUFFIXES or not p.is_file():
+        raise ConfigError(f"{p}: not a model file to bench (a {', '.join(PLAIN_SUFFIXES)} file)")
+    return PlainFile(file=p, name=p.name, sha256=sha256_file(p), format=p.suffix.lstrip("."),
+                     card={"stage": "file", "precision": None})
+
+
+def bench_file(f: PlainFile, target: Target, *, out: Path = DEFAULT_OUT, threads: int | None = None,
+               users: int | None = None, ds: Dataset | None = None, vocab: dict | None = None,
+               run_id: str | None = None) -> tuple[Path, dict]:
+    """Latency and memory of a plain model file on `target`; accuracy too when the dataset and
+    the vocabulary the file was trained with are given (the vocabulary must match the data's)."""
+    from .errors import ConfigError
+    from .inspection import inspect_path
+
+    if target.kind == "adb":
+        raise ConfigError(f"{target.name}: plain files are benched on local and ssh targets; "
+                          "export an artifact for a phone")
+    sig = inspect_path(f.file)
+    try:
+        maxlen = int(sig["inputs"][0]["shape"][-1])
+        n_items = int(sig["outputs"][0]["shape"][-1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ConfigError(f"{f.file}: needs one int input [batch, maxlen] and one output [batch, items] with "
+                          f"fixed maxlen and items; the file has {sig.get('inputs')} -> {sig.get('outputs')}") from None
+    if (ds is None) != (vocab is None):
+        raise ConfigError("accuracy needs both --vocab (the file's vocab.json) and --data")
+    if ds is not None and (list(vocab.get("items", [])) != list(ds.items) or ds.num_items != n_items):
+        raise ConfigError(f"{f.name}: its vocabulary ({len(vocab.get('items', []))} items) is not the one this "
+                          f"data gives ({ds.num_items} items): item indices would not match")
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{target.name}"
+    run_dir = Path(out) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    npz = run_dir / f"inputs-{f.name}.npz"
+    try:
+        if ds is not None:
+            targets, _ = write_inputs(ds, maxlen, npz, users)
+        else:  # latency and memory only: random valid item indices
+            rng = np.random.default_rng(0)
+            n = min(users or 256, 256)
+            np.savez(npz, inputs=rng.integers(1, n_items + 1, size=(n, maxlen)).astype(np.int32),
+                     seen=np.zeros((n, 1), np.int32))
+            targets = np.zeros(n, dtype=np.int64)
+        threads = threads or target.threads
+        check_target(target)
+        try:
+            rec = make_record(f, target, run_runner(f, target, npz, threads), targets, run_id)
+        except (BenchError, TargetError) as e:
+            rec = {**record_head(f, target, run_id, "failed"), "error": str(e),
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if rec["status"] == "ok" and ds is None:
+            rec["accuracy"] = None  # random inputs: no accuracy
+        _write_record(record_path(run_dir, f, target), rec)
+    finally:
+        npz.unlink(missing_ok=True)
+    return run_dir, rec
 
 
 def add_rounds(rec: dict, m: timing.Measurement, name: str) -> dict:

@@ -15,7 +15,7 @@ LAYERS = [
     # what everything stands on: files, data, models, targets, reading model files
     {"edgekd", "edgekd.errors", "edgekd.artifact", "edgekd.data", "edgekd.metrics", "edgekd.models",
      "edgekd.kd_losses", "edgekd.baselines", "edgekd.targets", "edgekd.android", "edgekd.device_runner",
-     "edgekd.inspection", "edgekd.timing"},
+     "edgekd.inspection", "edgekd.timing", "edgekd.extras"},
     # what the stages share: evaluation, torch artifacts, running the device runner
     {"edgekd.evaluation", "edgekd.torch_io", "edgekd.runner", "edgekd.pruning", "edgekd.serve.runtime",
      "edgekd.serve.drift", "edgekd.serve.batching", "edgekd.serve.monitoring", "edgekd.serve.shadow"},

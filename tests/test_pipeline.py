@@ -148,3 +148,30 @@ def test_resume_reuses_only_what_was_made_from_the_same_inputs(tmp_path):
     assert _reusable(tmp_path, "s", fingerprint="fp1", parent=other, config={"distill": {"kd": "on"}}) is None
     assert _reusable(tmp_path, "s", fingerprint="fp1", parent=teacher) is not None  # an export checks no config
     assert _reusable(tmp_path, "missing", fingerprint="fp1") is None
+
+
+def test_each_run_writes_a_recipe_that_repeats_it(result):
+    from dataclasses import replace
+
+    from edgekd.pipeline import PipelineConfig, read_recipe
+
+    cfg, r = result
+    recipe = r["run_dir"] / "pipeline.toml"
+    assert PipelineConfig(**read_recipe(recipe)) == replace(cfg, resume=False)
+
+
+def test_without_the_tflite_extra_the_pipeline_skips_tflite_formats(result, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from edgekd import extras
+    from edgekd.pipeline import PipelineConfig, read_recipe, run_pipeline
+
+    monkeypatch.setattr(extras, "tflite_available", lambda: False)
+    cfg, _ = result
+    r = run_pipeline(replace(cfg, exports=("onnx-fp32", "tflite-fp32"), resume=True))  # the trainings are reused
+    said = capsys.readouterr().out
+    notice = [l for l in said.splitlines() if l.startswith("skipping")]
+    assert notice == ["skipping tflite-fp32: TFLite conversion is not installed; install the extra: "
+                      "pip install 'edgekd[tflite]'"]
+    assert [e.card["format"] for e in r["exports"]] == ["onnx-fp32"]
+    assert PipelineConfig(**read_recipe(r["run_dir"] / "pipeline.toml")).exports == ("onnx-fp32",)

@@ -168,7 +168,7 @@ def test_a_custom_adb_client_is_a_local_command(tmp_path):
 def test_bench_refuses_a_target_file_that_runs_commands_and_runs_nothing(tmp_path, tiny_student):
     marker = tmp_path / "pwned"
     t = _ssh_target(tmp_path, f'ssh_options = ["ProxyCommand=touch {marker}"]')
-    p = edgekd("bench", tiny_student.path, "--target", t, "--out", tmp_path / "r")
+    p = edgekd("bench", tiny_student.path, "--target", t, "--results", tmp_path / "r")
     assert p.returncode != 0 and "--allow-local-commands" in one_error(p)
     assert not marker.exists()
 
@@ -391,7 +391,7 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_resume(tmp_path):
 
 @pytest.mark.parametrize("users", ["0", "-5"])
 def test_bench_users_must_be_positive(users, tiny_student, tmp_path):
-    p = edgekd("bench", tiny_student.path, "--users", users, "--out", tmp_path)
+    p = edgekd("bench", tiny_student.path, "--users", users, "--results", tmp_path)
     assert p.returncode == 2 and "users" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..artifact import DEFAULT_STORE, Artifact, write_json
 from ..errors import ConfigError, ExportError
+from ..extras import tflite_module
 from ..runner import _latency_gate, _time_files
 from .base import _quantised, _quiet, get_format, get_recipe, list_recipes, register_format, register_recipe
 from .onnx import _onnx_fp32, _strip_onnx
@@ -112,7 +113,7 @@ for _m in ("MinMax", "Entropy", "Percentile"):
 
 def _tflite_then(model: nn.Module, path: Path, recipe, calib=None, calibrated: bool = False) -> dict:
     """Convert, then quantise with ai-edge-quantizer."""
-    from ai_edge_quantizer import quantizer
+    quantizer = tflite_module("ai_edge_quantizer.quantizer")
 
     fp32 = path.with_name("fp32-" + path.name)
     info = _convert_tflite(model, fp32)
@@ -147,7 +148,7 @@ register_format("tflite-fp16", suffix=".tflite", precision="fp16", family="tflit
 
 
 def _weight_only(model, path, granularity: str) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     r = recipe.weight_only_wi8_afp32()
     for entry in r:
@@ -184,7 +185,7 @@ def _tflite_weight_only_pc(model, path, calib=None) -> dict:
 @register_recipe("tflite", "dynamic", summary="int8 weights, activations quantised at run time by hybrid "
                  "kernels (dynamic_wi8_afp32); tflite-runtime 2.14 computes it wrongly")
 def _tflite_dynamic(model, path, calib=None) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     info = _tflite_then(model, path, recipe.dynamic_wi8_afp32())
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "dynamic_wi8_afp32",
@@ -195,8 +196,8 @@ def _tflite_dynamic(model, path, calib=None) -> dict:
 
 @register_recipe("tflite", "fp16", precision="fp16", summary="fp16 weights, fp32 compute (float casting)")
 def _tflite_fp16(model, path, calib=None) -> dict:
-    from ai_edge_quantizer import qtyping, recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    qtyping, recipe_manager = (tflite_module(f"ai_edge_quantizer.{m}") for m in ("qtyping", "recipe_manager"))
+    AlgorithmName = tflite_module("ai_edge_quantizer.algorithm_manager").AlgorithmName
 
     rm = recipe_manager.RecipeManager()
     rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
@@ -209,7 +210,7 @@ def _tflite_fp16(model, path, calib=None) -> dict:
 @register_recipe("tflite", "full-int8", calibrated=True, summary="int8 weights and activations, "
                  "calibrated on validation sequences (static_wi8_ai8)")
 def _tflite_full_int8(model, path, calib=None) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     info = _tflite_then(model, path, recipe.static_wi8_ai8(), calib=calib, calibrated=True)
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai8",
@@ -221,7 +222,7 @@ def _tflite_full_int8(model, path, calib=None) -> dict:
                  "activations, calibrated on validation sequences (static_wi8_ai16): the scores keep "
                  "65,536 levels where int8 gives 256")
 def _tflite_full_int16x8(model, path, calib=None) -> dict:
-    from ai_edge_quantizer import recipe
+    recipe = tflite_module("ai_edge_quantizer.recipe")
 
     info = _tflite_then(model, path, recipe.static_wi8_ai16(), calib=calib, calibrated=True)
     return {**info, "quantization": {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai16",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..extras import tflite_module
 from .base import _quiet, _sample, register_format
 
 
@@ -19,7 +20,7 @@ def _tflite_fp32(model: nn.Module, path: Path, recipe: str | None = None, calib=
 
 def _convert_tflite(model: nn.Module, path: Path) -> dict:
     with _quiet():
-        import litert_torch  # its import logs through absl to stderr: keep it inside _quiet
+        litert_torch = tflite_module("litert_torch")  # its import logs through absl to stderr: keep it inside _quiet
 
         edge = litert_torch.convert(model, (_sample(model),))
         edge.export(str(path))
