@@ -24,7 +24,7 @@ LAYERS = [
      "edgekd.export.onnx", "edgekd.export.tflite", "edgekd.export.quantize", "edgekd.export.parity",
      "edgekd.export.stage"},
     # what measures, reports and drives them
-    {"edgekd.bench", "edgekd.report", "edgekd.pipeline", "edgekd.cli", "edgekd.__main__", "edgekd.serve",
+    {"edgekd.bench", "edgekd.report", "edgekd.pipeline", "edgekd.cli", "edgekd.__main__", "edgekd.docgen", "edgekd.serve",
      "edgekd.serve.app"},
 ]
 
