@@ -677,7 +677,8 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
                                                     "teacher, 10 for the students)"),
              seed: Optional[int] = typer.Option(None, help="random seed (default: 0)"),
              resume: bool = typer.Option(False, "--resume", help="reuse finished artifacts of an earlier "
-                                         "run with the same settings and continue interrupted trainings")):
+                                         "run with the same settings and continue interrupted trainings"),
+             allow_local_commands: bool = AllowLocalOpt):
     """train -> distill (KD and no-KD) -> export -> bench -> report, in one command.
 
     Example: edgekd pipeline --data ml-100k/u.data --target pi --formats onnx-int8,tflite-int8
@@ -692,7 +693,7 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
     kw.update({k: v for k, v in given.items() if v is not None})
     if data or format or synthetic:
         kw["data"] = _spec(data, format, synthetic)
-    run_pipeline(PipelineConfig(**kw, resume=resume), console=console, epochs_bar=_epochs, on_result=_print_result)
+    run_pipeline(PipelineConfig(**kw, resume=resume, allow_local_commands=allow_local_commands), console=console, epochs_bar=_epochs, on_result=_print_result)
 
 
 @app.command()

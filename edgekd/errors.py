@@ -1,6 +1,6 @@
 """Errors the library raises. The CLI prints one line for each and exits with its code.
 
-Exit codes (DESIGN.md): 0 ok, 1 failed, 2 usage, 3 target unreachable.
+Exit codes (docs/design.md): 0 ok, 1 failed, 2 usage, 3 target unreachable, 130 interrupted.
 """
 from __future__ import annotations
 

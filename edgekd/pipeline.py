@@ -1,4 +1,4 @@
-"""`edgekd pipeline`: the flow of DESIGN.md as one ordered list of stages.
+"""`edgekd pipeline`: the flow of docs/design.md as one ordered list of stages.
 
     train (teacher) -> distill (KD student, no-KD student) -> export (4 formats) -> bench -> report
 
@@ -31,12 +31,13 @@ class PipelineConfig:
     patience: int | None = None  # default: each stage's own (teacher 30, students 10)
     seed: int = 0
     resume: bool = False
+    allow_local_commands: bool = False  # the command line's opt-in for this run; never in a recipe
     target: str = "local-cpu"
     exports: tuple[str, ...] = EXPORTS
 
 
 RECIPE_FILE = "pipeline.toml"
-NOT_RECIPE = ("resume",)  # how to run, not what: left out of the recipe
+NOT_RECIPE = ("resume", "allow_local_commands")  # how to run, not what: left out of the recipe
 
 
 def recipe_dict(cfg: PipelineConfig) -> dict:
@@ -128,6 +129,9 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
             say(f"skipping {', '.join(skipped)}: TFLite conversion is not installed; {TFLITE_HINT}")
             exports = [f for f in exports if f not in skipped]
     target = load_target(cfg.target)
+    if cfg.allow_local_commands:
+        target = replace(target, allow_local_commands=True)
+    target.check_local_commands()  # before any training, not after it
     say(f"target {target.name}: {target.source}")
     ds: Dataset = load_data(cfg.data)
     say(f"data: {ds.name}: {ds.num_users} users, {ds.num_items} items, {ds.num_events} events"

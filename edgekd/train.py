@@ -51,7 +51,7 @@ class TrainConfig:
     # at 0.096 test NDCG@10 where the others went on to 0.11.
     patience: int = 30
     min_epochs: int = 1
-    label_smoothing: float = 0.2  # on the task loss; chosen on ML-100k validation NDCG@10 (README)
+    label_smoothing: float = 0.2  # on the task loss; chosen on ML-100k validation NDCG@10 (docs/distillation.md)
     # Length-bucketed batches: windows of similar length batched together and each batch cut to
     # its longest window, so left padding is not computed (exact: padding changes nothing).
     bucket: bool = False

@@ -418,3 +418,12 @@ def test_a_corrupt_safetensors_file_is_one_clear_error(tiny_student, tmp_path):
 def test_data_convert_onto_a_directory_is_a_usage_error(tmp_path):
     p = edgekd("data", "convert", tmp_path, "--synthetic", "users=100")
     assert p.returncode == 2 and "is a directory" in one_error(p)
+
+
+def test_pipeline_refuses_a_target_that_runs_commands_before_it_trains(tmp_path):
+    marker = tmp_path / "pwned"
+    t = _ssh_target(tmp_path, f'ssh_options = ["ProxyCommand=touch {marker}"]')
+    t0 = time.perf_counter()
+    p = edgekd("pipeline", "--target", t, "--out", tmp_path / "m", "--results", tmp_path / "r", "--epochs", "1")
+    assert p.returncode != 0 and "--allow-local-commands" in one_error(p)
+    assert time.perf_counter() - t0 < 60 and not marker.exists() and not (tmp_path / "m").exists()

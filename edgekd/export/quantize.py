@@ -168,7 +168,7 @@ def _tflite_weight_only(model, path, calib=None) -> dict:
     # both, and as fast as fp32 in ai-edge-litert (the constant is dequantised once).
     # One scale per tensor: per channel, every item row costs a float scale and an int64 zero
     # point, 12 bytes beside a d=32 row's 32. On the MovieLens d=32 KD student: 3.52x smaller
-    # and NDCG@10 -0.0% per tensor, 2.68x and -0.3% per channel (README); on its no-KD twin,
+    # and NDCG@10 -0.0% per tensor, 2.68x and -0.3% per channel (benchmarks/quantize/); on its no-KD twin,
     # -0.7% per tensor against +0.1% per channel. edgekd's own
     # int8 rows with a 1-byte scale code (RowwiseInt8Table, as in ONNX) cannot be used here: the
     # converter folds their dequantisation into a float copy of the table, and forcing it to run
