@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from edgekd.errors import ConfigError
 from edgekd.models import create_model
 from edgekd.sampled_losses import SampledLoss, target_counts
-from edgekd.train import SAMPLE_ABOVE, TrainConfig, auto_negatives, evaluate_model, fit, task_loss
+from edgekd.evaluation import evaluate_model
+from edgekd.train import SAMPLE_ABOVE, TrainConfig, auto_negatives, fit, task_loss
 
 CFG = TrainConfig(model="sasrec-student", d=8, maxlen=20, epochs=2, patience=2, seed=1)
 
