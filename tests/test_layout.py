@@ -14,7 +14,7 @@ _spec.loader.exec_module(import_graph)
 LAYERS = [
     # what everything stands on: files, data, models, targets, reading model files
     {"edgekd", "edgekd.errors", "edgekd.artifact", "edgekd.data", "edgekd.metrics", "edgekd.models",
-     "edgekd.kd_losses", "edgekd.baselines", "edgekd.targets", "edgekd.android", "edgekd.device_runner",
+     "edgekd.kd_losses", "edgekd.baselines", "edgekd.data_arrow", "edgekd.sampled_losses", "edgekd.targets", "edgekd.android", "edgekd.device_runner",
      "edgekd.inspection", "edgekd.timing", "edgekd.extras"},
     # what the stages share: evaluation, torch artifacts, running the device runner
     {"edgekd.evaluation", "edgekd.torch_io", "edgekd.runner", "edgekd.pruning", "edgekd.serve.runtime",

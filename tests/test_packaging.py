@@ -202,7 +202,7 @@ def _imports(folder: Path) -> set[str]:
 DIST = {"torch": "torch", "numpy": "numpy", "onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime",
         "litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer", "ai_edge_litert": "ai-edge-litert",
         "typer": "typer", "click": "click", "rich": "rich", "safetensors": "safetensors",
-        "matplotlib": "matplotlib", "tomli_w": "tomli-w", "tensorboard": "tensorboard", "scipy": "scipy",
+        "matplotlib": "matplotlib", "tomli_w": "tomli-w", "tensorboard": "tensorboard", "scipy": "scipy", "pyarrow": "pyarrow",
         "pytest": "pytest", "hypothesis": "hypothesis", "fastapi": "fastapi", "starlette": "starlette",
         "uvicorn": "uvicorn", "prometheus_client": "prometheus-client", "httpx": "httpx", "pydantic": "pydantic"}
 OPTIONAL_RUNTIMES = {"tflite_runtime"}  # the older devices' runtime, tried when ai-edge-litert is absent
