@@ -84,6 +84,10 @@ def load_space(path: Path | None = None) -> dict:
         for section, values in given.items():
             if section not in space or not isinstance(values, dict):
                 raise ConfigError(f"--space {path}: unknown section [{section}]; sections: {', '.join(space)}")
+            if section == "student":  # the models listed, each with its own options or the defaults
+                models = values.get("models", space["student"]["models"])
+                space["student"] = {"models": models, **{m: space["student"].get(m, {}) for m in models
+                                                         if isinstance(m, str)}}
             for key, v in values.items():
                 if section != "student" and key not in space[section]:
                     raise ConfigError(f"--space {path}: unknown key {key!r} in [{section}]; "
@@ -455,7 +459,7 @@ class Search:
 
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
         done = self.finished()
-        if done:
+        if done or self.abandoned:
             self.say(f"resuming {self.run_dir}: {done} of {self.cfg.trials} trials finished"
                      + (f", {self.abandoned} left running by a dead process marked failed" if self.abandoned else ""))
         attempts = 0
