@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="the JSON record to write")
     args = ap.parse_args()
 
+    started = {"commit": commit(), "machine": machine()}  # before anything runs: the code measured
     work = args.work or Path(tempfile.mkdtemp(prefix="edgekd-search-vs-random-"))
     store = work / "models"
     if args.teacher:
@@ -125,7 +126,7 @@ def main() -> None:
     record = {
         "what": "hypervolume of the search's front against random sampling, same trials and seed",
         "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "commit": commit(), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **started, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "teacher": {"name": teacher.name, "sha256": teacher.sha256, "dataset": teacher.card.get("dataset"),
                     "arch": teacher.card.get("arch"), "arch_kwargs": teacher.card.get("arch_kwargs")},
         "target": {"name": target.name, "threads": target.threads, "min_runs": target.min_runs,
