@@ -79,6 +79,7 @@ def main() -> None:
     started = {"commit": commit(), "machine": machine()}  # before anything runs: the code measured
     work = args.work or Path(tempfile.mkdtemp(prefix="edgekd-search-vs-random-"))
     store = work / "models"
+    store.mkdir(parents=True, exist_ok=True)
     if args.teacher:
         teacher = load_artifact(args.teacher)
     else:

@@ -59,7 +59,7 @@ DEFAULT_SPACE: dict = {
     },
     "distill": {"loss": ["none", "kl", "rd", "rrd", "kl+rd"]},
     "prune": {"methods": ["none", "structured", "vocabulary"], "sparsity": [0.25, 0.5],
-              "coverage": [0.9, 0.95, 0.99], "recover_epochs": 0},
+              "coverage": [0.9, 0.95, 0.99], "unknown": ["skip"], "recover_epochs": 0},
     "export": {"formats": ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"]},
     "train": {"epochs": 30, "patience": 5, "lr": 2e-3, "batch_size": 128},
     "pruner": {"percentile": 25.0, "startup": 3, "warmup": 2},
@@ -138,6 +138,9 @@ def check_space(space: dict) -> None:
     for c in _choices(space, "prune.coverage", pr["coverage"]):
         if not 0 < float(c) <= 1:
             raise ConfigError(f"search space prune.coverage: {c} is not in (0, 1]")
+    for u in _choices(space, "prune.unknown", pr["unknown"]):
+        if u not in ("skip", "oov"):
+            raise ConfigError(f"search space prune.unknown: {u!r} is not skip or oov")
     for f in _choices(space, "export.formats", space["export"]["formats"]):
         fmt, _, recipe = str(f).partition(":")
         spec = get_format(fmt)
@@ -378,8 +381,9 @@ class Search:
                 "prune.sparsity", pr["sparsity"])), recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
         else:
             cfg = PruneConfig(method="vocabulary", coverage=float(trial.suggest_categorical(
-                "prune.coverage", pr["coverage"])), recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
-        name = f"{a.name}-{cfg.default_suffix()}"
+                "prune.coverage", pr["coverage"])), unknown=trial.suggest_categorical("prune.unknown", pr["unknown"]),
+                recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
+        name = f"{a.name}-{cfg.default_suffix()}" + ("-oov" if method == "vocabulary" and cfg.unknown == "oov" else "")
         if pr["recover_epochs"]:
             name += f"-r{pr['recover_epochs']}"
         settings = json.loads(json.dumps(asdict(cfg)))
