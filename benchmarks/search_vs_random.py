@@ -124,23 +124,33 @@ def main() -> None:
             runs[label]["front_png"] = dest.name
     hv_s, hv_r = runs["search"]["hypervolume"], runs["random"]["hypervolume"]
     verdict = ("larger" if hv_s > hv_r else "smaller" if hv_s < hv_r else "equal")
-    record = {
-        "what": "hypervolume of the search's front against random sampling, same trials and seed",
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        **started, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "teacher": {"name": teacher.name, "sha256": teacher.sha256, "dataset": teacher.card.get("dataset"),
-                    "arch": teacher.card.get("arch"), "arch_kwargs": teacher.card.get("arch_kwargs")},
-        "target": {"name": target.name, "threads": target.threads, "min_runs": target.min_runs,
-                   "min_seconds": target.min_seconds},
-        "settings": {"trials": args.trials, "seed": args.seed, "objective": args.objective,
-                     "min_kept": args.min_kept, "space": base.space},
-        "hypervolume_reference": "kept 0 and the teacher's cost on the target, costs divided by the teacher's",
-        "runs": runs,
-        "conclusion": f"{args.sampler} hypervolume {hv_s:.4f} vs random {hv_r:.4f}: {verdict} with "
-                      f"{args.trials} trials, seed {args.seed} (one seed: not a significance test)",
+    m = started["machine"]
+    cmd = [Path(sys.executable).name] + sys.argv
+    if args.work:  # a scratch directory: not part of what the record means
+        cmd = [("SCRATCH" if a == str(args.work) else a) for a in cmd]
+    record = {  # the repository's record shape: command, commit, machine, date, results
+        "command": " ".join(cmd),
+        "commit": started["commit"] or "unknown (not a git checkout)",
+        "machine": f"{m['machine']}, {m['cpu'] or 'unknown CPU'}, {m['cpus']} CPUs, {m['platform']}, "
+                   f"Python {m['python']}",
+        "date": time.strftime("%Y-%m-%d"),
+        "results": {
+            "what": "hypervolume of the search's front against random sampling, same trials and seed",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "teacher": {"name": teacher.name, "sha256": teacher.sha256, "dataset": teacher.card.get("dataset"),
+                        "arch": teacher.card.get("arch"), "arch_kwargs": teacher.card.get("arch_kwargs")},
+            "target": {"name": target.name, "threads": target.threads, "min_runs": target.min_runs,
+                       "min_seconds": target.min_seconds},
+            "settings": {"trials": args.trials, "seed": args.seed, "objective": args.objective,
+                         "min_kept": args.min_kept, "space": base.space},
+            "hypervolume_reference": "kept 0 and the teacher's cost on the target, costs divided by the teacher's",
+            "runs": runs,
+            "conclusion": f"{args.sampler} hypervolume {hv_s:.4f} vs random {hv_r:.4f}: {verdict} with "
+                          f"{args.trials} trials, seed {args.seed} (one seed: not a significance test)",
+        },
     }
     write_json(args.out, record)
-    print(record["conclusion"])
+    print(record["results"]["conclusion"])
     print(args.out)
 
 
