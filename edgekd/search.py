@@ -258,13 +258,13 @@ class Search:
 
     # -- studies
 
-    def _sampler(self):
+    def _sampler(self, seed: int | None = None):
         import optuna
 
         def constraint(ft) -> list[float]:
             return [self.cfg.min_kept - float(ft.user_attrs.get("kept", 0.0))]
 
-        seed = self.cfg.seed
+        seed = self.cfg.seed if seed is None else seed
         if self.cfg.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if self.cfg.sampler == "nsga2":
@@ -278,9 +278,8 @@ class Search:
     def open(self):
         import optuna
 
-        direction = "minimize"
         self.study = optuna.create_study(storage=self.storage, study_name=STUDY, sampler=self._sampler(),
-                                         directions=["maximize", direction], load_if_exists=True)
+                                         directions=["maximize", "minimize"], load_if_exists=True)
         ident = json.loads(json.dumps(self.cfg.identity(self.teacher, self.target.name), default=str))
         had = self.study.user_attrs.get("identity")
         if had is None:
@@ -290,6 +289,11 @@ class Search:
             diff = sorted(k for k in ident if had.get(k) != ident[k])
             raise ConfigError(f"{self.run_dir}: holds a search with other settings ({', '.join(diff)})",
                               hint="use another --results directory, or the same settings to resume it")
+        # A resumed search draws on from where it stopped, not again from the seed's first draws
+        # (which would repeat the candidates of its first trials): the seed plus the trials so far.
+        n = len(self.study.get_trials(deepcopy=False))
+        if n:
+            self.study.sampler = self._sampler(self.cfg.seed + n)
         p = self.space["pruner"]
         self.students = optuna.create_study(
             storage=self.storage, study_name=STUDENTS, direction="maximize", load_if_exists=True,

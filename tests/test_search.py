@@ -203,3 +203,29 @@ def test_kill_9_mid_trial_then_the_same_command_finishes_without_counting_twice(
     assert [t.state.name for t in st["edgekd-search.students"]] == ["FAIL", "COMPLETE"]
     summary = json.loads((run / "search.json").read_text())
     assert summary["trials"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 1, "RUNNING": 0}
+
+
+def test_reopening_fails_trials_a_dead_process_left_running_and_refuses_other_settings(tiny_teacher, tmp_path):
+    from optuna.trial import TrialState
+
+    from edgekd.search import Search
+    from edgekd.targets import load_target
+
+    target = load_target("local-cpu")
+    run = tmp_path / "run"
+    run.mkdir()
+    s = Search(tiny_teacher, SearchConfig(trials=3), target, store=tmp_path / "m", run_dir=run, say=lambda m: None)
+    s.open()
+    assert s.abandoned == 0
+    s.study.ask()  # as a process killed mid-trial leaves it: RUNNING, never told
+    s.students.ask()
+    again = Search(tiny_teacher, SearchConfig(trials=3), target, store=tmp_path / "m", run_dir=run, say=lambda m: None)
+    again.open()
+    assert again.abandoned == 2
+    for study in (again.study, again.students):
+        (t,) = study.get_trials()
+        assert t.state == TrialState.FAIL and t.user_attrs["failed"] == "its process ended while it ran"
+    assert again.finished() == 0  # a failed trial does not count towards --trials
+    other = Search(tiny_teacher, SearchConfig(trials=3, objective="size"), target, store=tmp_path / "m", run_dir=run)
+    with pytest.raises(ConfigError, match=r"other settings \(objective\)"):
+        other.open()
