@@ -167,17 +167,12 @@ def test_kill_9_mid_trial_then_the_same_command_finishes_without_counting_twice(
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     try:
-        # kill it in the middle of the first trial: its student has reported an epoch
+        # kill it in the middle of the first trial: its student's training has checkpointed an
+        # epoch (the database is not opened here while the search writes it)
         while time.time() < deadline and p.poll() is None:
-            if (run / "search.db").is_file():
-                try:
-                    st = _study_states(run / "search.db")
-                except Exception:  # the schema is being created
-                    st = {}
-                students = st.get("edgekd-search.students", [])
-                if students and students[0].state.name == "RUNNING" and students[0].intermediate_values:
-                    break
-            time.sleep(0.2)
+            if list((tmp_path / "models").glob(".search-*.checkpoint.pt")):
+                break
+            time.sleep(0.1)
         assert p.poll() is None, p.stderr.read().decode()
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
