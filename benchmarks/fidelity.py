@@ -25,6 +25,7 @@ import numpy as np
 from edgekd.artifact import load_artifact
 from edgekd.bench import run_runner, write_inputs
 from edgekd.targets import load_target
+from edgekd.timing import ratio_interval
 from edgekd.train import dataset_for
 
 BARE_ORT = r"""
@@ -102,10 +103,16 @@ def main() -> int:
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
             rounds.append(row)
     summary = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
+    # harness / tool, paired by round, with a bootstrap interval over rounds (edgekd.timing)
+    intervals = {"tflite_ratio": ratio_interval([r["tflite_harness_p50_ms"] for r in rounds],
+                                                [r["tflite_litert_tool_median_ms"] for r in rounds]),
+                 "onnx_ratio": ratio_interval([r["onnx_harness_p50_ms"] for r in rounds],
+                                              [r["onnx_bare_loop_p50_ms"] for r in rounds])}
     result = {
         "what": "edgekd harness p50 vs the runtime's own tool / a bare loop, same file, threads, machine",
         "tflite": {"artifact": tfl.name, "sha256": tfl.sha256}, "onnx": {"artifact": onx.name, "sha256": onx.sha256},
         "threads": args.threads, "runs": args.runs, "rounds": rounds, "median_of_rounds": summary,
+        "ratio_intervals": intervals,
         "within_10pct": {"tflite": abs(summary["tflite_ratio"] - 1) <= 0.10, "onnx": abs(summary["onnx_ratio"] - 1) <= 0.10},
         "note": "benchmark_litert_model rounds its figures to 0.01 ms",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

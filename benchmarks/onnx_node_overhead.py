@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Where a small ONNX model's time goes in ONNX Runtime: the model against a 3-node model with
-the same input and output shapes, in edgekd's bench timing loop (1 thread, batch 1), and the number
+the same input and output shapes, in edgekd's bench timing loop (1 thread, batch 1, the two timed
+in turns over interleaved rounds), and the number
 of nodes ONNX Runtime runs after its own graph optimisations.
 
     python benchmarks/onnx_node_overhead.py models/STUDENT-onnx-int8/model.onnx [--runs 3000]
@@ -18,6 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from edgekd.device_runner import load_model, percentiles, time_batch1
+from edgekd.timing import interleave
 
 
 def floor_model(batch: int, length: int, items: int, in_type: int) -> onnx.ModelProto:
@@ -48,31 +50,37 @@ def optimised_nodes(path: str, tmp: str) -> int:
     return len(onnx.load(so.optimized_model_filepath).graph.node)
 
 
-def p50_ms(path: str, runs: int) -> tuple[float, object]:
-    """p50 at batch 1 through edgekd's own runner and timing loop (what `edgekd bench` uses)."""
+def timer(path: str, runs: int) -> tuple[object, object]:
+    """One round's p50 at batch 1 through edgekd's own runner timing loop (what `edgekd bench`
+    uses), for edgekd.timing.interleave; and the loaded model."""
     m = load_model(path, "onnxruntime", threads=1)
     rows = np.ones((1, m.session.get_inputs()[0].shape[1]), dtype=m.dtype)
-    return percentiles(time_batch1(m, rows, warmup=runs // 5, min_runs=runs, min_seconds=0.0,
-                                   max_runs=runs))["p50_ms"], m
+    return (lambda: percentiles(time_batch1(m, rows, warmup=runs // 5, min_runs=runs, min_seconds=0.0,
+                                            max_runs=runs))["p50_ms"]), m
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
-    ap.add_argument("--runs", type=int, default=3000)
+    ap.add_argument("--runs", type=int, default=3000, help="timed runs per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (model, floor, model, ...)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model_ms, m = p50_ms(str(args.model), args.runs)
+        model_t, m = timer(str(args.model), args.runs)
         inp, out = m.session.get_inputs()[0], m.session.get_outputs()[0]
         in_type = TensorProto.INT32 if "int32" in inp.type else TensorProto.INT64
         floor_path = str(Path(tmp) / "floor.onnx")
         onnx.save(floor_model(1, int(inp.shape[1]), int(out.shape[1]), in_type), floor_path)
-        floor_ms, _ = p50_ms(floor_path, args.runs)
+        floor_t, _ = timer(floor_path, args.runs)
+        # both loaded in this process, timed in turns, round after round (edgekd.timing)
+        t = interleave({"model": model_t, "floor": floor_t}, args.rounds, reference="floor",
+                       design="interleaved rounds, both models in this process timed in turns")
+        model_ms, floor_ms = t.summary("model")["p50_ms"], t.summary("floor")["p50_ms"]
         # counted after the timing: with the counting session created first, the model timed
         # 2x slower here (0.07 against 0.035 ms), so nothing else runs beside the timing
         nodes = optimised_nodes(str(args.model), tmp)
     res = {"model": str(args.model), "nodes_after_ort_optimisation": nodes, "model_p50_ms": model_ms,
-           "floor_3_nodes_p50_ms": floor_ms, "per_node_us": (model_ms - floor_ms) * 1e3 / max(nodes - 3, 1)}
+           "floor_3_nodes_p50_ms": floor_ms, "rounds": t.to_dict(), "per_node_us": (model_ms - floor_ms) * 1e3 / max(nodes - 3, 1)}
     print(json.dumps(res, indent=2))
     return 0
 

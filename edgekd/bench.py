@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, timing
 from .artifact import Artifact, check_name, write_json
 from .data import Dataset, pad_left
 from .distill import find_teacher
@@ -114,33 +114,45 @@ def runtime_for(a: Artifact, target: Target) -> str:
     return runtime
 
 
-def run_runner(a: Artifact, target: Target, inputs: Path, threads: int, transport=None) -> dict:
-    """Ship the device runner, the model and the inputs to the target, run, bring the JSON back.
-    The local CPU goes through the same steps, so every target measures the same way."""
-    import posixpath
-
+def _check_full_scores(a: Artifact) -> None:
     if a.card.get("topk"):
         raise BenchError(f"{a.name}: a top-{a.card['topk']} export returns no full scores, so accuracy with "
                          "seen items excluded cannot be computed from it; bench the full-score export")
-    tr = transport or target.transport()
+
+
+def _stage(a: Artifact, target: Target, tr, wd: str, inputs: Path, threads: int) -> tuple[list[str], str]:
+    """Ship the device runner, the model and the inputs into `wd`; the runner's argv and where
+    its result will be."""
+    import posixpath
+
     runtime = runtime_for(a, target)
     python = sys.executable if target.kind == "local" else target.python
+    j = lambda name: posixpath.join(wd, name)  # noqa: E731
+    tr.put(RUNNER, j("device_runner.py"))
+    tr.put(a.file, j("model" + a.file.suffix))
+    tr.put(inputs, j("inputs.npz"))
+    argv = ["env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}",
+            f"OPENBLAS_NUM_THREADS={threads}", "TF_CPP_MIN_LOG_LEVEL=2",
+            python, j("device_runner.py"), "--model", j("model" + a.file.suffix), "--runtime", runtime,
+            "--inputs", j("inputs.npz"), "--threads", str(threads), "--warmup", str(target.warmup),
+            "--min-runs", str(target.min_runs), "--min-seconds", str(target.min_seconds),
+            "--batch-sizes", ",".join(map(str, target.batch_sizes)), "--device", target.device,
+            "--out", j("result.json")]
+    if payload_kind(a) == "torch":
+        tr.put(a.path / "artifact.json", j("artifact.json"))
+        tr.put(MODEL_CODE, j("models.py"))
+        argv += ["--card", j("artifact.json"), "--code", j("models.py")]
+    return argv, j("result.json")
+
+
+def run_runner(a: Artifact, target: Target, inputs: Path, threads: int, transport=None) -> dict:
+    """Ship the device runner, the model and the inputs to the target, run once, bring the JSON
+    back. The local CPU goes through the same steps, so every target measures the same way.
+    (A fresh process, one measurement: bench and the gates time in rounds, `time_artifacts`.)"""
+    _check_full_scores(a)
+    tr = transport or target.transport()
     with tr.workdir() as wd:
-        j = lambda name: posixpath.join(wd, name)  # noqa: E731
-        tr.put(RUNNER, j("device_runner.py"))
-        tr.put(a.file, j("model" + a.file.suffix))
-        tr.put(inputs, j("inputs.npz"))
-        argv = ["env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}",
-                f"OPENBLAS_NUM_THREADS={threads}", "TF_CPP_MIN_LOG_LEVEL=2",
-                python, j("device_runner.py"), "--model", j("model" + a.file.suffix), "--runtime", runtime,
-                "--inputs", j("inputs.npz"), "--threads", str(threads), "--warmup", str(target.warmup),
-                "--min-runs", str(target.min_runs), "--min-seconds", str(target.min_seconds),
-                "--batch-sizes", ",".join(map(str, target.batch_sizes)), "--device", target.device,
-                "--out", j("result.json")]
-        if payload_kind(a) == "torch":
-            tr.put(a.path / "artifact.json", j("artifact.json"))
-            tr.put(MODEL_CODE, j("models.py"))
-            argv += ["--card", j("artifact.json"), "--code", j("models.py")]
+        argv, result = _stage(a, target, tr, wd, inputs, threads)
         p = tr.run(argv, timeout=target.timeout_s)
         err = p.stderr.decode(errors="replace").strip().splitlines()
         if p.returncode == 3 and err and err[-1].startswith("device unavailable"):
@@ -148,7 +160,64 @@ def run_runner(a: Artifact, target: Target, inputs: Path, threads: int, transpor
         if p.returncode != 0:
             raise BenchError(f"{a.name}: the runner failed on {target.name} (exit {p.returncode}): "
                              f"{err[-1] if err else 'no output'}")
-        return json.loads(tr.get(j("result.json")))
+        return json.loads(tr.get(result))
+
+
+def time_artifacts(cells: list[tuple[Artifact, Path]], target: Target, threads: int, *,
+                   rounds: int = timing.DEFAULT_ROUNDS, reference: int | None = 0, finish: bool = False,
+                   names: list[str] | None = None) -> tuple[timing.Measurement, dict]:
+    """Time files against each other in interleaved rounds (edgekd.timing), one warm runner
+    process per file on `target`. `cells`: (artifact, inputs npz). Returns the measurement
+    (keyed by `names`, default the artifact names) and, with `finish`, each cell's full runner
+    result (accuracy outputs, memory, batch sweep) or the error that stopped it. The machine's
+    load while it ran is in `measurement.load`."""
+    import contextlib
+
+    names = names or [a.name for a, _ in cells]
+    if len(set(names)) != len(names):
+        raise BenchError("time_artifacts: two cells with the same name; pass distinct `names`")
+    tr = target.transport()
+    procs: dict[str, timing.RunnerProcess] = {}
+    results: dict[str, dict | str] = {}
+    where: dict[str, str] = {}
+    load = timing.MachineLoad().start()
+    with contextlib.ExitStack() as stack:
+        try:
+            for name, (a, npz) in zip(names, cells):
+                try:
+                    _check_full_scores(a)
+                    wd = stack.enter_context(tr.workdir())
+                    argv, where[name] = _stage(a, target, tr, wd, npz, threads)
+                    procs[name] = timing.RunnerProcess(tr._cmd(argv + ["--serve"]), f"{a.name} on {target.name}",
+                                                       target.timeout_s, check_link=tr._check_link)
+                except (BenchError, TargetError) as e:
+                    results[name] = str(e)
+            for name in list(procs):  # all loading at once; then wait for each
+                try:
+                    procs[name].wait_ready()
+                except (BenchError, TargetError) as e:
+                    results[name] = str(e)
+                    procs.pop(name).kill()
+            m = timing.interleave(procs, rounds, reference=names[reference] if reference is not None else None)
+            for name, err in m.errors.items():
+                results[name] = err
+                procs.pop(name).kill()
+            if finish:
+                for name, p in procs.items():
+                    try:
+                        p.finish()
+                        results[name] = json.loads(tr.get(where[name]))
+                    except (BenchError, TargetError) as e:
+                        results[name] = str(e)
+            else:
+                for p in procs.values():
+                    p.send("stop")
+        finally:
+            for p in procs.values():
+                p.kill()
+    m.errors.update({n: r for n, r in results.items() if isinstance(r, str)})
+    m.load = load.stop()
+    return m, results
 
 
 def run_android(a: Artifact, target: Target, threads: int) -> dict:
@@ -264,7 +333,9 @@ def add_deltas(rec: dict, base: dict) -> dict:
         "teacher": base["artifact"]["name"],
         "ndcg@10_rel": _rel(rec["accuracy"]["ndcg@10"], base["accuracy"]["ndcg@10"]),
         "hr@10_rel": _rel(rec["accuracy"]["hr@10"], base["accuracy"]["hr@10"]),
-        "speedup_p50": ratio(base["latency_ms"]["p50_ms"], rec["latency_ms"]["p50_ms"]),
+        # paired by round where both were timed in the same rounds (speedup_vs_teacher has the interval)
+        "speedup_p50": (rec.get("speedup_vs_teacher") or {}).get("ratio")
+        or ratio(base["latency_ms"]["p50_ms"], rec["latency_ms"]["p50_ms"]),
         "size_ratio": ratio(base["size_bytes"], rec["size_bytes"]),
         "peak_rss_ratio": ratio(base["peak_rss_bytes"], rec["peak_rss_bytes"]),
     }
@@ -294,13 +365,21 @@ def _write_record(path: Path, rec: dict) -> None:
 
 def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
           teacher: Artifact | None = None, threads: int | None = None, run_id: str | None = None,
-          users: int | None = None, on_result=None, resume: bool = False) -> tuple[Path, list[dict]]:
+          users: int | None = None, on_result=None, resume: bool = False,
+          rounds: int = timing.DEFAULT_ROUNDS) -> tuple[Path, list[dict]]:
     """Benchmark `artifacts` (and their teacher, first) on `target`; returns (run dir, records).
 
     Each record is written the moment its cell finishes. With `resume`, cells that already
     have a finished record for the same file in the run directory (`run_id`, or the latest run
     on this target) are kept and skipped. A cell that fails (a runner error, a dropped
-    connection) is recorded as failed and the rest go on."""
+    connection) is recorded as failed and the rest go on.
+
+    Latency (local and ssh targets) is timed in `rounds` interleaved rounds, one warm runner
+    process per file (edgekd.timing); memory, accuracy and the batch sweep come from the same
+    processes afterwards. Records are written once the rounds are done. adb cells use the
+    phone's own tools, one after another."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
     if not artifacts and teacher is None:
         raise ArtifactError("nothing to benchmark", hint="pass one or more artifact directories")
     if users is not None and users < 1:
@@ -334,47 +413,64 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
     run_dir = Path(out) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs: dict[tuple, tuple[np.ndarray, Path]] = {}
-    records = []
-    base = None
+    done: dict[str, dict] = {}      # artifact sha -> its record
+    timed: list[tuple[Artifact, Path, np.ndarray]] = []
     host = None
+    n_users = min(users, ds.num_users) if users else ds.num_users
+    fail = lambda a, status, e: {**record_head(a, target, run_id, status), "error": str(e),  # noqa: E731
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         for a in todo:
-            path = record_path(run_dir, a, target)
-            n_users = min(users, ds.num_users) if users else ds.num_users
-            rec = _finished(path, a, threads, n_users) if resume else None
+            rec = _finished(record_path(run_dir, a, target), a, threads, n_users) if resume else None
             if rec is not None:
                 rec["resumed"] = True
-            else:
-                maxlen = int(a.card["arch_kwargs"]["maxlen"])
-                a_ds = data[(a.card.get("dataset") or {}).get("fingerprint")]
-                key = (a_ds.fingerprint(), maxlen)
-                if key not in inputs:
-                    inputs[key] = write_inputs(a_ds, maxlen, run_dir / f"inputs-{len(inputs)}-maxlen{maxlen}.npz",
-                                               users)
-                targets, npz = inputs[key]
-                try:
-                    if target.kind == "adb" and payload_kind(a) == "torch":
-                        raise _Skip(f"{a.name}: torch files do not run on a phone; its accuracy is on the host "
-                                    "(local-cpu), and exports are compared with each other here")
-                    if target.kind == "adb":
-                        parsed = run_android(a, target, threads)
-                        host = host or _host_twin(target)
-                        host_raw = run_runner(a, host, npz, threads, LocalTransport(host))
-                        rec = make_android_record(a, target, parsed, host_raw, targets, run_id, threads, device_info)
-                    else:
-                        rec = make_record(a, target, run_runner(a, target, npz, threads), targets, run_id)
-                except _Skip as e:
-                    rec = {**record_head(a, target, run_id, "skipped"), "error": str(e),
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                except (BenchError, TargetError) as e:
-                    rec = {**record_head(a, target, run_id, "failed"), "error": str(e),
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                done[a.sha256] = rec
+                continue
+            maxlen = int(a.card["arch_kwargs"]["maxlen"])
+            a_ds = data[(a.card.get("dataset") or {}).get("fingerprint")]
+            key = (a_ds.fingerprint(), maxlen)
+            if key not in inputs:
+                inputs[key] = write_inputs(a_ds, maxlen, run_dir / f"inputs-{len(inputs)}-maxlen{maxlen}.npz",
+                                           users)
+            targets, npz = inputs[key]
+            if target.kind != "adb":
+                timed.append((a, npz, targets))
+                continue
+            try:  # a phone: its own benchmark tool, one cell after another (no rounds)
+                if payload_kind(a) == "torch":
+                    raise _Skip(f"{a.name}: torch files do not run on a phone; its accuracy is on the host "
+                                "(local-cpu), and exports are compared with each other here")
+                parsed = run_android(a, target, threads)
+                host = host or _host_twin(target)
+                host_raw = run_runner(a, host, npz, threads, LocalTransport(host))
+                done[a.sha256] = make_android_record(a, target, parsed, host_raw, targets, run_id, threads,
+                                                     device_info)
+            except _Skip as e:
+                done[a.sha256] = fail(a, "skipped", e)
+            except (BenchError, TargetError) as e:
+                done[a.sha256] = fail(a, "failed", e)
+        if timed:
+            names = [a.name for a, _, _ in timed]
+            ref = next((k for k, (a, _, _) in enumerate(timed) if a.sha256 == teacher.sha256), None)
+            m, raws = time_artifacts([(a, npz) for a, npz, _ in timed], target, threads, rounds=rounds,
+                                     reference=ref, finish=True, names=names)
+            for a, _, targets in timed:
+                raw = raws.get(a.name)
+                if isinstance(raw, dict):
+                    rec = make_record(a, target, raw, targets, run_id)
+                    add_rounds(rec, m, a.name)
+                else:
+                    rec = fail(a, "failed", raw or m.errors.get(a.name, "not measured"))
+                done[a.sha256] = rec
+        records, base = [], None
+        for a in todo:
+            rec = done[a.sha256]
             if rec["status"] == "ok":
                 base = base or (rec if a.sha256 == teacher.sha256 else None)
                 if base is not None and not rec.get("resumed"):
                     add_deltas(rec, base)
             if not rec.get("resumed"):  # a kept record stays exactly as it was written
-                _write_record(path, rec)  # written the moment it finishes
+                _write_record(record_path(run_dir, a, target), rec)
             records.append(rec)
             if on_result:
                 on_result(rec)
@@ -383,6 +479,28 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
         for _, npz in inputs.values():
             npz.unlink(missing_ok=True)
     return run_dir, records
+
+
+def add_rounds(rec: dict, m: timing.Measurement, name: str) -> dict:
+    """The interleaved rounds into a record: p50_ms becomes the median of the per-round p50s;
+    the rounds, their spread, the ratio against the teacher with its interval, and the
+    machine's load go beside it."""
+    lat = rec["latency_ms"]
+    sp = m.summary(name)
+    lat["p50_pooled_ms"] = lat["p50_ms"]  # the p50 of all samples of every round together
+    lat["p50_ms"] = sp["p50_ms"]
+    lat["p50_rounds_ms"] = m.p50s[name]
+    lat["p50_spread"] = sp
+    lat["noisy"] = sp["rel"] is not None and sp["rel"] > timing.NOISY_SPREAD
+    rec["timing"] = {"design": timing.DESIGN, "rounds": m.rounds, "order": m.order,
+                     "reference": m.reference, "noisy_threshold": timing.NOISY_SPREAD}
+    if m.reference is not None and m.reference != name:
+        rec["speedup_vs_teacher"] = m.ratio(name)
+    elif m.reference == name:
+        rec["speedup_vs_teacher"] = {"ratio": 1.0, "low": 1.0, "high": 1.0, "confidence": timing.CONFIDENCE,
+                                     "rounds": len(m.p50s[name]), "verdict": "reference"}
+    rec["machine_load"] = m.load
+    return rec
 
 
 class _Skip(Exception):

@@ -360,13 +360,14 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
              require_gain: bool = typer.Option(False, "--require-gain", help="fail unless a recipe is smaller, "
                                                "not slower and accurate enough"),
              max_ndcg_drop: float = typer.Option(0.01, help="largest relative NDCG@10 drop accepted"),
-             threads: int = typer.Option(1), store: Path = StoreOpt):
+             threads: int = typer.Option(1), store: Path = StoreOpt,
+             rounds: int = typer.Option(5, "--rounds", help="interleaved timing rounds of fp32 and the recipes (>= 2)")):
     """Try quantisation recipes, measure each beside fp32 (size, local-CPU latency, accuracy), keep the winner."""
     from .artifact import load_artifact
     from .compress import QuantizeConfig, quantize as run
 
     cfg = QuantizeConfig(target=target, recipes=tuple(recipe or ()), require_gain=require_gain,
-                         max_ndcg_drop=max_ndcg_drop, threads=threads)
+                         max_ndcg_drop=max_ndcg_drop, threads=threads, rounds=rounds)
     r = run(load_artifact(artifact, store), cfg, store=store,
             say=lambda m: console.print(m, highlight=False, markup=False))
     out.print(str(r["report"]))
@@ -391,13 +392,15 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
           recover_from: str = typer.Option("teacher", help="who teaches the recovery: 'teacher', or 'parent' "
                                            "(the unpruned model itself)"),
           lr: float = typer.Option(1e-3, help="recovery learning rate"),
-          seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok)):
+          seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok),
+          rounds: int = typer.Option(5, "--rounds", help="interleaved timing rounds against the parent (>= 2)")):
     """Prune a torch model, optionally recovering by distillation from its teacher."""
     from .artifact import load_artifact
     from .compress import PruneConfig, prune as run
 
     cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
-                      by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed)
+                      by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed,
+                      rounds=rounds)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
         p = run(a, cfg, store=store, name=name, progress=progress)
@@ -413,7 +416,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
                   f"(parent {m['size']['parent_gzip_bytes']}); {m['size']['note']}", highlight=False)
     lat = m["latency"]
     console.print(f"latency (torch, batch 1, {lat['threads']} thread(s), local CPU): p50 {lat['p50_ms']:.3f} ms, "
-                  f"parent {lat['parent_p50_ms']:.3f} ms ({lat['speedup']:.2f}x)"
+                  f"parent {lat['parent_p50_ms']:.3f} ms ({lat['speedup']:.2f}x [{lat['speedup_interval'][0]:.2f}-"
+                  f"{lat['speedup_interval'][1]:.2f}] over {len(lat['p50_rounds_ms'])} rounds, {lat['latency_verdict']})"
                   + ("" if lat["not_slower"] else "  WARNING: slower than the parent"), highlight=False)
     out.print(str(p.path))
 
@@ -447,7 +451,10 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
           run_id: Optional[str] = typer.Option(None, "--run", help="run directory name (default: a new "
                                                "timestamped one; with --resume, the latest on this target)"),
           resume: bool = typer.Option(False, "--resume", help="keep finished cells of the run and do the rest"),
-          allow_local_commands: bool = AllowLocalOpt):
+          allow_local_commands: bool = AllowLocalOpt,
+          rounds: int = typer.Option(5, "--rounds", min=1, help="interleaved timing rounds: every file is timed "
+                                     "once per round, in turns; p50 is the median over rounds, ratios get an "
+                                     "interval")):
     """Benchmark artifacts on a device, each in its own process, against the teacher."""
     from .artifact import load_artifact
     from .bench import bench as run
@@ -456,12 +463,18 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
     arts = [load_artifact(p, store) for p in artifacts]
     t = load_artifact(teacher, store) if teacher else None
     run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
-                        on_result=_print_result, run_id=run_id, resume=resume)
+                        on_result=_print_result, run_id=run_id, resume=resume, rounds=rounds)
     out.print(str(run_dir))
     failed = [r for r in recs if r["status"] == "failed"]
     if failed:
         raise BenchError(f"{len(failed)} of {len(recs)} cells failed on {tgt.name} (first: {failed[0]['error']}); "
                          f"the rest are in {run_dir}")
+
+
+def _speed(iv: dict) -> str:
+    from .timing import fmt_interval
+
+    return f"{fmt_interval(iv)} ({iv['verdict']})"
 
 
 def _print_result(rec: dict):
@@ -470,7 +483,12 @@ def _print_result(rec: dict):
         return
     peak = rec.get("peak_rss_bytes")
     console.print(f"bench {rec['artifact']['name']}{' (kept from the earlier run)' if rec.get('resumed') else ''}: "
-                  f"p50 {rec['latency_ms']['p50_ms']:.3f} ms, NDCG@10 {rec['accuracy']['ndcg@10']:.4f}"
+                  f"p50 {rec['latency_ms']['p50_ms']:.3f} ms"
+                  + (f" (rounds {rec['latency_ms']['p50_spread']['min_ms']:.3f}-"
+                     f"{rec['latency_ms']['p50_spread']['max_ms']:.3f})" if rec["latency_ms"].get("p50_spread") else "")
+                  + (f", {_speed(rec['speedup_vs_teacher'])} vs teacher"
+                     if (rec.get("speedup_vs_teacher") or {}).get("verdict", "reference") != "reference" else "")
+                  + f", NDCG@10 {rec['accuracy']['ndcg@10']:.4f}"
                   + (f", peak {peak / 1e6:.0f} MB" if peak else ""), highlight=False)
 
 
@@ -511,6 +529,38 @@ def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
     run_pipeline(cfg, console=console, epochs_bar=_epochs, on_result=_print_result)
 
 
+@app.command()
+def serve(artifact: Path = typer.Argument(..., help="artifact to serve (a directory or a name in the store)"),
+          store: Path = StoreOpt, host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
+          port: int = typer.Option(8000), workers: int = typer.Option(1, help="worker processes (metrics in "
+                                                                      "prometheus-client's multiprocess mode)"),
+          threads: int = typer.Option(1, help="runtime threads per worker"),
+          target: str = typer.Option("local-cpu", help="bench target whose runtime table picks the runtime"),
+          max_batch: int = typer.Option(1, help="dynamic micro-batching: up to this many requests per model "
+                                        "call (1: off, the measured default; docs/serving.md)"),
+          max_wait_ms: float = typer.Option(0.5, help="micro-batching: wait at most this long for a batch"),
+          max_history: int = typer.Option(10000, help="refuse histories longer than this (422)"),
+          max_body_kb: int = typer.Option(256, help="refuse request bodies larger than this (413)"),
+          reference: bool = typer.Option(False, "--reference", help="compute the drift reference first if the "
+                                         "artifact has none (loads its training data)"),
+          shadow: Optional[Path] = typer.Option(None, "--shadow", help="teacher artifact to compare with, off "
+                                                "the request path"),
+          shadow_rate: float = typer.Option(0.05, help="share of requests the shadow teacher sees"),
+          admin_token: Optional[str] = typer.Option(None, envvar="EDGEKD_ADMIN_TOKEN", show_envvar=True,
+                                                    help="enable POST /admin/reload with this bearer token"),
+          echo: bool = typer.Option(False, "--echo-endpoint", hidden=True),
+          log_level: str = typer.Option("warning")):
+    """Serve an artifact over HTTP: /v1/recommend, /healthz, /readyz, /v1/model, /metrics."""
+    from .serve import config, ensure_reference, serve as run
+
+    if reference:
+        ensure_reference(str(artifact), store, say=lambda m: console.print(m, highlight=False, markup=False))
+    cfg = config(artifact=str(artifact), store=str(store), threads=threads, target=target, max_batch=max_batch,
+                 max_wait_ms=max_wait_ms, max_history=max_history, max_body_bytes=max_body_kb * 1024,
+                 shadow=str(shadow) if shadow else None, shadow_rate=shadow_rate, admin_token=admin_token, echo=echo)
+    console.print(f"serving {artifact} on http://{host}:{port} ({workers} worker(s)); docs at /docs", highlight=False)
+    run(cfg, host=host, port=port, workers=workers, log_level=log_level)
+
 
 @app.command()
 def search(teacher: Path = typer.Argument(..., help="teacher artifact directory (edgekd train)"),
@@ -540,9 +590,10 @@ def search(teacher: Path = typer.Argument(..., help="teacher artifact directory 
     cfg = SearchConfig(target=target, min_kept=min_kept, objective=objective, trials=trials, timeout=timeout,
                        sampler=sampler, seed=seed, space=load_space(space))
     run_dir = results or Path("benchmarks/results") / f"search-{t.name}"
-    summary = run(t, cfg, _target(target, allow_local_commands), store=store, run_dir=run_dir,
-                  say=lambda m: console.print(m, highlight=False, markup=False), console=out)
+    run(t, cfg, _target(target, allow_local_commands), store=store, run_dir=run_dir,
+        say=lambda m: console.print(m, highlight=False, markup=False), console=out)
     out.print(str(run_dir))
+
 
 def _done(a):
     m = a.card.get("metrics", {})

@@ -1,7 +1,8 @@
 """Compression stages. `quantize`: try quantisation recipes for a runtime family and keep
 only what pays: every candidate records its size, its latency on the local CPU and its
 accuracy against the torch parent, beside the fp32 export measured in the same run. A result
-that is larger or slower than fp32 gets a warning; `require_gain` makes "nothing helped" an
+that is larger or slower than fp32 gets a warning (slower: fp32 and every recipe are timed in
+interleaved rounds, edgekd.timing, and the speed-up's interval over rounds excludes 1.0); `require_gain` makes "nothing helped" an
 error. The report says which recipe wins and why."""
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from .artifact import DEFAULT_STORE, Artifact, write_json
 from .data import UNKNOWN_ITEMS
 from .errors import ConfigError, ExportError
 
-LATENCY_NOISE = 0.05  # "not slower" allows this much: repeated runs of one file differ by about as much
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,13 @@ class QuantizeConfig:
     min_top10_overlap: float = 0.9
     threads: int = 1
     bench_users: int = 300
+    rounds: int = 5  # interleaved timing rounds (fp32 and every recipe in turns)
 
     def __post_init__(self):
         from .export import get_format, get_recipe
+
+        if self.rounds < 2:
+            raise ConfigError(f"rounds must be >= 2 (an interval needs rounds), got {self.rounds}")
 
         spec = get_format(self.target)
         if not spec.family or not spec.recipe:
@@ -43,43 +47,32 @@ class QuantizeConfig:
             raise ConfigError(f"max_ndcg_drop must be in [0, 1), got {self.max_ndcg_drop}")
 
 
-def _latency(a: Artifact, ds, threads: int, users: int) -> float:
-    from .bench import run_runner, write_inputs
+def _time_files(cells: list[tuple[Artifact, object]], names: list[str], threads: int, users: int,
+                rounds: int):
+    """Time files against the first in interleaved rounds on the local CPU (edgekd.timing, through
+    the device runner, as bench does), each on its own dataset's test inputs."""
+    from .bench import time_artifacts, write_inputs
     from .targets import load_target
 
-    target = replace(load_target("local-cpu"), threads=threads, min_runs=300, min_seconds=1.5)
+    # per round: at least 100 runs and 0.3 s; the rounds together time each file as long as one
+    # 1.5 s measurement did
+    target = replace(load_target("local-cpu"), threads=threads, min_runs=100, min_seconds=0.3, batch_sizes=(1,))
     with tempfile.TemporaryDirectory() as d:
-        _, npz = write_inputs(ds, int(a.card["arch_kwargs"]["maxlen"]), Path(d) / "in.npz", users)
-        return run_runner(a, target, npz, threads)["latency"]["p50_ms"]
+        npz = []
+        for k, (a, ds) in enumerate(cells):
+            npz.append(write_inputs(ds, int(a.card["arch_kwargs"]["maxlen"]), Path(d) / f"in{k}.npz", users)[1])
+        m, _ = time_artifacts([(a, f) for (a, _), f in zip(cells, npz)], target, threads, rounds=rounds,
+                              reference=0, names=names)
+    return m
 
 
-def _torch_latencies(models: list[tuple], threads: int, users: int, rounds: int = 3,
-                     seconds: float = 0.3) -> list[float]:
-    """p50 batch-1 latency (ms) of torch models, each on its own dataset's test inputs, timed
-    in turn in this process for `rounds` rounds, so that other work on the machine falls on all
-    of them alike (a comparison, as between a pruned model and its parent)."""
-    import torch
-
-    from .device_runner import percentiles, time_batch1
-    from .train import eval_inputs
-
-    def call(m):
-        def f(ids):
-            with torch.inference_mode():
-                return m(torch.from_numpy(ids))
-        return f
-
-    runs = [(call(m.eval()), eval_inputs(d, "test", m.maxlen, users)[0]) for m, d in models]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        samples = [[] for _ in runs]
-        for _ in range(rounds):
-            for k, (f, x) in enumerate(runs):
-                samples[k] += time_batch1(f, x, warmup=10, min_runs=50, min_seconds=seconds, max_runs=100_000)
-    finally:
-        torch.set_num_threads(before)
-    return [percentiles(s)["p50_ms"] for s in samples]
+def _latency_gate(m, name: str) -> dict:
+    """A cell's latency beside the reference: median p50, spread, speed-up with its interval and
+    the verdict ("slower" only when the interval excludes 1.0)."""
+    iv = m.ratio(name)
+    return {"p50_ms": m.summary(name)["p50_ms"], "p50_rounds_ms": m.p50s[name], "p50_spread": m.summary(name),
+            "speedup": iv["ratio"], "speedup_interval": [iv["low"], iv["high"]], "latency_verdict": iv["verdict"],
+            "not_slower": iv["verdict"] != "slower"}
 
 
 def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path = DEFAULT_STORE,
@@ -95,40 +88,50 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     ds = dataset_for(a)
     fp32 = export(a, f"{family}-fp32", store=store, ds=ds)
     base = {"recipe": "(fp32)", "artifact": fp32.name, "size_bytes": fp32.card["size_bytes"],
-            "p50_ms": _latency(fp32, ds, cfg.threads, cfg.bench_users),
             "ndcg@10_rel": fp32.metrics["parity"]["ndcg@10_rel_change"],
             "top10_overlap": fp32.metrics["parity"]["top10_overlap"]}
-    say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms")
-    rows = []
+    rows, exports = [], {}
     for r in recipes:
         try:
-            e = export(a, cfg.target, store=store, ds=ds, recipe=r)
+            exports[r] = export(a, cfg.target, store=store, ds=ds, recipe=r)
         except ExportError as err:
             rows.append({"recipe": r, "error": str(err)})
             say(f"{r}: failed: {err}")
+    # fp32 and every recipe timed in interleaved rounds: a burst of other work falls on all alike
+    m = _time_files([(fp32, ds)] + [(e, ds) for e in exports.values()], ["(fp32)", *exports],
+                    cfg.threads, cfg.bench_users, cfg.rounds)
+    base["p50_ms"] = m.summary("(fp32)")["p50_ms"]
+    base["p50_rounds_ms"] = m.p50s["(fp32)"]
+    base["p50_spread"] = m.summary("(fp32)")
+    timing_info = {k: v for k, v in m.to_dict().items() if k != "cells"}
+    say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms "
+        f"(median of {len(base['p50_rounds_ms'])} interleaved rounds)")
+    for r, e in exports.items():
+        if r in m.errors:
+            rows.append({"recipe": r, "error": m.errors[r]})
+            say(f"{r}: failed: {m.errors[r]}")
             continue
         p = e.metrics["parity"]
-        row = {"recipe": r, "artifact": e.name, "size_bytes": e.card["size_bytes"],
-               "p50_ms": _latency(e, ds, cfg.threads, cfg.bench_users),
+        row = {"recipe": r, "artifact": e.name, "size_bytes": e.card["size_bytes"], **_latency_gate(m, r),
                "ndcg@10_rel": p["ndcg@10_rel_change"], "top10_overlap": p["top10_overlap"]}
         row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
-        row["speedup"] = base["p50_ms"] / row["p50_ms"]
         row["smaller"] = row["size_bytes"] < base["size_bytes"]
-        row["not_slower"] = row["p50_ms"] <= base["p50_ms"] * (1 + LATENCY_NOISE)
         row["accurate"] = row["ndcg@10_rel"] >= -cfg.max_ndcg_drop and row["top10_overlap"] >= cfg.min_top10_overlap
-        e.update_card(metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg)}})
+        e.update_card(metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg), "timing": timing_info}})
         rows.append(row)
         warn = [w for w, bad in (("larger", not row["smaller"]), ("slower", not row["not_slower"]),
                                  ("less accurate than allowed", not row["accurate"])) if bad]
+        lo, hi = row["speedup_interval"]
         say(f"{r}: {row['size_bytes']} bytes ({row['size_ratio']:.2f}x smaller), p50 {row['p50_ms']:.3f} ms "
-            f"({row['speedup']:.2f}x), NDCG@10 {row['ndcg@10_rel'] * 100:+.1f}%, top-10 overlap "
-            f"{row['top10_overlap']:.3f}" + (f"  WARNING: {', '.join(warn)} than fp32" if warn else ""))
+            f"({row['speedup']:.2f}x [{lo:.2f}-{hi:.2f}], {row['latency_verdict']}), NDCG@10 "
+            f"{row['ndcg@10_rel'] * 100:+.1f}%, top-10 overlap {row['top10_overlap']:.3f}"
+            + (f"  WARNING: {', '.join(warn)} than fp32" if warn else ""))
     ok = [r for r in rows if "error" not in r]
     gains = [r for r in ok if r["smaller"] and r["not_slower"] and r["accurate"]]
     if gains:
         winner = min(gains, key=lambda r: (r["size_bytes"], r["p50_ms"]))
         why = (f"{winner['recipe']} wins: the smallest of the recipes that are smaller than fp32, not slower "
-               f"(within {LATENCY_NOISE:.0%}) and within {cfg.max_ndcg_drop:.0%} NDCG@10 / "
+               f"(the speed-up's {m.rounds}-round interval does not lie below 1.0) and within {cfg.max_ndcg_drop:.0%} NDCG@10 / "
                f"{cfg.min_top10_overlap} top-10 overlap of the parent")
     else:
         winner = None
@@ -141,6 +144,7 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     say(why)
     report = {"artifact": a.name, "target": cfg.target, "family": family, "fp32": base, "recipes": rows,
               "winner": winner["recipe"] if winner else None, "why": why, "config": asdict(cfg),
+              "timing": timing_info,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = Path(store) / f"{a.name}-{cfg.target}-quantize.json"
     write_json(path, report)
@@ -156,6 +160,9 @@ def _markdown(rep: dict) -> str:
              "Measured side by side in one run on the local CPU "
              f"({rep['config']['threads']} thread(s), batch 1); accuracy on validation users against the "
              "torch parent.", "",
+             f"Latency: fp32 and every recipe timed in {rep.get('timing', {}).get('rounds', '?')} interleaved rounds; "
+             "p50 is the median over rounds, the speed-up's interval (in brackets) a bootstrap over rounds, and a "
+             "recipe is called slower only when that interval lies below 1.0.", "",
              "| recipe | size bytes | vs fp32 | p50 ms | speed vs fp32 | NDCG@10 change | top-10 overlap | verdict |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     b = rep["fp32"]
@@ -169,7 +176,7 @@ def _markdown(rep: dict) -> str:
             w for w, bad in (("larger", not r["smaller"]), ("slower", not r["not_slower"]),
                              ("too inaccurate", not r["accurate"])) if bad) or "pays, not the smallest"
         lines.append(f"| {r['recipe']} | {r['size_bytes']} | {r['size_ratio']:.2f}x | {r['p50_ms']:.3f} | "
-                     f"{r['speedup']:.2f}x | {r['ndcg@10_rel'] * 100:+.1f}% | {r['top10_overlap']:.3f} | {verdict} |")
+                     f"{r['speedup']:.2f}x [{r['speedup_interval'][0]:.2f}-{r['speedup_interval'][1]:.2f}] | {r['ndcg@10_rel'] * 100:+.1f}% | {r['top10_overlap']:.3f} | {verdict} |")
     lines += ["", rep["why"] + "."]
     return "\n".join(lines) + "\n"
 
@@ -209,6 +216,7 @@ class PruneConfig:
     seed: int = 0
     threads: int = 1  # the latency of the pruned model and its parent: batch 1, this many threads
     bench_users: int = 300
+    rounds: int = 5  # interleaved timing rounds of the pruned model and its parent
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -229,6 +237,8 @@ class PruneConfig:
             raise ConfigError(f"recover_epochs must be >= 0, got {self.recover_epochs}")
         if self.recover_from not in ("teacher", "parent"):
             raise ConfigError(f"recover_from must be 'teacher' or 'parent', got {self.recover_from!r}")
+        if self.rounds < 2:
+            raise ConfigError(f"rounds must be >= 2 (an interval needs rounds), got {self.rounds}")
 
     def default_suffix(self) -> str:
         if self.method == "unstructured":
@@ -334,10 +344,14 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     sizes = {"size_bytes": out.card["size_bytes"], "gzip_bytes": _gzip_size(out.file),
              "parent_size_bytes": a.card["size_bytes"], "parent_gzip_bytes": _gzip_size(a.file),
              "note": note[cfg.method]}
-    p50 = _torch_latencies([(load_torch_model(a), ds), (model, new_ds)], cfg.threads, cfg.bench_users)
-    lat = {"parent_p50_ms": p50[0], "p50_ms": p50[1], "runtime": "torch", "batch": 1, "threads": cfg.threads,
-           "how": "in turn in one process, 3 rounds of at least 0.3 s each, the p50 of all samples"}
-    lat["speedup"] = lat["parent_p50_ms"] / lat["p50_ms"]
-    lat["not_slower"] = lat["p50_ms"] <= lat["parent_p50_ms"] * (1 + LATENCY_NOISE)
+    m = _time_files([(a, ds), (out, new_ds)], ["parent", "pruned"], cfg.threads, cfg.bench_users, cfg.rounds)
+    if m.errors:
+        raise ExportError(f"{out.name}: its latency could not be measured: "
+                          + "; ".join(f"{k}: {v}" for k, v in m.errors.items()))
+    lat = {"parent_p50_ms": m.summary("parent")["p50_ms"], "parent_p50_rounds_ms": m.p50s["parent"],
+           **_latency_gate(m, "pruned"), "runtime": "torch", "batch": 1, "threads": cfg.threads,
+           "how": f"the parent and the pruned model in {m.rounds} interleaved rounds, one device-runner process "
+                  "each (edgekd.timing); p50 is the median over rounds, the speed-up's interval a bootstrap over "
+                  "rounds", "machine_load": m.load}
     out.update_card(metrics={**out.metrics, "size": sizes, "latency": lat})
     return out

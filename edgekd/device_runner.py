@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-RUNNER_VERSION = 2
+RUNNER_VERSION = 3
 
 
 # ---------------------------------------------------------------- memory
@@ -297,6 +297,33 @@ def time_batches(model, rows: np.ndarray, sizes: list[int], min_runs: int, min_s
     return out
 
 
+def serve(model, rows: np.ndarray, args) -> list[dict] | None:
+    """Rounds on request: the host sends `round`, this times one round of batch-1 runs and prints
+    one line `EDGEKD {"round": {...}}`; `finish` returns the rounds (with their samples) for the
+    full result, `stop` or the end of stdin returns None."""
+    for i in range(args.warmup):
+        model(rows[i % len(rows)][None])
+    _say({"ready": True})
+    rounds = []
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "round":
+            s = time_batch1(model, rows, min(args.warmup, 5), args.min_runs, args.min_seconds, args.max_runs)
+            p = percentiles(s)
+            _say({"round": p})
+            rounds.append({**p, "samples": s})
+        elif cmd == "finish":
+            return rounds
+        elif cmd == "stop":
+            return None
+    return None
+
+
+def _say(obj: dict) -> None:
+    sys.stdout.write("EDGEKD " + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -314,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--card", help="artifact.json (torch runtime)")
     ap.add_argument("--code", help="models.py (torch runtime)")
     ap.add_argument("--out", help="write the JSON here instead of stdout")
+    ap.add_argument("--serve", action="store_true",
+                    help="load once, then time one round per `round` line on stdin (the host times "
+                         "several files in turns); `finish` writes the result, `stop` exits")
     args = ap.parse_args(argv)
 
     data = np.load(args.inputs, allow_pickle=False)
@@ -344,8 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     model(inputs[:1])
     first_ms = (time.perf_counter() - t1) * 1e3
 
-    lat = time_batch1(model, inputs[: min(len(inputs), 256)], args.warmup, args.min_runs,
-                      args.min_seconds, args.max_runs)
+    rows = inputs[: min(len(inputs), 256)]
+    rounds = None
+    if args.serve:
+        rounds = serve(model, rows, args)
+        if rounds is None:  # asked to stop (or the host went away): no result
+            return 0
+        lat = [x for r in rounds for x in r.pop("samples")]
+        if not lat:  # finished before any round: one round now, so the result has latency
+            lat = time_batch1(model, rows, args.warmup, args.min_runs, args.min_seconds, args.max_runs)
+    else:
+        lat = time_batch1(model, rows, args.warmup, args.min_runs, args.min_seconds, args.max_runs)
     peak = peak_rss_bytes()  # after batch-1 inference, before the accuracy pass batches up
     sweep = time_batches(model, inputs[: min(len(inputs), 256)],
                          [int(b) for b in args.batch_sizes.split(",") if b.strip()],
@@ -360,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "runner_version": RUNNER_VERSION,
         "runtime": model.runtime, "runtime_version": model.version,
         "threads": args.threads, "batch": 1, "device_kind": args.device,
-        "latency": percentiles(lat), "batch_sweep": sweep,
+        "latency": percentiles(lat), "rounds": rounds, "batch_sweep": sweep,
         "cold_start_ms": load_ms + first_ms, "load_ms": load_ms, "first_inference_ms": first_ms,
         "peak_rss_bytes": peak, "baseline_rss_bytes": baseline, "python_start_rss_bytes": rss_start,
         "eval_users": int(len(inputs)), "eval_seconds": eval_s,

@@ -678,4 +678,6 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
 
         default = (f"{a.name}-{fmt}" + (f"-{rec.name}" if rec and recipe else "")
                    + (f"-top{topk}" if topk else ""))
-        return save_artifact(store, name or default, out.name, write, card, a.vocab())
+        saved = save_artifact(store, name or default, out.name, write, card, a.vocab())
+    from .serve.drift import attach_reference  # what `edgekd serve` measures drift against
+    return attach_reference(saved, ds)

@@ -6,6 +6,7 @@ from pathlib import Path
 from .artifact import load_artifact, write_json
 from .bench import load_records
 from .errors import ArtifactError
+from .timing import NOISY_SPREAD, fmt_interval
 
 
 def _mb(b: float | None) -> str:
@@ -61,6 +62,13 @@ def _rows(recs: list[dict]) -> list[dict]:
                 "peak_rss_bytes": r["peak_rss_bytes"], "baseline_rss_bytes": r["baseline_rss_bytes"],
                 "ndcg@10": r["accuracy"]["ndcg@10"], "hr@10": r["accuracy"]["hr@10"],
                 **{f"vs_teacher_{k}": v for k, v in r.get("vs_teacher", {}).items() if k != "teacher"},
+                "p50_rounds_ms": r["latency_ms"].get("p50_rounds_ms"),
+                "p50_min_ms": (r["latency_ms"].get("p50_spread") or {}).get("min_ms"),
+                "p50_max_ms": (r["latency_ms"].get("p50_spread") or {}).get("max_ms"),
+                "p50_spread_rel": (r["latency_ms"].get("p50_spread") or {}).get("rel"),
+                "noisy": r["latency_ms"].get("noisy"),
+                "speedup_vs_teacher": r.get("speedup_vs_teacher"),
+                "machine_load": r.get("machine_load"), "timing": r.get("timing"),
                 "card_test_ndcg@10": m.get("test_ndcg@10"),
                 "card_test_sampled_ndcg@10": m.get("test_sampled_ndcg@10"),
                 "card_top10_overlap_teacher": m.get("test_top10_overlap"),
@@ -99,7 +107,7 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
         f"computed from each file's own outputs ({ok[0]['accuracy']['users'] if ok else '?'} users). "
         "Ratios are against the teacher (torch fp32) measured in the same run; peak memory is the "
         "process's peak resident set, with the runtime's own baseline (no model) in brackets.", "",
-        "| model | stage | format | runtime | params | size KiB | p50 ms | p90 ms | p99 ms | peak MB (runtime) "
+        "| model | stage | format | runtime | params | size KiB | p50 ms [rounds min-max] | p90 ms | p99 ms | peak MB (runtime) "
         "| NDCG@10 | HR@10 | NDCG vs teacher | speed vs teacher | size vs teacher |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -110,10 +118,11 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
             continue
         lines.append(
             f"| {row['artifact']} | {row['stage']} | {row['format']} | {row['runtime']} | "
-            f"{row['params'] or '-'} | {_kb(row['size_bytes'])} | {row['p50_ms']:.3f} | {_f(row['p90_ms'])} | "
+            f"{row['params'] or '-'} | {_kb(row['size_bytes'])} | {_p50(row)} | {_f(row['p90_ms'])} | "
             f"{_f(row['p99_ms'])} | {_mb(row['peak_rss_bytes'])} ({_mb(row['baseline_rss_bytes'])}) | "
             f"{row['ndcg@10']:.4f} | {row['hr@10']:.4f} | {_pct(row.get('vs_teacher_ndcg@10_rel'))} | "
-            f"{_ratio(row.get('vs_teacher_speedup_p50'))} | {_ratio(row.get('vs_teacher_size_ratio'))} |")
+            f"{_speed(row)} | {_ratio(row.get('vs_teacher_size_ratio'))} |")
+    lines += ["", *_timing_notes(rows)]
     floors = next((c["metrics"]["floors_test_ndcg@10"] for c in map(_card, recs)
                    if c and "floors_test_ndcg@10" in c.get("metrics", {})), None)
     if floors:
@@ -164,13 +173,14 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     # on top of each other and their labels would be unreadable.
     for i, r in enumerate(ok):
         teacher = r["stage"] == "teacher"
+        _errorbar(ax, r, r["ndcg@10"], "crimson" if teacher else plt.cm.tab10(i % 10))
         ax.scatter(r["p50_ms"], r["ndcg@10"], s=130 if teacher else 55, alpha=0.85,
                    marker="*" if teacher else markers[i % len(markers)],
                    color="crimson" if teacher else plt.cm.tab10(i % 10),
                    label=f"{r['artifact']} ({r['format']})")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
-    ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
+    ax.set_xlabel("p50 latency at batch 1 (ms, log scale; bars: slowest and fastest round)")
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.set_title("Latency vs accuracy at batch 1 (teacher: red star)")
     ax.grid(alpha=0.3)
@@ -222,13 +232,14 @@ def _charts(rows: list[dict]) -> list[tuple[str, str]]:
     fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
     ax.step(fx, fy, where="post", color="grey", lw=1, ls="--", label="Pareto front")
     for i, r in enumerate(ok):
+        _errorbar(ax, r, pts[i][1], colors[i])
         ax.scatter(*pts[i], s=140 if r["stage"] == "teacher" else 60, color=colors[i],
                    marker="*" if r["stage"] == "teacher" else "o", edgecolor="black" if i in front else "none",
                    label=f"{r['artifact']} ({r['format']})", zorder=3)
     if teacher:
         ax.axhline(teacher["ndcg@10"], color="crimson", lw=0.8, ls=":", label="teacher NDCG@10")
     ax.set_xscale("log")
-    ax.set_xlabel("p50 latency at batch 1, ms (log)")
+    ax.set_xlabel("p50 latency at batch 1, ms (log; bars: slowest and fastest round)")
     ax.set_ylabel("test NDCG@10, full ranking")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(alpha=0.3)
@@ -271,7 +282,7 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
              "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
              "td.n{text-align:right;font-variant-numeric:tabular-nums}tr.teacher{background:#fde8ea}"
-             "tr.failed{color:#a00}img{max-width:100%;display:block;margin:1em 0}.meta{color:#555;font-size:13px}</style>"
+             "tr.failed{color:#a00}.noisy{color:#a00;font-weight:bold}img{max-width:100%;display:block;margin:1em 0}.meta{color:#555;font-size:13px}</style>"
              f"</head><body><h1>edgekd report: {e(run_dir.name)}</h1>"]
     for target, trecs in by_target.items():
         rows = _rows(trecs)
@@ -282,7 +293,7 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
                      f"temperature {e(str(dev.get('temperature_c')))} °C; throttled {e(str(dev.get('throttled')))}; "
                      f"batch 1, {ok[0]['threads'] if ok else '?'} thread(s). Accuracy: test split, full ranking, "
                      "seen items excluded, from each file's own outputs. Ratios against the teacher on the same target.</p>")
-        head = ["model", "stage", "format", "runtime", "size KiB", "p50 ms", "p90 ms", "p99 ms", "cold start ms",
+        head = ["model", "stage", "format", "runtime", "size KiB", "p50 ms [rounds min-max]", "p90 ms", "p99 ms", "cold start ms",
                 "peak MB (runtime)", "NDCG@10", "HR@10", "NDCG vs teacher", "speed vs teacher", "size vs teacher"]
         parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
         for r in rows:
@@ -293,14 +304,16 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
                 continue
             peak = (f"{_mb(r['peak_rss_bytes'])} ({_mb(r['baseline_rss_bytes'])})" if r.get("peak_rss_bytes") else "-")
             cells = [r["artifact"], r["stage"], r["format"], r["runtime"]]
-            nums = [_kb(r["size_bytes"]), f"{r['p50_ms']:.3f}", _f(r.get("p90_ms")), _f(r.get("p99_ms")),
+            nums = [_kb(r["size_bytes"]), _p50(r), _f(r.get("p90_ms")), _f(r.get("p99_ms")),
                     _f(r.get("cold_start_ms"), 1), peak, f"{r['ndcg@10']:.4f}", f"{r['hr@10']:.4f}",
-                    _pct(r.get("vs_teacher_ndcg@10_rel")), _ratio(r.get("vs_teacher_speedup_p50")),
+                    _pct(r.get("vs_teacher_ndcg@10_rel")), _speed(r),
                     _ratio(r.get("vs_teacher_size_ratio"))]
             cls = " class='teacher'" if r["stage"] == "teacher" else ""
             parts.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in cells)
                          + "".join(f"<td class='n'>{e(str(c))}</td>" for c in nums) + "</tr>")
         parts.append("</table>")
+        parts += [f"<p class='meta{' noisy' if 'NOISY' in n else ''}'>{e(n.replace('**', ''))}</p>"
+                  for n in _timing_notes(rows)]
         for title, src in _charts(rows):
             parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='{src}'>")
     parts.append("<p class='meta'>Built by edgekd from the bench records in this directory and the artifact "
@@ -312,3 +325,58 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
 
 def _f(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _errorbar(ax, row: dict, y: float, color) -> None:
+    """Horizontal bar from the fastest to the slowest round's p50 (the spread over rounds)."""
+    lo, hi = row.get("p50_min_ms"), row.get("p50_max_ms")
+    if lo is None or hi is None:
+        return
+    ax.errorbar([row["p50_ms"]], [y], xerr=[[row["p50_ms"] - lo], [hi - row["p50_ms"]]], fmt="none",
+                ecolor=color, elinewidth=1.2, capsize=3, alpha=0.8, zorder=2)
+
+
+def _p50(row: dict) -> str:
+    """0.440 [0.431-0.452]: the median over rounds and the fastest and slowest round."""
+    if row.get("p50_min_ms") is None:
+        return f"{row['p50_ms']:.3f}"
+    return f"{row['p50_ms']:.3f} [{row['p50_min_ms']:.3f}-{row['p50_max_ms']:.3f}]" + (" !" if row.get("noisy") else "")
+
+
+def _speed(row: dict) -> str:
+    """The speed-up against the teacher with its interval over rounds, where there is one."""
+    iv = row.get("speedup_vs_teacher")
+    if iv and iv.get("verdict") != "reference" and iv.get("low") is not None:
+        return fmt_interval(iv)
+    return _ratio(row.get("vs_teacher_speedup_p50"))
+
+
+def _load_text(load: dict | None) -> str:
+    if not load:
+        return "machine load not recorded"
+    la = lambda v: "?" if not v else "/".join(f"{x:.2f}" for x in v)  # noqa: E731
+    busy = ", ".join(f"{b['name']} {b['cpu_share']:.2f}" for b in load.get("other_busy") or [])
+    share = load.get("other_cpu_share")
+    return (f"load average {la(load.get('loadavg_before'))} before, {la(load.get('loadavg_after'))} after "
+            f"({load.get('cpu_count')} CPUs); other processes used "
+            f"{'?' if share is None else f'{share:.2f}'} cores" + (f" (busiest: {busy})" if busy else ""))
+
+
+def _timing_notes(rows: list[dict]) -> list[str]:
+    """How latency was timed, the machine's state, and a flag on a run whose rounds disagree."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get("p50_rounds_ms")]
+    if not ok:
+        return ["Latency: one measurement per file (no rounds recorded)."]
+    t = ok[0].get("timing") or {}
+    notes = [f"Latency: {t.get('rounds', len(ok[0]['p50_rounds_ms']))} interleaved rounds ({t.get('design', '')}); "
+             "p50 is the median of the per-round p50s, [min-max] the fastest and slowest round; the speed-up "
+             "against the teacher is paired by round, with a 95% bootstrap interval over rounds in brackets. "
+             f"Machine during the run: {_load_text(ok[0].get('machine_load'))}."]
+    threshold = t.get("noisy_threshold", NOISY_SPREAD)
+    noisy = [r for r in ok if (r.get("p50_spread_rel") or 0) > threshold]
+    if noisy:
+        notes.append(f"**NOISY RUN**: the rounds of {', '.join(r['artifact'] for r in noisy)} disagree by more than "
+                     f"{threshold:.0%} of their median (" + ", ".join(f"{r['p50_spread_rel']:.0%}" for r in noisy)
+                     + "); ratios whose interval includes 1.0 are within noise. Rerun on a quieter machine "
+                     "or with more --rounds.")
+    return notes
