@@ -61,12 +61,28 @@ def test_mlp_distils_with_the_existing_losses(mlp_student):
     assert mlp_student.metrics["best_valid_ndcg@10"] > 0
 
 
+@pytest.fixture(scope="module")
+def weighted_student(tiny_teacher, tiny_ds, store):
+    from edgekd.distill import distill
+    from edgekd.search import SearchDistillConfig
+
+    name = "tiny-mlp-weighted-student"
+    if (store / name).is_dir():
+        return load_artifact(store / name)
+    return distill(tiny_teacher, tiny_ds, SearchDistillConfig(model="mlp", d=8, maxlen=20, epochs=2,
+                                                              arch_options=(("pool", "weighted"),)),
+                   store=store, name=name)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("pool", ["mean", "weighted"])
 @pytest.mark.parametrize("fmt", ["onnx-fp32", "tflite-fp32"])
-def test_mlp_exports_with_parity(fmt, mlp_student, tiny_ds, store):
+def test_mlp_exports_with_parity(fmt, pool, request, tiny_ds, store):
     from edgekd.export import export
 
-    p = export(mlp_student, fmt, store=store, ds=tiny_ds).metrics["parity"]
+    a = request.getfixturevalue("mlp_student" if pool == "mean" else "weighted_student")
+    assert a.card["arch_kwargs"]["pool"] == pool
+    p = export(a, fmt, store=store, ds=tiny_ds).metrics["parity"]
     assert p["max_abs_diff"] < 1e-4 and p["top10_overlap"] >= 0.99
 
 
