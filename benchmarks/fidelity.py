@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.artifact import load_artifact
-from edgekd.bench import run_runner, write_inputs
+from edgekd.runner import input_maxlen, run_runner, write_inputs
 from edgekd.targets import load_target
 from edgekd.timing import ratio_interval
-from edgekd.train import dataset_for
+from edgekd.torch_io import dataset_for
 
 BARE_ORT = r"""
 import json, sys, time
@@ -90,7 +90,7 @@ def main() -> int:
     target = replace(target, min_runs=args.runs, min_seconds=0.0)
     rounds = []
     with tempfile.TemporaryDirectory() as d:
-        _, npz = write_inputs(ds, int(tfl.card["arch_kwargs"]["maxlen"]), Path(d) / "inputs.npz")
+        _, npz = write_inputs(ds, input_maxlen(tfl), Path(d) / "inputs.npz")
         for r in range(args.rounds):
             row = {
                 "tflite_harness_p50_ms": harness(tfl, target, npz, args.threads),

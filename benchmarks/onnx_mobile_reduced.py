@@ -30,9 +30,10 @@ from onnxruntime.tools.ort_format_model import create_config_from_models
 
 from edgekd.artifact import load_artifact
 from edgekd.device_runner import load_model
-from edgekd.export import required_operators
+from edgekd.inspection import required_operators
 from edgekd.metrics import evaluate_scores
-from edgekd.train import dataset_for, eval_inputs
+from edgekd.evaluation import eval_inputs
+from edgekd.torch_io import dataset_for
 
 HERE = Path(__file__).resolve().parent
 OPSET = 19  # the controls' opset: their Cast resolves to the Cast(19) kernel the exports' configs name

@@ -35,7 +35,7 @@ import numpy as np
 
 from edgekd import timing
 from edgekd.artifact import load_artifact
-from edgekd.bench import run_runner, time_artifacts, write_inputs
+from edgekd.runner import run_runner, time_artifacts, write_inputs
 from edgekd.targets import load_target
 
 AGREE = 0.05

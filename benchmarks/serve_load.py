@@ -86,7 +86,7 @@ def histories(artifact: str, store: str, n: int = 500) -> list[list[str]]:
     """Validation users' histories (original ids) of the artifact's training data."""
     sys.path.insert(0, str(ROOT))
     from edgekd.artifact import load_artifact
-    from edgekd.train import dataset_for
+    from edgekd.torch_io import dataset_for
 
     a = load_artifact(artifact, Path(store))
     ds = dataset_for(a)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.artifact import load_artifact
-from edgekd.bench import RUNNER, write_inputs
-from edgekd.train import dataset_for
+from edgekd.runner import RUNNER, input_maxlen, write_inputs
+from edgekd.torch_io import dataset_for
 
 VENV = Path(os.environ.get("EDGEKD_TFLRT_VENV", "/var/tmp/edgekd-tflite-runtime"))
 
@@ -48,7 +48,7 @@ def main() -> int:
         for path in sys.argv[1:]:
             a = load_artifact(path)
             npz = Path(d) / "inputs.npz"
-            write_inputs(dataset_for(a), int(a.card["arch_kwargs"]["maxlen"]), npz)
+            write_inputs(dataset_for(a), input_maxlen(a), npz)
             old = run(str(py), a.file, "tflite-runtime", npz, Path(d) / "old.json")
             new = run(sys.executable, a.file, "litert", npz, Path(d) / "new.json")
             t_old, t_new = np.array(old["topk"])[:, :10], np.array(new["topk"])[:, :10]

@@ -26,7 +26,8 @@ from edgekd.artifact import load_artifact
 from edgekd.data import pad_left
 from edgekd.metrics import full_ranks, ndcg_gains
 from edgekd.pruning import items_to_keep
-from edgekd.train import dataset_for, eval_inputs, load_torch_model, model_scores
+from edgekd.evaluation import eval_inputs, model_scores
+from edgekd.torch_io import dataset_for, load_torch_model
 
 
 def _scores(model, x: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BenchError
+from .errors import BenchError, last_line
 
 __all__ = ["parse_tflite_benchmark", "parse_ort_perf_test"]
 
@@ -36,15 +36,8 @@ def _empty(tool: str) -> dict:
     return out
 
 
-def _last_line(text: str) -> str:
-    for line in reversed(text.splitlines()):
-        if line.strip():
-            return line.strip()
-    return ""
-
-
 def _missing(tool: str, text: str) -> BenchError:
-    return BenchError(f"{tool}: no inference timings in its output; last line: {_last_line(text)!r}",
+    return BenchError(f"{tool}: no inference timings in its output; last line: {last_line(text)!r}",
                       hint="the tool failed before it finished its timed runs; its own error is the line quoted")
 
 

@@ -66,9 +66,16 @@ def write_json(path: Path, obj) -> None:
     bad = non_finite(obj)
     if bad:
         raise EdgeKDError(f"{path}: refusing to write a non-finite number at {bad}")
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n"))
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(tmp)` into a temporary file beside it, renamed into place:
+    an interrupted write leaves the old file or none, never half of one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -310,3 +317,15 @@ def load_parent(child: Artifact, record: dict) -> Artifact:
             return parent
     raise ArtifactError(f"{child.path}: its parent {record['name']} is not at "
                         f"{record.get('path')} nor beside it")
+
+
+def find_teacher(a: Artifact) -> Artifact:
+    """Walk an artifact's lineage back to its teacher."""
+    seen = 0
+    while a.card.get("stage") != "teacher":
+        parents = a.card.get("parent") or []
+        if not parents or seen > 32:
+            raise ArtifactError(f"{a.path}: no teacher in its lineage", hint="pass --teacher")
+        a = load_parent(a, parents[0])
+        seen += 1
+    return a

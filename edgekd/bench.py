@@ -10,43 +10,21 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, timing
-from .artifact import Artifact, check_name, write_json
-from .data import Dataset, pad_left
-from .distill import find_teacher
+from .artifact import Artifact, check_name, find_teacher, write_json
 from .errors import ArtifactError, BenchError, ConfigError, TargetError
 from .metrics import ranking_metrics, ranks_from_topk
+from .runner import input_maxlen, payload_kind, run_runner, time_artifacts, write_inputs
 from .targets import LocalTransport, Target
-from .train import dataset_for
+from .torch_io import dataset_for
 
 SCHEMA = 1
-RUNNER = Path(__file__).with_name("device_runner.py")
-MODEL_CODE = Path(__file__).with_name("models.py")
 DEFAULT_OUT = Path("benchmarks/results")
-
-
-def payload_kind(a: Artifact) -> str:
-    return {".onnx": "onnx", ".ort": "onnx", ".tflite": "tflite", ".safetensors": "torch"}.get(a.file.suffix, "?")
-
-
-def write_inputs(ds: Dataset, maxlen: int, path: Path, users: int | None = None) -> tuple[np.ndarray, Path]:
-    """The test split as the runner's npz: inputs and seen items; returns the targets too."""
-    hist, targets = ds.eval_split("test")
-    if users is not None and users < len(hist):
-        idx = np.sort(np.random.default_rng(0).choice(len(hist), size=users, replace=False))
-        hist, targets = [hist[i] for i in idx], targets[idx]
-    # Items to exclude from each ranking: those seen before, except the target itself (a
-    # repeat is still a valid next item), the same protocol as metrics.full_ranks.
-    seen = [np.setdiff1d(np.unique(h), [t]) for h, t in zip(hist, targets)]
-    if ds.oov_index is not None:  # the out-of-vocabulary item is never recommended
-        seen = [np.union1d(s, [ds.oov_index]) for s in seen]
-    seen = pad_left(seen, max(1, max(len(s) for s in seen)))
-    np.savez(path, inputs=pad_left(hist, maxlen).astype(np.int32), seen=seen.astype(np.int32))
-    return targets, path
 
 
 PROBE = r"""
@@ -103,121 +81,6 @@ def _binary_status(path: str | None) -> str:
     if not path:
         return "not configured"
     return "ok" if Path(path).expanduser().is_file() else f"missing: {path}"
-
-
-
-def runtime_for(a: Artifact, target: Target) -> str:
-    kind = payload_kind(a)
-    runtime = target.runtimes.get(kind)
-    if runtime is None:
-        raise BenchError(f"{a.name}: no runtime for {a.file.suffix} files on {target.name}")
-    return runtime
-
-
-def _check_full_scores(a: Artifact) -> None:
-    if a.card.get("topk"):
-        raise BenchError(f"{a.name}: a top-{a.card['topk']} export returns no full scores, so accuracy with "
-                         "seen items excluded cannot be computed from it; bench the full-score export")
-
-
-def _stage(a: Artifact, target: Target, tr, wd: str, inputs: Path, threads: int) -> tuple[list[str], str]:
-    """Ship the device runner, the model and the inputs into `wd`; the runner's argv and where
-    its result will be."""
-    import posixpath
-
-    runtime = runtime_for(a, target)
-    python = sys.executable if target.kind == "local" else target.python
-    j = lambda name: posixpath.join(wd, name)  # noqa: E731
-    tr.put(RUNNER, j("device_runner.py"))
-    tr.put(a.file, j("model" + a.file.suffix))
-    tr.put(inputs, j("inputs.npz"))
-    argv = ["env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}",
-            f"OPENBLAS_NUM_THREADS={threads}", "TF_CPP_MIN_LOG_LEVEL=2",
-            python, j("device_runner.py"), "--model", j("model" + a.file.suffix), "--runtime", runtime,
-            "--inputs", j("inputs.npz"), "--threads", str(threads), "--warmup", str(target.warmup),
-            "--min-runs", str(target.min_runs), "--min-seconds", str(target.min_seconds),
-            "--batch-sizes", ",".join(map(str, target.batch_sizes)), "--device", target.device,
-            "--out", j("result.json")]
-    if payload_kind(a) == "torch":
-        tr.put(a.path / "artifact.json", j("artifact.json"))
-        tr.put(MODEL_CODE, j("models.py"))
-        argv += ["--card", j("artifact.json"), "--code", j("models.py")]
-    return argv, j("result.json")
-
-
-def run_runner(a: Artifact, target: Target, inputs: Path, threads: int, transport=None) -> dict:
-    """Ship the device runner, the model and the inputs to the target, run once, bring the JSON
-    back. The local CPU goes through the same steps, so every target measures the same way.
-    (A fresh process, one measurement: bench and the gates time in rounds, `time_artifacts`.)"""
-    _check_full_scores(a)
-    tr = transport or target.transport()
-    with tr.workdir() as wd:
-        argv, result = _stage(a, target, tr, wd, inputs, threads)
-        p = tr.run(argv, timeout=target.timeout_s)
-        err = p.stderr.decode(errors="replace").strip().splitlines()
-        if p.returncode == 3 and err and err[-1].startswith("device unavailable"):
-            raise TargetError(f"{target.name}: {err[-1]}")
-        if p.returncode != 0:
-            raise BenchError(f"{a.name}: the runner failed on {target.name} (exit {p.returncode}): "
-                             f"{err[-1] if err else 'no output'}")
-        return json.loads(tr.get(result))
-
-
-def time_artifacts(cells: list[tuple[Artifact, Path]], target: Target, threads: int, *,
-                   rounds: int = timing.DEFAULT_ROUNDS, reference: int | None = 0, finish: bool = False,
-                   names: list[str] | None = None) -> tuple[timing.Measurement, dict]:
-    """Time files against each other in interleaved rounds (edgekd.timing), one warm runner
-    process per file on `target`. `cells`: (artifact, inputs npz). Returns the measurement
-    (keyed by `names`, default the artifact names) and, with `finish`, each cell's full runner
-    result (accuracy outputs, memory, batch sweep) or the error that stopped it. The machine's
-    load while it ran is in `measurement.load`."""
-    import contextlib
-
-    names = names or [a.name for a, _ in cells]
-    if len(set(names)) != len(names):
-        raise BenchError("time_artifacts: two cells with the same name; pass distinct `names`")
-    tr = target.transport()
-    procs: dict[str, timing.RunnerProcess] = {}
-    results: dict[str, dict | str] = {}
-    where: dict[str, str] = {}
-    load = timing.MachineLoad().start()
-    with contextlib.ExitStack() as stack:
-        try:
-            for name, (a, npz) in zip(names, cells):
-                try:
-                    _check_full_scores(a)
-                    wd = stack.enter_context(tr.workdir())
-                    argv, where[name] = _stage(a, target, tr, wd, npz, threads)
-                    procs[name] = timing.RunnerProcess(tr._cmd(argv + ["--serve"]), f"{a.name} on {target.name}",
-                                                       target.timeout_s, check_link=tr._check_link)
-                except (BenchError, TargetError) as e:
-                    results[name] = str(e)
-            for name in list(procs):  # all loading at once; then wait for each
-                try:
-                    procs[name].wait_ready()
-                except (BenchError, TargetError) as e:
-                    results[name] = str(e)
-                    procs.pop(name).kill()
-            m = timing.interleave(procs, rounds, reference=names[reference] if reference is not None else None)
-            for name, err in m.errors.items():
-                results[name] = err
-                procs.pop(name).kill()
-            if finish:
-                for name, p in procs.items():
-                    try:
-                        p.finish()
-                        results[name] = json.loads(tr.get(where[name]))
-                    except (BenchError, TargetError) as e:
-                        results[name] = str(e)
-            else:
-                for p in procs.values():
-                    p.send("stop")
-        finally:
-            for p in procs.values():
-                p.kill()
-    m.errors.update({n: r for n, r in results.items() if isinstance(r, str)})
-    m.load = load.stop()
-    return m, results
 
 
 def run_android(a: Artifact, target: Target, threads: int) -> dict:
@@ -426,7 +289,7 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
                 rec["resumed"] = True
                 done[a.sha256] = rec
                 continue
-            maxlen = int(a.card["arch_kwargs"]["maxlen"])
+            maxlen = input_maxlen(a)
             a_ds = data[(a.card.get("dataset") or {}).get("fingerprint")]
             key = (a_ds.fingerprint(), maxlen)
             if key not in inputs:
@@ -479,6 +342,89 @@ def bench(artifacts: list[Artifact], target: Target, *, out: Path = DEFAULT_OUT,
         for _, npz in inputs.values():
             npz.unlink(missing_ok=True)
     return run_dir, records
+
+
+# ---------------------------------------------------------------- bring your own model file
+
+PLAIN_SUFFIXES = (".onnx", ".ort", ".tflite")
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """A model file from outside the artifact store, timed like an artifact's payload. It
+    takes int item indices [batch, maxlen] (1..N, 0 = padding) and returns N scores."""
+
+    file: Path
+    name: str
+    sha256: str
+    format: str
+    card: dict
+
+    @property
+    def path(self) -> Path:
+        return self.file
+
+
+def plain_file(path: Path) -> PlainFile:
+    from .artifact import sha256_file
+    from .errors import ConfigError
+
+    p = Path(path)
+    if p.suffix not in PLAIN_SUFFIXES or not p.is_file():
+        raise ConfigError(f"{p}: not a model file to bench (a {', '.join(PLAIN_SUFFIXES)} file)")
+    return PlainFile(file=p, name=p.name, sha256=sha256_file(p), format=p.suffix.lstrip("."),
+                     card={"stage": "file", "precision": None})
+
+
+def bench_file(f: PlainFile, target: Target, *, out: Path = DEFAULT_OUT, threads: int | None = None,
+               users: int | None = None, ds: Dataset | None = None, vocab: dict | None = None,
+               run_id: str | None = None) -> tuple[Path, dict]:
+    """Latency and memory of a plain model file on `target`; accuracy too when the dataset and
+    the vocabulary the file was trained with are given (the vocabulary must match the data's)."""
+    from .errors import ConfigError
+    from .inspection import inspect_path
+
+    if target.kind == "adb":
+        raise ConfigError(f"{target.name}: plain files are benched on local and ssh targets; "
+                          "export an artifact for a phone")
+    sig = inspect_path(f.file)
+    try:
+        maxlen = int(sig["inputs"][0]["shape"][-1])
+        n_items = int(sig["outputs"][0]["shape"][-1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ConfigError(f"{f.file}: needs one int input [batch, maxlen] and one output [batch, items] with "
+                          f"fixed maxlen and items; the file has {sig.get('inputs')} -> {sig.get('outputs')}") from None
+    if (ds is None) != (vocab is None):
+        raise ConfigError("accuracy needs both --vocab (the file's vocab.json) and --data")
+    if ds is not None and (list(vocab.get("items", [])) != list(ds.items) or ds.num_items != n_items):
+        raise ConfigError(f"{f.name}: its vocabulary ({len(vocab.get('items', []))} items) is not the one this "
+                          f"data gives ({ds.num_items} items): item indices would not match")
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{target.name}"
+    run_dir = Path(out) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    npz = run_dir / f"inputs-{f.name}.npz"
+    try:
+        if ds is not None:
+            targets, _ = write_inputs(ds, maxlen, npz, users)
+        else:  # latency and memory only: random valid item indices
+            rng = np.random.default_rng(0)
+            n = min(users or 256, 256)
+            np.savez(npz, inputs=rng.integers(1, n_items + 1, size=(n, maxlen)).astype(np.int32),
+                     seen=np.zeros((n, 1), np.int32))
+            targets = np.zeros(n, dtype=np.int64)
+        threads = threads or target.threads
+        check_target(target)
+        try:
+            rec = make_record(f, target, run_runner(f, target, npz, threads), targets, run_id)
+        except (BenchError, TargetError) as e:
+            rec = {**record_head(f, target, run_id, "failed"), "error": str(e),
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if rec["status"] == "ok" and ds is None:
+            rec["accuracy"] = None  # random inputs: no accuracy
+        _write_record(record_path(run_dir, f, target), rec)
+    finally:
+        npz.unlink(missing_ok=True)
+    return run_dir, rec
 
 
 def add_rounds(rec: dict, m: timing.Measurement, name: str) -> dict:

@@ -26,12 +26,42 @@ from rich.markup import escape
 
 from .errors import BenchError, ConfigError, EdgeKDError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, distil, export and benchmark sequential recommenders for edge devices.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and convert interaction data.")
 list_app = typer.Typer(no_args_is_help=True, help="List registered models, export formats, bench targets.")
 app.add_typer(data_app, name="data")
 app.add_typer(list_app, name="list")
+
+
+def _flag_type(self, ctx):
+    """A flag takes no value: show none beside it in --help (typer 0.29 prints <bool>)."""
+    return None if getattr(self, "is_flag", False) else _option_type(self, ctx)
+
+
+try:
+    from typer.core import TyperOption
+
+    _option_type = TyperOption.display_type_rich
+    TyperOption.display_type_rich = _flag_type
+except (ImportError, AttributeError):  # pragma: no cover - other typer versions print no type for flags
+    pass
+
+
+def _version(value: bool):
+    if value:
+        from . import __version__
+
+        out.print(f"edgekd {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    pass
+
+
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -40,11 +70,19 @@ FormatOpt = typer.Option(None, "--format", help="movielens | sasrec | csv | synt
                          "when --data is given, else synthetic)")
 SynthOpt = typer.Option(None, "--synthetic", help="synthetic dataset setting KEY=VALUE (users, items, "
                         "mean_length, tastes, p_markov, seed, ...); repeatable")
-StoreOpt = typer.Option(Path("models"), "--out", help="artifact store directory")
+StoreOpt = typer.Option(Path("models"), "--out", help="artifact store directory (every command that reads or "
+                        "writes artifacts; store names resolve there)")
+ResultsOpt = typer.Option(Path("benchmarks/results"), "--results", help="bench results directory")
 TensorboardOpt = typer.Option(None, "--tensorboard", help="write TensorBoard scalars (losses, validation "
                               "metrics, epoch time) to this directory")
+JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
 PeriodOpt = typer.Option(None, "--period", help="a time period of the events: early:Q (before the Q-quantile "
                          "of timestamps) or late:Q (from it on), e.g. early:0.5")
+
+
+def _json(obj) -> None:
+    """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _name_ok(value: Optional[str]) -> Optional[str]:
@@ -148,56 +186,90 @@ def data_convert(dest: Path = typer.Argument(..., help="output file (SASRec text
 # ---------------------------------------------------------------- list
 
 @list_app.command("models")
-def list_models_cmd():
+def list_models_cmd(as_json: bool = JsonOpt):
     """Registered models (for `train --model` and `distill --model`)."""
     from .models import list_models
 
+    if as_json:
+        return _json([{"name": m.name, "role": m.role, "summary": m.summary} for m in list_models()])
     for m in list_models():
         out.print(f"{m.name:16} {m.role:8} {m.summary}")
 
 
 @list_app.command("formats")
-def list_formats_cmd():
+def list_formats_cmd(as_json: bool = JsonOpt):
     """Export formats (for `export --target`)."""
     from .export import list_formats
 
+    if as_json:
+        return _json([{"name": f.name, "suffix": f.suffix, "precision": f.precision, "family": f.family or None,
+                       "summary": f.summary} for f in list_formats()])
     for f in list_formats():
         out.print(f"{f.name:14} {f.summary}")
 
 
 @list_app.command("losses")
-def list_losses_cmd():
+def list_losses_cmd(as_json: bool = JsonOpt):
     """Distillation loss terms (for `distill --loss`, combined with +)."""
     from .kd_losses import list_losses
 
+    if as_json:
+        return _json([{"name": x.name, "weight_option": "--" + x.weight_field.replace("_", "-"),
+                       "summary": x.summary} for x in list_losses()])
     for spec in list_losses():
         out.print(f"{spec.name:6} --{spec.weight_field.replace('_', '-'):14} {spec.summary}")
 
 
 @list_app.command("targets")
-def list_targets_cmd():
-    """Bench targets (for `bench --target`): devices, from targets/*.toml."""
-    targets_list()
+def list_targets_cmd(as_json: bool = JsonOpt):
+    """Bench targets (for `bench --target`): devices, each from its TOML file."""
+    targets_list(as_json)
 
 
-targets_app = typer.Typer(no_args_is_help=True, help="Bench targets: devices described by targets/*.toml.")
+targets_app = typer.Typer(no_args_is_help=True, help="Bench targets: devices described by TOML files (built-in, "
+                          "or yours in the user config directory: `edgekd targets init`).")
 app.add_typer(targets_app, name="targets")
 
 
 @targets_app.command("list")
-def targets_list():
-    """Every target file found, with its kind and where it points."""
+def targets_list(as_json: bool = JsonOpt):
+    """Every target with its kind, where it points and the file it comes from (yours in the user
+    config directory first, then the built-ins)."""
     from .targets import list_targets, load_target
 
-    for name, src in list_targets().items():
+    rows, sources = [], list_targets()
+    for name, src in sources.items():
+        row = {"name": name, "origin": src.origin, "file": src.path or None, "overrides_builtin": src.overrides}
         try:
-            t = load_target(src if src.endswith(".toml") else name)
+            t = load_target(name)
             where = t.describe() + (f", {t.device}" if t.device != "cpu" else "")
             if t.local_commands():
                 where += " (needs --allow-local-commands)"
-            out.print(f"{name:14} {t.kind:6} {where:32} {t.threads} thread(s)  {src}")
+            row.update(kind=t.kind, where=where, threads=t.threads, error=None)
         except EdgeKDError as e:
-            out.print(f"{name:14} invalid: {e}")
+            row.update(kind=None, where=None, threads=None, error=str(e))
+        rows.append(row)
+    if as_json:
+        return _json(rows)
+    for r in rows:
+        src = sources[r["name"]].describe()
+        if r["error"]:
+            out.print(f"{r['name']:14} invalid: {r['error']}", markup=False, highlight=False)
+        else:
+            out.print(f"{r['name']:14} {r['kind']:6} {r['where']:32} {r['threads']} thread(s)  {src}",
+                      markup=False, highlight=False)
+
+
+@targets_app.command("init")
+def targets_init(name: str = typer.Argument(..., help="a built-in target: pi, android, cuda or local-cpu"),
+                 force: bool = typer.Option(False, "--force", help="replace an existing file of that name")):
+    """Copy a built-in target file into your config directory to edit ($XDG_CONFIG_HOME/edgekd/targets,
+    default ~/.config/edgekd/targets); a file there overrides the built-in of the same name.
+
+    Example: edgekd targets init pi && $EDITOR ~/.config/edgekd/targets/pi.toml"""
+    from .targets import init_target
+
+    out.print(str(init_target(name, force=force)), markup=False, highlight=False)
 
 
 AllowLocalOpt = typer.Option(False, "--allow-local-commands", help="let this run use what in the target file "
@@ -245,7 +317,9 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
           name: Optional[str] = typer.Option(None, help="artifact name (default: <data>-teacher)", callback=_name_ok),
           tensorboard: Optional[Path] = TensorboardOpt,
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
-    """Train a teacher with early stopping on validation NDCG@10."""
+    """Train a teacher with early stopping on validation NDCG@10.
+
+    Example: edgekd train --data ml-100k/u.data --out models"""
     from .train import TrainConfig, train_teacher
 
     cfg = TrainConfig(model=model, d=d, blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen,
@@ -297,11 +371,13 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
             seed: int = typer.Option(0), store: Path = StoreOpt,
             name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok), tensorboard: Optional[Path] = TensorboardOpt,
             resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint")):
-    """Train a student: cross-entropy + the weighted --loss terms against the teacher(s)."""
+    """Train a student: cross-entropy + the weighted --loss terms against the teacher(s).
+
+    Example: edgekd distill ml-100k-teacher --loss kl+hint --out models"""
     from .artifact import load_artifact
     from .distill import DistillConfig, distill as run
     from .errors import ConfigError
-    from .train import dataset_for
+    from .torch_io import dataset_for
 
     paths = list(teachers or []) + list(teacher or [])
     if not paths:
@@ -341,7 +417,9 @@ def export(artifact: Path = typer.Argument(..., help="torch artifact directory (
                                               "item indices and their scores instead of a score per item"),
            recipe: Optional[str] = typer.Option(None, "--recipe", help="quantisation recipe for a quantised "
                                                 "format (edgekd list recipes)")):
-    """Export to ONNX or TFLite; checked for parity with torch before anything is written."""
+    """Export to ONNX or TFLite; checked for parity with torch before anything is written.
+
+    Example: edgekd export ml-100k-student --target onnx-int8 --out models"""
     from .artifact import load_artifact
     from .export import export as run, get_format
 
@@ -362,9 +440,11 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
              max_ndcg_drop: float = typer.Option(0.01, help="largest relative NDCG@10 drop accepted"),
              threads: int = typer.Option(1), store: Path = StoreOpt,
              rounds: int = typer.Option(5, "--rounds", help="interleaved timing rounds of fp32 and the recipes (>= 2)")):
-    """Try quantisation recipes, measure each beside fp32 (size, local-CPU latency, accuracy), keep the winner."""
+    """Try quantisation recipes, measure each beside fp32 (size, local-CPU latency, accuracy), keep the winner.
+
+    Example: edgekd quantize ml-100k-student --target tflite-int8 --require-gain"""
     from .artifact import load_artifact
-    from .compress import QuantizeConfig, quantize as run
+    from .export.quantize import QuantizeConfig, quantize as run
 
     cfg = QuantizeConfig(target=target, recipes=tuple(recipe or ()), require_gain=require_gain,
                          max_ndcg_drop=max_ndcg_drop, threads=threads, rounds=rounds)
@@ -394,7 +474,9 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
           lr: float = typer.Option(1e-3, help="recovery learning rate"),
           seed: int = typer.Option(0), store: Path = StoreOpt, name: Optional[str] = typer.Option(None, help="artifact name (default: derived from the input)", callback=_name_ok),
           rounds: int = typer.Option(5, "--rounds", help="interleaved timing rounds against the parent (>= 2)")):
-    """Prune a torch model, optionally recovering by distillation from its teacher."""
+    """Prune a torch model, optionally recovering by distillation from its teacher.
+
+    Example: edgekd prune ml-100k-student --method vocabulary --coverage 0.9 --recover-epochs 5"""
     from .artifact import load_artifact
     from .compress import PruneConfig, prune as run
 
@@ -423,52 +505,106 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
 
 
 @list_app.command("recipes")
-def list_recipes_cmd():
+def list_recipes_cmd(as_json: bool = JsonOpt):
     """Quantisation recipes (for `quantize --recipe` and `export --recipe`)."""
     from .export import list_recipes
 
+    if as_json:
+        return _json([{"family": r.family, "name": r.name, "precision": r.precision, "calibrated": r.calibrated,
+                       "summary": r.summary} for r in list_recipes()])
     for r in list_recipes():
         out.print(f"{r.family:7} {r.name:20} {'calibrated ' if r.calibrated else ''}{r.summary}")
 
 
 @app.command()
-def inspect(path: Path = typer.Argument(..., help="a .onnx, .tflite or .safetensors file, or an artifact directory")):
-    """Print a model file's signature, operators, size and how it is quantised."""
+def inspect(path: Path = typer.Argument(..., help="a .onnx, .tflite or .safetensors file, an artifact directory, "
+                                        "or an artifact's name in the store"),
+            store: Path = StoreOpt):
+    """Print a model file's signature, operators, size and how it is quantised (JSON).
+
+    Example: edgekd inspect ml-100k-student-onnx-int8 --out models"""
+    from .artifact import load_artifact
     from .inspection import inspect_path, to_json
 
-    out.print_json(to_json(inspect_path(path)))
+    target = path if path.is_file() else load_artifact(path, store).path
+    out.print_json(to_json(inspect_path(target)))
 
 
 @app.command()
-def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories"),
+def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories or store names; or plain model "
+                                                 "files (.onnx, .ort, .tflite) from anywhere"),
           target: str = typer.Option("local-cpu", "--target", "-t",
-                                     help="DEVICE to run on (edgekd list targets); not an export format"),
+                                     help="DEVICE to run on (edgekd list targets), or a path to a target .toml; "
+                                          "not an export format"),
           teacher: Optional[Path] = typer.Option(None, help="baseline teacher (default: from lineage)"),
           threads: Optional[int] = typer.Option(None, min=1, help="threads (default: the target's)"),
           users: Optional[int] = typer.Option(None, min=1, help="evaluate on a sample of this many test users"),
-          results: Path = typer.Option(Path("benchmarks/results"), "--out", help="results directory"),
-          store: Path = typer.Option(Path("models"), "--store"),
+          store: Path = StoreOpt, results: Path = ResultsOpt,
           run_id: Optional[str] = typer.Option(None, "--run", help="run directory name (default: a new "
                                                "timestamped one; with --resume, the latest on this target)"),
           resume: bool = typer.Option(False, "--resume", help="keep finished cells of the run and do the rest"),
           allow_local_commands: bool = AllowLocalOpt,
           rounds: int = typer.Option(5, "--rounds", min=1, help="interleaved timing rounds: every file is timed "
                                      "once per round, in turns; p50 is the median over rounds, ratios get an "
-                                     "interval")):
-    """Benchmark artifacts on a device, each in its own process, against the teacher."""
-    from .artifact import load_artifact
-    from .bench import bench as run
+                                     "interval"),
+          vocab: Optional[Path] = typer.Option(None, "--vocab", help="plain files: the vocab.json the file was "
+                                               "trained with; with --data, accuracy is measured too"),
+          data: Optional[Path] = typer.Option(None, "--data", help="plain files: the interaction data for accuracy "
+                                              "(with --vocab)"),
+          format: Optional[str] = FormatOpt,
+          as_json: bool = typer.Option(False, "--json", help="print the run directory and its records as JSON")):
+    """Benchmark artifacts on a device, each in its own process, against the teacher. A plain
+    model file gets latency and memory (accuracy with --vocab and --data).
+
+    Example: edgekd bench ml-100k-student ml-100k-student-onnx-int8 --target pi --out models
+
+    Example: edgekd bench my-model.tflite --target local-cpu"""
+    from .bench import PLAIN_SUFFIXES
 
     tgt = _target(target, allow_local_commands)
-    arts = [load_artifact(p, store) for p in artifacts]
-    t = load_artifact(teacher, store) if teacher else None
-    run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
-                        on_result=_print_result, run_id=run_id, resume=resume, rounds=rounds)
-    out.print(str(run_dir))
+    console.print(f"target {tgt.name}: {tgt.source}", highlight=False, markup=False)
+    plain = [p for p in artifacts if p.suffix in PLAIN_SUFFIXES and p.is_file()]
+    if plain:
+        if len(plain) != len(artifacts):
+            raise ConfigError("bench either artifacts or plain model files in one run, not both")
+        run_dir, recs = _bench_files(plain, tgt, results, threads, users, vocab, data, format, run_id)
+    else:
+        from .artifact import load_artifact
+        from .bench import bench as run
+
+        arts = [load_artifact(p, store) for p in artifacts]
+        t = load_artifact(teacher, store) if teacher else None
+        run_dir, recs = run(arts, tgt, out=results, teacher=t, threads=threads, users=users,
+                            on_result=_print_result, run_id=run_id, resume=resume, rounds=rounds)
+    if as_json:
+        _json({"run_dir": str(run_dir), "records": recs})
+    else:
+        out.print(str(run_dir), markup=False, highlight=False)
     failed = [r for r in recs if r["status"] == "failed"]
     if failed:
         raise BenchError(f"{len(failed)} of {len(recs)} cells failed on {tgt.name} (first: {failed[0]['error']}); "
                          f"the rest are in {run_dir}")
+
+
+def _bench_files(files, tgt, results, threads, users, vocab, data, fmt, run_id):
+    from .bench import bench_file, plain_file
+
+    ds = voc = None
+    if vocab is not None or data is not None:
+        if vocab is None or data is None:
+            raise ConfigError("accuracy of a plain file needs both --vocab and --data")
+        try:
+            voc = json.loads(vocab.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{vocab}: not a readable vocab.json ({e})") from None
+        ds = _load(_spec(data, fmt))
+    recs, run_dir = [], None
+    for f in files:
+        run_dir, rec = bench_file(plain_file(f), tgt, out=results, threads=threads, users=users, ds=ds, vocab=voc,
+                                  run_id=run_id or (run_dir.name if run_dir else None))
+        _print_result(rec)
+        recs.append(rec)
+    return run_dir, recs
 
 
 def _speed(iv: dict) -> str:
@@ -482,51 +618,82 @@ def _print_result(rec: dict):
         console.print(f"{rec['status']}: {rec['error']}", highlight=False, markup=False)
         return
     peak = rec.get("peak_rss_bytes")
+    acc = f", NDCG@10 {rec['accuracy']['ndcg@10']:.4f}" if rec.get("accuracy") else ""
     console.print(f"bench {rec['artifact']['name']}{' (kept from the earlier run)' if rec.get('resumed') else ''}: "
                   f"p50 {rec['latency_ms']['p50_ms']:.3f} ms"
                   + (f" (rounds {rec['latency_ms']['p50_spread']['min_ms']:.3f}-"
                      f"{rec['latency_ms']['p50_spread']['max_ms']:.3f})" if rec["latency_ms"].get("p50_spread") else "")
                   + (f", {_speed(rec['speedup_vs_teacher'])} vs teacher"
                      if (rec.get("speedup_vs_teacher") or {}).get("verdict", "reference") != "reference" else "")
-                  + f", NDCG@10 {rec['accuracy']['ndcg@10']:.4f}"
+                  + acc
                   + (f", peak {peak / 1e6:.0f} MB" if peak else ""), highlight=False)
 
 
 @app.command()
 def report(run: Optional[Path] = typer.Argument(None, help="bench run directory (default: the latest)"),
-           results: Path = typer.Option(Path("benchmarks/results"), "--results"),
-           dest: Optional[Path] = typer.Option(None, "--out", help="write the report here (default: the run dir)"),
+           results: Path = ResultsOpt,
+           dest: Optional[Path] = typer.Option(None, "--dest", help="write the report here (default: the run dir)"),
            html: bool = typer.Option(True, "--html/--no-html", help="also write report.html: one self-contained "
-                                     "page with a table per target and the charts")):
-    """Markdown + JSON (+ HTML) report from bench records and artifact cards."""
-    from .bench import latest_run
+                                     "page with a table per target and the charts"),
+           as_json: bool = typer.Option(False, "--json", help="print report.json instead of the Markdown table")):
+    """Markdown + JSON (+ HTML) report from bench records and artifact cards.
+
+    Example: edgekd report --results benchmarks/results --dest reports/latest"""
+    from .bench import latest_run, load_records
     from .report import build_report
 
-    r = build_report(run or latest_run(results), dest, plot=html)
-    out.print(r["text"], markup=False, highlight=False)
+    run = run or latest_run(results)
+    if any(r.get("status") == "ok" and r.get("accuracy") is None for r in load_records(run)):
+        raise ConfigError(f"{run}: plain model files benched without accuracy (no --vocab and --data); "
+                          "their latency and memory are the JSON records in that directory")
+    r = build_report(run, dest, plot=html)
+    if as_json:
+        sys.stdout.write(Path(r["json"]).read_text().rstrip("\n") + "\n")
+    else:
+        out.print(r["text"], markup=False, highlight=False)
     console.print(f"report: {r['markdown']}" + (f"  page: {r['html']}" if r.get("html") else ""), markup=False)
 
 
 @app.command()
 def pipeline(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
              synthetic: Optional[list[str]] = SynthOpt,
-             store: Path = StoreOpt,
-             results: Path = typer.Option(Path("benchmarks/results"), "--results"),
+             store: Optional[Path] = typer.Option(None, "--out", help="artifact store directory (default: models)"),
+             results: Optional[Path] = typer.Option(None, "--results", help="bench results directory "
+                                                    "(default: benchmarks/results)"),
+             target: Optional[str] = typer.Option(None, "--target", "-t", help="DEVICE to bench on (edgekd list "
+                                                  "targets; default: local-cpu)"),
+             formats: Optional[str] = typer.Option(None, "--formats", help="export formats, comma-separated "
+                                                   "(default: onnx-fp32,onnx-int8,tflite-fp32,tflite-int8; "
+                                                   "tflite ones are skipped when the tflite extra is not installed)"),
+             config: Optional[Path] = typer.Option(None, "--config", help="a pipeline recipe (TOML) "
+                                                   "holding every setting; each run writes its own as "
+                                                   "pipeline.toml in its results directory; options given here "
+                                                   "override it"),
              maxlen: Optional[int] = typer.Option(None, help="sequence length (default: 200 for files, "
                                                   "50 for the synthetic default)"),
              epochs: Optional[int] = typer.Option(None, help="at most this many epochs per training "
                                                   "(default: 200 for files, 30 for the synthetic default)"),
              patience: Optional[int] = typer.Option(None, help="early-stopping patience (default: 30 for the "
                                                     "teacher, 10 for the students)"),
-             seed: int = typer.Option(0),
+             seed: Optional[int] = typer.Option(None, help="random seed (default: 0)"),
              resume: bool = typer.Option(False, "--resume", help="reuse finished artifacts of an earlier "
-                                         "run with the same settings and continue interrupted trainings")):
-    """train -> distill (KD and no-KD) -> export (4 formats) -> bench -> report, in one command."""
-    from .pipeline import PipelineConfig, run_pipeline
+                                         "run with the same settings and continue interrupted trainings"),
+             allow_local_commands: bool = AllowLocalOpt):
+    """train -> distill (KD and no-KD) -> export -> bench -> report, in one command.
 
-    cfg = PipelineConfig(data=_spec(data, format, synthetic), store=store, results=results,
-                         maxlen=maxlen, epochs=epochs, patience=patience, seed=seed, resume=resume)
-    run_pipeline(cfg, console=console, epochs_bar=_epochs, on_result=_print_result)
+    Example: edgekd pipeline --data ml-100k/u.data --target pi --formats onnx-int8,tflite-int8
+
+    Example: edgekd pipeline --config benchmarks/results/RUN/pipeline.toml"""
+    from .pipeline import PipelineConfig, read_recipe, run_pipeline
+
+    kw = read_recipe(config) if config else {}
+    given = {"store": store, "results": results, "target": target, "maxlen": maxlen, "epochs": epochs,
+             "patience": patience, "seed": seed,
+             "exports": tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None}
+    kw.update({k: v for k, v in given.items() if v is not None})
+    if data or format or synthetic:
+        kw["data"] = _spec(data, format, synthetic)
+    run_pipeline(PipelineConfig(**kw, resume=resume, allow_local_commands=allow_local_commands), console=console, epochs_bar=_epochs, on_result=_print_result)
 
 
 @app.command()

@@ -1,187 +1,16 @@
-"""Compression stages. `quantize`: try quantisation recipes for a runtime family and keep
-only what pays: every candidate records its size, its latency on the local CPU and its
-accuracy against the torch parent, beside the fp32 export measured in the same run. A result
-that is larger or slower than fp32 gets a warning (slower: fp32 and every recipe are timed in
-interleaved rounds, edgekd.timing, and the speed-up's interval over rounds excludes 1.0); `require_gain` makes "nothing helped" an
-error. The report says which recipe wins and why."""
+"""The prune stage (the quantize stage is in export/quantize.py): prune a torch artifact,
+optionally recover with a short distillation, and measure it against its parent."""
 from __future__ import annotations
 
-import tempfile
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import DEFAULT_STORE, Artifact, write_json
+from .artifact import DEFAULT_STORE, Artifact
 from .data import UNKNOWN_ITEMS
 from .errors import ConfigError, ExportError
 
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    target: str = "onnx-int8"  # a quantised export format (its family's recipes apply)
-    recipes: tuple[str, ...] = ()  # default: every recipe of the family
-    require_gain: bool = False
-    max_ndcg_drop: float = 0.01  # relative NDCG@10 drop allowed against the torch parent
-    min_top10_overlap: float = 0.9
-    threads: int = 1
-    bench_users: int = 300
-    rounds: int = 5  # interleaved timing rounds (fp32 and every recipe in turns)
-
-    def __post_init__(self):
-        from .export import get_format, get_recipe
-
-        if self.rounds < 2:
-            raise ConfigError(f"rounds must be >= 2 (an interval needs rounds), got {self.rounds}")
-
-        spec = get_format(self.target)
-        if not spec.family or not spec.recipe:
-            raise ConfigError(f"quantize --target must be a quantised format (onnx-int8, tflite-int8, ...), "
-                              f"got {self.target!r}")
-        for r in self.recipes:
-            if get_recipe(spec.family, r).precision != spec.precision:
-                raise ConfigError(f"recipe {r!r} does not make {spec.precision} files; {self.target} needs one that does")
-        if not 0 <= self.max_ndcg_drop < 1:
-            raise ConfigError(f"max_ndcg_drop must be in [0, 1), got {self.max_ndcg_drop}")
-
-
-def _time_files(cells: list[tuple[Artifact, object]], names: list[str], threads: int, users: int,
-                rounds: int):
-    """Time files against the first in interleaved rounds on the local CPU (edgekd.timing, through
-    the device runner, as bench does), each on its own dataset's test inputs."""
-    from .bench import time_artifacts, write_inputs
-    from .targets import load_target
-
-    # per round: at least 100 runs and 0.3 s; the rounds together time each file as long as one
-    # 1.5 s measurement did
-    target = replace(load_target("local-cpu"), threads=threads, min_runs=100, min_seconds=0.3, batch_sizes=(1,))
-    with tempfile.TemporaryDirectory() as d:
-        npz = []
-        for k, (a, ds) in enumerate(cells):
-            npz.append(write_inputs(ds, int(a.card["arch_kwargs"]["maxlen"]), Path(d) / f"in{k}.npz", users)[1])
-        m, _ = time_artifacts([(a, f) for (a, _), f in zip(cells, npz)], target, threads, rounds=rounds,
-                              reference=0, names=names)
-    return m
-
-
-def _latency_gate(m, name: str) -> dict:
-    """A cell's latency beside the reference: median p50, spread, speed-up with its interval and
-    the verdict ("slower" only when the interval excludes 1.0)."""
-    iv = m.ratio(name)
-    return {"p50_ms": m.summary(name)["p50_ms"], "p50_rounds_ms": m.p50s[name], "p50_spread": m.summary(name),
-            "speedup": iv["ratio"], "speedup_interval": [iv["low"], iv["high"]], "latency_verdict": iv["verdict"],
-            "not_slower": iv["verdict"] != "slower"}
-
-
-def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path = DEFAULT_STORE,
-             say=print) -> dict:
-    """Quantise torch artifact `a` with each recipe, measure, choose. Returns the rows, the
-    winner (or None) and where the report went."""
-    from .export import export, get_format, list_recipes
-    from .train import dataset_for
-
-    spec = get_format(cfg.target)
-    family = spec.family
-    recipes = list(cfg.recipes) or [r.name for r in list_recipes(family) if r.precision == spec.precision]
-    ds = dataset_for(a)
-    fp32 = export(a, f"{family}-fp32", store=store, ds=ds)
-    base = {"recipe": "(fp32)", "artifact": fp32.name, "size_bytes": fp32.card["size_bytes"],
-            "ndcg@10_rel": fp32.metrics["parity"]["ndcg@10_rel_change"],
-            "top10_overlap": fp32.metrics["parity"]["top10_overlap"]}
-    rows, exports = [], {}
-    for r in recipes:
-        try:
-            exports[r] = export(a, cfg.target, store=store, ds=ds, recipe=r)
-        except ExportError as err:
-            rows.append({"recipe": r, "error": str(err)})
-            say(f"{r}: failed: {err}")
-    # fp32 and every recipe timed in interleaved rounds: a burst of other work falls on all alike
-    m = _time_files([(fp32, ds)] + [(e, ds) for e in exports.values()], ["(fp32)", *exports],
-                    cfg.threads, cfg.bench_users, cfg.rounds)
-    base["p50_ms"] = m.summary("(fp32)")["p50_ms"]
-    base["p50_rounds_ms"] = m.p50s["(fp32)"]
-    base["p50_spread"] = m.summary("(fp32)")
-    timing_info = {k: v for k, v in m.to_dict().items() if k != "cells"}
-    say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms "
-        f"(median of {len(base['p50_rounds_ms'])} interleaved rounds)")
-    for r, e in exports.items():
-        if r in m.errors:
-            rows.append({"recipe": r, "error": m.errors[r]})
-            say(f"{r}: failed: {m.errors[r]}")
-            continue
-        p = e.metrics["parity"]
-        row = {"recipe": r, "artifact": e.name, "size_bytes": e.card["size_bytes"], **_latency_gate(m, r),
-               "ndcg@10_rel": p["ndcg@10_rel_change"], "top10_overlap": p["top10_overlap"]}
-        row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
-        row["smaller"] = row["size_bytes"] < base["size_bytes"]
-        row["accurate"] = row["ndcg@10_rel"] >= -cfg.max_ndcg_drop and row["top10_overlap"] >= cfg.min_top10_overlap
-        e.update_card(metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg), "timing": timing_info}})
-        rows.append(row)
-        warn = [w for w, bad in (("larger", not row["smaller"]), ("slower", not row["not_slower"]),
-                                 ("less accurate than allowed", not row["accurate"])) if bad]
-        lo, hi = row["speedup_interval"]
-        say(f"{r}: {row['size_bytes']} bytes ({row['size_ratio']:.2f}x smaller), p50 {row['p50_ms']:.3f} ms "
-            f"({row['speedup']:.2f}x [{lo:.2f}-{hi:.2f}], {row['latency_verdict']}), NDCG@10 "
-            f"{row['ndcg@10_rel'] * 100:+.1f}%, top-10 overlap {row['top10_overlap']:.3f}"
-            + (f"  WARNING: {', '.join(warn)} than fp32" if warn else ""))
-    ok = [r for r in rows if "error" not in r]
-    gains = [r for r in ok if r["smaller"] and r["not_slower"] and r["accurate"]]
-    if gains:
-        winner = min(gains, key=lambda r: (r["size_bytes"], r["p50_ms"]))
-        why = (f"{winner['recipe']} wins: the smallest of the recipes that are smaller than fp32, not slower "
-               f"(the speed-up's {m.rounds}-round interval does not lie below 1.0) and within {cfg.max_ndcg_drop:.0%} NDCG@10 / "
-               f"{cfg.min_top10_overlap} top-10 overlap of the parent")
-    else:
-        winner = None
-        reasons = []
-        for r in ok:
-            bad = [w for w, b in (("not smaller", not r["smaller"]), ("slower", not r["not_slower"]),
-                                  ("too inaccurate", not r["accurate"])) if b]
-            reasons.append(f"{r['recipe']}: {', '.join(bad)}")
-        why = "no recipe pays on this CPU: " + "; ".join(reasons or ["every recipe failed"])
-    say(why)
-    report = {"artifact": a.name, "target": cfg.target, "family": family, "fp32": base, "recipes": rows,
-              "winner": winner["recipe"] if winner else None, "why": why, "config": asdict(cfg),
-              "timing": timing_info,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = Path(store) / f"{a.name}-{cfg.target}-quantize.json"
-    write_json(path, report)
-    md = path.with_suffix(".md")
-    md.write_text(_markdown(report))
-    if cfg.require_gain and winner is None:
-        raise ExportError(why, hint=f"see {md}")
-    return {"rows": rows, "fp32": base, "winner": winner, "why": why, "report": md}
-
-
-def _markdown(rep: dict) -> str:
-    lines = [f"# Quantisation of {rep['artifact']} for {rep['target']}", "",
-             "Measured side by side in one run on the local CPU "
-             f"({rep['config']['threads']} thread(s), batch 1); accuracy on validation users against the "
-             "torch parent.", "",
-             f"Latency: fp32 and every recipe timed in {rep.get('timing', {}).get('rounds', '?')} interleaved rounds; "
-             "p50 is the median over rounds, the speed-up's interval (in brackets) a bootstrap over rounds, and a "
-             "recipe is called slower only when that interval lies below 1.0.", "",
-             "| recipe | size bytes | vs fp32 | p50 ms | speed vs fp32 | NDCG@10 change | top-10 overlap | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
-    b = rep["fp32"]
-    lines.append(f"| fp32 | {b['size_bytes']} | 1.00x | {b['p50_ms']:.3f} | 1.00x | "
-                 f"{b['ndcg@10_rel'] * 100:+.1f}% | {b['top10_overlap']:.3f} | baseline |")
-    for r in rep["recipes"]:
-        if "error" in r:
-            lines.append(f"| {r['recipe']} | | | | | | | failed: {r['error']} |")
-            continue
-        verdict = "wins" if r["recipe"] == rep["winner"] else ", ".join(
-            w for w, bad in (("larger", not r["smaller"]), ("slower", not r["not_slower"]),
-                             ("too inaccurate", not r["accurate"])) if bad) or "pays, not the smallest"
-        lines.append(f"| {r['recipe']} | {r['size_bytes']} | {r['size_ratio']:.2f}x | {r['p50_ms']:.3f} | "
-                     f"{r['speedup']:.2f}x [{r['speedup_interval'][0]:.2f}-{r['speedup_interval'][1]:.2f}] | {r['ndcg@10_rel'] * 100:+.1f}% | {r['top10_overlap']:.3f} | {verdict} |")
-    lines += ["", rep["why"] + "."]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- pruning
 
 PRUNE_METHODS = ("unstructured", "structured", "vocabulary")
 
@@ -274,12 +103,15 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
           name: str | None = None, progress=None) -> Artifact:
     import torch.nn.utils.prune as tprune
 
-    from .distill import DistillConfig, find_teacher, teacher_item_map
+    from .artifact import find_teacher
+    from .distill import DistillConfig, teacher_item_map
+    from .evaluation import evaluate_model
     from .kd_losses import DistillLoss
     from .metrics import topk_overlap
     from .pruning import items_to_keep, non_embedding_params, structured_prune, vocabulary_prune
-    from .train import (dataset_for, evaluate_model, fit, load_torch_model, save_torch_artifact,
-                        seed_everything)
+    from .runner import _latency_gate, _time_files
+    from .torch_io import dataset_for, load_torch_model, save_torch_artifact
+    from .train import fit, seed_everything
 
     if a.format != "torch":
         raise ConfigError(f"prune takes a torch artifact, not {a.format}; prune before exporting")

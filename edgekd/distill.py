@@ -19,11 +19,12 @@ from torch import nn
 
 from .artifact import DEFAULT_STORE, Artifact
 from .data import Dataset
-from .errors import ArtifactError, ConfigError
+from .errors import ConfigError
 from .kd_losses import DistillLoss, MutualLoss, parse_losses
 from .models import create_model
-from .train import (TrainConfig, checkpoint_path, evaluate_model, task_loss, fit, load_torch_model,
-                    save_torch_artifact, seed_everything)
+from .evaluation import evaluate_model
+from .torch_io import load_torch_model, save_torch_artifact
+from .train import TrainConfig, checkpoint_path, fit, seed_everything, task_loss
 
 KD_MODES = ("on", "off")
 
@@ -180,17 +181,3 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         arch_kwargs=kw, ds=ds, config={"distill": cfg.to_dict()}, metrics=metrics,
         parent=[a.lineage() for a in arts], seed=cfg.seed,
         extra={**extra, "training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
-
-
-def find_teacher(a: Artifact) -> Artifact:
-    """Walk an artifact's lineage back to its teacher."""
-    from .artifact import load_parent
-
-    seen = 0
-    while a.card.get("stage") != "teacher":
-        parents = a.card.get("parent") or []
-        if not parents or seen > 32:
-            raise ArtifactError(f"{a.path}: no teacher in its lineage", hint="pass --teacher")
-        a = load_parent(a, parents[0])
-        seen += 1
-    return a

@@ -1,6 +1,6 @@
 """Errors the library raises. The CLI prints one line for each and exits with its code.
 
-Exit codes (DESIGN.md): 0 ok, 1 failed, 2 usage, 3 target unreachable.
+Exit codes (docs/design.md): 0 ok, 1 failed, 2 usage, 3 target unreachable, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -61,3 +61,12 @@ def require_finite(cfg) -> None:
         for x in (v if isinstance(v, (tuple, list)) else (v,)):
             if isinstance(x, float) and not math.isfinite(x):
                 raise ConfigError(f"{f.name} must be a finite number, got {x}")
+
+
+def last_line(text: bytes | str | None) -> str:
+    """The last non-blank line of a tool's output (bytes are decoded), for a one-line error."""
+    if not text:
+        return ""
+    s = text.decode(errors="replace") if isinstance(text, bytes) else text
+    lines = [line.strip() for line in s.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

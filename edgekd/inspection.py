@@ -111,8 +111,6 @@ def inspect_ort(path: Path) -> dict:
     info = {"format": "ort", "inputs": sig(s.get_inputs()), "outputs": sig(s.get_outputs())}
     config = path.with_name("required_operators.config")
     if config.is_file():
-        from .export import required_operators
-
         ops = required_operators(config)
         info["operators"] = {f"{d}:{o}" if d not in ("ai.onnx", "") else o: 1 for d, o in sorted(ops)}
         info["required_operators_config"] = str(config)
@@ -198,3 +196,16 @@ def inspect_safetensors(path: Path) -> dict:
 
 def to_json(info: dict) -> str:
     return json.dumps(info, indent=2, default=str)
+
+
+def required_operators(config: Path) -> set[tuple[str, str]]:
+    """(domain, op) pairs named by an ORT required-operators config
+    (lines: `domain;opset;Op1,Op2,...`)."""
+    ops = set()
+    for line in Path(config).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        domain, _, names = line.split(";", 2)
+        ops |= {(domain, n.strip()) for n in names.split(",") if n.strip()}
+    return ops

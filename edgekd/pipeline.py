@@ -1,4 +1,4 @@
-"""`edgekd pipeline`: the flow of DESIGN.md as one ordered list of stages.
+"""`edgekd pipeline`: the flow of docs/design.md as one ordered list of stages.
 
     train (teacher) -> distill (KD student, no-KD student) -> export (4 formats) -> bench -> report
 
@@ -8,12 +8,13 @@ where it stopped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .artifact import Artifact, load_artifact
 from .data import DataSpec, Dataset, load_data
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 
 EXPORTS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 SYNTHETIC_MAXLEN = 50
@@ -30,16 +31,82 @@ class PipelineConfig:
     patience: int | None = None  # default: each stage's own (teacher 30, students 10)
     seed: int = 0
     resume: bool = False
+    allow_local_commands: bool = False  # the command line's opt-in for this run; never in a recipe
     target: str = "local-cpu"
     exports: tuple[str, ...] = EXPORTS
 
 
-def _reusable(store: Path, name: str, check) -> Artifact | None:
+RECIPE_FILE = "pipeline.toml"
+NOT_RECIPE = ("resume", "allow_local_commands")  # how to run, not what: left out of the recipe
+
+
+def recipe_dict(cfg: PipelineConfig) -> dict:
+    """Every setting of a run as a TOML-ready dict (no None: TOML has no null; paths absolute
+    so that the recipe repeats the run from any directory)."""
+    d = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in NOT_RECIPE or v is None:
+            continue
+        if f.name == "data":
+            v = {k: (list(x) if isinstance(x, tuple) else x) for k, x in asdict(v).items() if x is not None}
+            if v.get("path"):
+                v["path"] = str(Path(v["path"]).resolve())
+        elif isinstance(v, Path):
+            v = str(v.resolve())
+        elif isinstance(v, tuple):
+            v = list(v)
+        d[f.name] = v
+    return d
+
+
+def write_recipe(cfg: PipelineConfig, path: Path) -> Path:
+    import tomli_w
+
+    path.write_text("# edgekd pipeline recipe: `edgekd pipeline --config THIS_FILE` repeats the run\n"
+                    + tomli_w.dumps(recipe_dict(cfg)))
+    return path
+
+
+def read_recipe(path: Path) -> dict:
+    """A recipe file as PipelineConfig keyword arguments; unknown keys are refused."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline recipe") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    known = {f.name for f in fields(PipelineConfig)} - set(NOT_RECIPE)
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"{path}: {k!r} is not a pipeline setting; settings: {', '.join(sorted(known))}")
+    out = dict(raw)
+    if "data" in out:
+        dk = {f.name for f in fields(DataSpec)}
+        bad = set(out["data"]) - dk if isinstance(out["data"], dict) else {"(not a table)"}
+        if bad:
+            raise ConfigError(f"{path}: data.{sorted(bad)[0]} is not a data setting; settings: {', '.join(sorted(dk))}")
+        out["data"] = DataSpec(**out["data"])
+    for k in ("store", "results"):
+        if k in out:
+            out[k] = Path(out[k])
+    if "exports" in out:
+        out["exports"] = tuple(out["exports"])
+    return out
+
+
+def _reusable(store: Path, name: str, *, fingerprint: str, parent: Artifact | None = None,
+              config: dict | None = None) -> Artifact | None:
+    """The artifact `name` in `store` if it was made from the same inputs with the same
+    settings: the same data, the same parent (by sha256) and the same `config` sections."""
     try:
         a = load_artifact(store / name)
     except ArtifactError:
         return None
-    return a if check(a) else None
+    same = ((a.card.get("dataset") or {}).get("fingerprint") == fingerprint
+            and (parent is None or (a.card.get("parent") or [{}])[0].get("sha256") == parent.sha256)
+            and all((a.card.get("config") or {}).get(k) == v for k, v in (config or {}).items()))
+    return a if same else None
 
 
 def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=None) -> dict:
@@ -52,10 +119,20 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     from .targets import load_target
     from .train import TrainConfig, train_teacher
 
+    from .extras import TFLITE_HINT, tflite_available
+
     say = console.print if console else print
-    for f in cfg.exports:
-        get_format(f)
+    exports = [f for f in cfg.exports if get_format(f)]
+    if not tflite_available():
+        skipped = [f for f in exports if get_format(f).suffix == ".tflite"]
+        if skipped:
+            say(f"skipping {', '.join(skipped)}: TFLite conversion is not installed; {TFLITE_HINT}")
+            exports = [f for f in exports if f not in skipped]
     target = load_target(cfg.target)
+    if cfg.allow_local_commands:
+        target = replace(target, allow_local_commands=True)
+    target.check_local_commands()  # before any training, not after it
+    say(f"target {target.name}: {target.source}")
     ds: Dataset = load_data(cfg.data)
     say(f"data: {ds.name}: {ds.num_users} users, {ds.num_items} items, {ds.num_events} events"
         + (f" ({ds.dropped_users} users dropped: fewer than {cfg.data.min_events} events)" if ds.dropped_users else ""))
@@ -64,15 +141,11 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     bar = epochs_bar or (lambda label, total: nullcontext(None))
     epochs = cfg.epochs or (SYNTHETIC_EPOCHS if cfg.data.format == "synthetic" else 200)
 
-    def same_data(a: Artifact) -> bool:
-        return a.card.get("dataset", {}).get("fingerprint") == fp
-
     # 1. teacher
     tcfg = TrainConfig(model="sasrec", maxlen=maxlen, epochs=epochs, seed=cfg.seed,
                        **({"patience": cfg.patience} if cfg.patience else {}))
     name = f"{ds.name}-teacher"
-    teacher = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
-                                       and a.card["config"].get("train") == tcfg.to_dict())
+    teacher = cfg.resume and _reusable(cfg.store, name, fingerprint=fp, config={"train": tcfg.to_dict()})
     if teacher:
         say(f"reusing {teacher.path}")
     else:
@@ -87,9 +160,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         dcfg = DistillConfig(model="sasrec-student", kd=kd, maxlen=teacher.card["arch_kwargs"]["maxlen"],
                              epochs=epochs, seed=cfg.seed, **({"patience": cfg.patience} if cfg.patience else {}))
         name = f"{ds.name}-student-{'kd' if kd == 'on' else 'nokd'}"
-        s = cfg.resume and _reusable(cfg.store, name, lambda a: same_data(a)
-                                     and a.card["parent"][0]["sha256"] == teacher.sha256
-                                     and a.card["config"].get("distill") == dcfg.to_dict())
+        s = cfg.resume and _reusable(cfg.store, name, fingerprint=fp, parent=teacher,
+                                     config={"distill": dcfg.to_dict()})
         if s:
             say(f"reusing {s.path}")
         else:
@@ -101,9 +173,9 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
 
     # 3. exports of the distilled student
     exported = []
-    for fmt in cfg.exports:
+    for fmt in exports:
         name = f"{students['on'].name}-{fmt}"
-        e = cfg.resume and _reusable(cfg.store, name, lambda a: a.card["parent"][0]["sha256"] == students["on"].sha256)
+        e = cfg.resume and _reusable(cfg.store, name, fingerprint=fp, parent=students["on"])
         if e:
             say(f"reusing {e.path}")
         else:
@@ -118,6 +190,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     say(f"4/5 bench on {target.name} ({target.threads} thread(s)) ...")
     run_dir, records = bench([students["on"], students["off"], *exported], target, out=cfg.results,
                              teacher=teacher, on_result=on_result)
+    # the settings as they ran: the formats actually exported, the epochs and window resolved
+    write_recipe(replace(cfg, exports=tuple(exports), epochs=epochs, maxlen=maxlen), run_dir / RECIPE_FILE)
 
     # 5. report
     rep = build_report(run_dir)
@@ -125,6 +199,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         console.print(rep["text"], markup=False, highlight=False)
     else:
         print(rep["text"])
-    say(f"artifacts: {cfg.store}/  bench records: {run_dir}/  report: {rep['markdown']}")
+    say(f"artifacts: {cfg.store}/  bench records: {run_dir}/  report: {rep['markdown']}  "
+        f"recipe: {run_dir / RECIPE_FILE}")
     return {"teacher": teacher, "students": students, "exports": exported, "run_dir": run_dir,
             "records": records, "report": rep}

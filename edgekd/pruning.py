@@ -115,7 +115,7 @@ def items_to_keep(ds: Dataset, coverage: float | None = None, keep_items: int | 
     `teacher` is given), or the `keep_items` top ones."""
     n = ds.num_items
     if teacher is not None:
-        from .train import eval_inputs
+        from .evaluation import eval_inputs
 
         x, _, _ = eval_inputs(ds, "valid", teacher.maxlen)
         with torch.no_grad():

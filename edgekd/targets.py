@@ -1,14 +1,21 @@
-"""Benchmark targets: devices described by TOML files in targets/ (`edgekd targets list`),
+"""Benchmark targets: devices described by TOML files (`edgekd targets list`),
 and the transports that reach them: local (this machine, CPU or CUDA), ssh (a Raspberry Pi or
 any Linux box, through the OpenSSH client) and adb (an Android phone, through the adb client).
 
 A transport does four things: run a command on the device, copy a file there and back, and
 give a private working directory that is removed afterwards. Nothing unquoted reaches a remote
 shell: commands are argument lists, joined with shlex.join where a shell is unavoidable.
+
+Where a target comes from, first match wins: an explicit path to a .toml file; the user's
+config directory ($XDG_CONFIG_HOME/edgekd/targets, default ~/.config/edgekd/targets; a file
+there named like a built-in overrides it); the built-ins, the repository's top-level targets/
+folder shipped inside the package as edgekd._targets. The working directory is never searched:
+a checked-out folder with its own targets/ must not shadow a built-in.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
 import re
 import shlex
@@ -20,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BenchError, ConfigError, TargetError
+from .errors import BenchError, ConfigError, TargetError, last_line
 
 KINDS = ("local", "ssh", "adb")
 DEVICES = ("cpu", "cuda")
-SEARCH_PATH = [Path("targets"), Path(__file__).resolve().parent.parent / "targets"]
 RUNTIME_CHOICES = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtime", "tflite"),
                    "torch": ("torch",)}
 BUILTIN = {"local-cpu": {"kind": "local", "description": "the host CPU, one thread", "threads": 1}}
@@ -251,36 +257,100 @@ def _ssh_config_commands(path: Path) -> list[str]:
     return found
 
 
-def list_targets() -> dict[str, str]:
-    found = {}
-    for d in SEARCH_PATH:
-        if d.is_dir():
-            for p in sorted(d.glob("*.toml")):
-                found.setdefault(p.stem, str(p))
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class TargetSource:
+    """Where a target name resolves to: `origin` is "user" or "built-in"; `path` the file
+    (empty for the in-code local-cpu fallback); `overrides` a user file shadowing a built-in."""
+
+    name: str
+    origin: str
+    path: str
+    overrides: bool = False
+
+    def describe(self) -> str:
+        return f"{self.origin}{' (overrides the built-in)' if self.overrides else ''}: {self.path or 'in code'}"
+
+
+def user_dir() -> Path:
+    """The user's target directory: $XDG_CONFIG_HOME/edgekd/targets (XDG: a relative value is
+    ignored), else ~/.config/edgekd/targets."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".config"
+    return base / "edgekd" / "targets"
+
+
+def builtin_files() -> dict:
+    """The built-in target files by name, read as package resources (edgekd._targets)."""
+    try:
+        root = importlib.resources.files("edgekd._targets")
+    except ModuleNotFoundError:  # run from a source checkout without installing: the same folder
+        root = Path(__file__).resolve().parent.parent / "targets"
+        if not root.is_dir():
+            return {}
+    return {p.name[:-5]: p for p in sorted(root.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".toml") and p.is_file()}
+
+
+def list_targets() -> dict[str, TargetSource]:
+    """Every target name with the file it resolves to (user files first, then built-ins)."""
+    builtins = builtin_files()
+    found: dict[str, TargetSource] = {}
+    d = user_dir()
+    if d.is_dir():
+        for p in sorted(d.glob("*.toml")):
+            found[p.stem] = TargetSource(p.stem, "user", str(p), overrides=p.stem in builtins or p.stem in BUILTIN)
+    for name, p in builtins.items():
+        found.setdefault(name, TargetSource(name, "built-in", str(p)))
     for name in BUILTIN:
-        found.setdefault(name, "built-in")
+        found.setdefault(name, TargetSource(name, "built-in", ""))
     return found
 
 
 def load_target(name: str) -> Target:
-    """A target by name (targets/<name>.toml) or by path to a TOML file."""
+    """A target by path to a TOML file, or by name: the user's directory, then the built-ins."""
     p = Path(name)
     if p.suffix == ".toml":
         if not p.is_file():
             raise ConfigError(f"{p}: no such target file")
-        path = p
-    else:
-        path = next((d / f"{name}.toml" for d in SEARCH_PATH if (d / f"{name}.toml").is_file()), None)
-    if path is None:
-        if name in BUILTIN:
-            return target_from_dict(name, BUILTIN[name], "built-in")
-        raise ConfigError(f"unknown bench target {name!r}; targets: {', '.join(list_targets())} "
-                          "(formats such as onnx-int8 are for `edgekd export --target`)")
+        return _parse(p.read_text(), p.stem, str(p))
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"bench target {name!r}: a name is letters, digits, '.', '_' and '-' "
+                          "(or give a path to a .toml file)")
+    user = user_dir() / f"{name}.toml"
+    if user.is_file():
+        return _parse(user.read_text(), name, str(user))
+    res = builtin_files().get(name)
+    if res is not None:
+        return _parse(res.read_text(), name, str(res))
+    if name in BUILTIN:
+        return target_from_dict(name, BUILTIN[name], "built-in")
+    raise ConfigError(f"unknown bench target {name!r}; targets: {', '.join(list_targets())} "
+                      "(formats such as onnx-int8 are for `edgekd export --target`)")
+
+
+def _parse(text: str, name: str, source: str) -> Target:
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise TargetFileError(f"{path}: not valid TOML ({e})") from None
-    return target_from_dict(path.stem, raw, str(path))
+        raise TargetFileError(f"{source}: not valid TOML ({e})") from None
+    return target_from_dict(name, raw, source)
+
+
+def init_target(name: str, force: bool = False) -> Path:
+    """Copy a built-in target file into the user's directory to edit; an existing file is kept
+    unless `force`."""
+    builtins = builtin_files()
+    if name not in builtins:
+        raise ConfigError(f"no built-in target {name!r}; built-ins: {', '.join(builtins)}")
+    dest = user_dir() / f"{name}.toml"
+    if dest.exists() and not force:
+        raise ConfigError(f"{dest} exists; edit it, or pass --force to replace it with the built-in")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(builtins[name].read_text())
+    return dest
 
 
 # ---------------------------------------------------------------- transports
@@ -309,7 +379,7 @@ class Transport:
         self._check_link(p)
         if check and p.returncode != 0:
             raise BenchError(f"{self.t.name}: `{shlex.join(argv)[:80]}` failed (exit {p.returncode}): "
-                             f"{_last_line(p.stderr) or _last_line(p.stdout)}")
+                             f"{last_line(p.stderr) or last_line(p.stdout)}")
         return p
 
     def _cmd(self, argv: list[str]) -> list[str]:
@@ -331,14 +401,6 @@ class Transport:
 
     def describe(self) -> str:
         return self.t.kind
-
-
-def _last_line(b: bytes | str | None) -> str:
-    if not b:
-        return ""
-    s = b.decode(errors="replace") if isinstance(b, bytes) else b
-    lines = [l.strip() for l in s.strip().splitlines() if l.strip()]
-    return lines[-1] if lines else ""
 
 
 class LocalTransport(Transport):
@@ -387,7 +449,7 @@ class SSHTransport(Transport):
 
     def _check_link(self, p):
         if p.returncode == 255:  # ssh's own failure: connection, authentication or host key
-            msg = _last_line(p.stderr) or "connection failed"
+            msg = last_line(p.stderr) or "connection failed"
             hint = None
             if "Host key verification failed" in msg or "host key" in msg.lower():
                 hint = "add the host's key to known_hosts (ssh-keyscan, then check its fingerprint)"
@@ -397,12 +459,12 @@ class SSHTransport(Transport):
         # Through the same ssh connection settings, no scp: `cat > FILE` with a quoted path.
         p = self.run(["sh", "-c", 'cat > "$1"', "sh", remote], stdin=Path(local).read_bytes())
         if p.returncode != 0:
-            raise BenchError(f"{self.t.name}: could not write {remote}: {_last_line(p.stderr)}")
+            raise BenchError(f"{self.t.name}: could not write {remote}: {last_line(p.stderr)}")
 
     def get(self, remote):
         p = self.run(["cat", remote])
         if p.returncode != 0:
-            raise BenchError(f"{self.t.name}: could not read {remote}: {_last_line(p.stderr)}")
+            raise BenchError(f"{self.t.name}: could not read {remote}: {last_line(p.stderr)}")
         return p.stdout
 
     @contextlib.contextmanager
@@ -441,19 +503,19 @@ class ADBTransport(Transport):
         if p.returncode != 0 or p.stdout.strip() != "device":
             who = self.t.serial or "any device"
             raise TargetError(f"{self.t.name}: no Android device ({who}) reachable over adb: "
-                              f"{_last_line(p.stderr) or p.stdout.strip() or 'not connected'}",
+                              f"{last_line(p.stderr) or p.stdout.strip() or 'not connected'}",
                               hint="connect it, enable USB debugging, and check `adb devices`")
 
     def put(self, local, remote):
         p = subprocess.run(self.base() + ["push", str(local), remote], capture_output=True, timeout=self.t.timeout_s)
         if p.returncode != 0:
-            raise BenchError(f"{self.t.name}: adb push {Path(local).name} failed: {_last_line(p.stderr)}")
+            raise BenchError(f"{self.t.name}: adb push {Path(local).name} failed: {last_line(p.stderr)}")
 
     def get(self, remote):
         with tempfile.TemporaryDirectory() as d:
             p = subprocess.run(self.base() + ["pull", remote, d + "/f"], capture_output=True, timeout=self.t.timeout_s)
             if p.returncode != 0:
-                raise BenchError(f"{self.t.name}: adb pull {remote} failed: {_last_line(p.stderr)}")
+                raise BenchError(f"{self.t.name}: adb pull {remote} failed: {last_line(p.stderr)}")
             return Path(d, "f").read_bytes()
 
     @contextlib.contextmanager

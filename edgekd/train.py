@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifact import DEFAULT_STORE, Artifact, check_name, destination, path_lock, save_artifact
-from .data import Dataset, DataSpec, load_data, pad_left, training_pairs
+from .artifact import DEFAULT_STORE, Artifact, atomic_write, check_name, destination, path_lock
+from .data import Dataset, training_pairs
 from .errors import ArtifactError, ConfigError, EdgeKDWarning, TrainingError, require_finite
-from .metrics import evaluate_scores
-from .models import count_parameters, create_model, model_kwargs
+from .evaluation import evaluate_model
+from .models import create_model, model_kwargs
+from .torch_io import save_torch_artifact
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict]
 
@@ -50,7 +51,7 @@ class TrainConfig:
     # at 0.096 test NDCG@10 where the others went on to 0.11.
     patience: int = 30
     min_epochs: int = 1
-    label_smoothing: float = 0.2  # on the task loss; chosen on ML-100k validation NDCG@10 (README)
+    label_smoothing: float = 0.2  # on the task loss; chosen on ML-100k validation NDCG@10 (docs/distillation.md)
     # Length-bucketed batches: windows of similar length batched together and each batch cut to
     # its longest window, so left padding is not computed (exact: padding changes nothing).
     bucket: bool = False
@@ -118,29 +119,6 @@ def position_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     """Scores [positions, num_items] for the positions that have a target."""
     h = model.hidden(x)
     return model.score(h[y > 0])
-
-
-@torch.no_grad()
-def model_scores(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
-    model.eval()
-    return model(torch.from_numpy(np.asarray(inputs, dtype=np.int64))).numpy()
-
-
-def eval_inputs(ds: Dataset, split: str, maxlen: int, users: int | None = None, seed: int = 0):
-    """(inputs [U, maxlen], targets, histories) for a split, optionally a fixed user sample."""
-    hist, targets = ds.eval_split(split)
-    idx = np.arange(len(hist))
-    if users is not None and users < len(idx):
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=users, replace=False))
-    hist = [hist[i] for i in idx]
-    return pad_left(hist, maxlen), targets[idx], hist
-
-
-def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool = True,
-                   reference_topk: np.ndarray | None = None, users: int | None = None):
-    x, t, h = eval_inputs(ds, split, model.maxlen, users)
-    return evaluate_scores(lambda b: model_scores(model, b), x, t, h, sampled=sampled, never=ds.oov_index,
-                           reference_topk=reference_topk)
 
 
 def fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
@@ -371,9 +349,7 @@ def _tensorboard_writer(log_dir: Path | None, first_epoch: int):
 def save_checkpoint(path: Path, key: dict, state: dict) -> None:
     """Atomically write a training checkpoint (tensors, numbers and strings only)."""
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "config": json.dumps(key, sort_keys=True)}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({**state, "config": json.dumps(key, sort_keys=True)}, tmp))
 
 
 def load_checkpoint(path: Path, key: dict) -> dict:
@@ -395,92 +371,6 @@ def checkpoint_path(store: Path, name: str) -> Path:
     so a run that could not be saved fails before it trains."""
     destination(store, name)
     return Path(store) / f".{name}.checkpoint.pt"
-
-
-# ---------------------------------------------------------------- torch artifacts
-
-def save_torch_artifact(model: nn.Module, *, store: Path, name: str, stage: str, arch: str,
-                        arch_kwargs: dict, ds: Dataset, config: dict, metrics: dict,
-                        parent: list[dict] | None = None, seed: int = 0,
-                        extra: dict | None = None) -> Artifact:
-    from safetensors.torch import save_file
-
-    # Tied weights share storage; safetensors refuses shared tensors, so store clones
-    # (the item table is one tensor in this model, so nothing is stored twice).
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    for k, v in state.items():
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise TrainingError(f"{name}: not saved: weight {k} has non-finite values (the run diverged)",
-                                hint="lower --lr and train again")
-
-    card = {
-        "stage": stage, "format": "torch", "arch": arch, "arch_kwargs": arch_kwargs,
-        "params": count_parameters(model),
-        "input_spec": input_spec(arch_kwargs["maxlen"], dtype="int64"),
-        "output_spec": output_spec(ds.num_items),
-        "config": config, "parent": parent or [], "metrics": metrics,
-        "dataset": dataset_card(ds), "seed": seed, **(extra or {}),
-    }
-    return save_artifact(store, name, "model.safetensors", lambda p: save_file(state, str(p)),
-                         card, ds.vocab())
-
-
-def input_spec(maxlen: int, dtype: str = "int32", batch: int | str = "batch", name: str = "item_ids") -> list[dict]:
-    return [{"name": name, "shape": [batch, maxlen], "dtype": dtype,
-             "meaning": "item indices (vocab.json items[k] is index k+1), left-padded with 0"}]
-
-
-def output_spec(num_items: int, batch: int | str = "batch", name: str = "scores") -> list[dict]:
-    return [{"name": name, "shape": [batch, num_items], "dtype": "float32",
-             "meaning": "score of every item for the next position; column k is vocab.json items[k]"}]
-
-
-def dataset_card(ds: Dataset) -> dict:
-    return {"name": ds.name, "fingerprint": ds.fingerprint(), "spec": ds.spec.to_dict() if ds.spec else None,
-            "users": ds.num_users, "items": ds.num_items, "events": ds.num_events}
-
-
-def load_torch_model(a: Artifact) -> nn.Module:
-    """Rebuild a torch model from its artifact (safetensors only, never pickle)."""
-    from safetensors.torch import load_file
-
-    if a.format != "torch":
-        raise ArtifactError(f"{a.path}: a {a.format} artifact, not a torch model",
-                            hint="pass the torch artifact it was exported from")
-    from safetensors import SafetensorError
-
-    if not isinstance(a.card.get("arch_kwargs"), dict) or not isinstance(a.card.get("arch"), str):
-        raise ArtifactError(f"{a.path}: artifact.json lacks a valid 'arch' and 'arch_kwargs'")
-    try:
-        model = create_model(a.card["arch"], **a.card["arch_kwargs"])
-    except TypeError as e:
-        raise ArtifactError(f"{a.path}: arch_kwargs do not fit {a.card['arch']}: {e}") from None
-    try:
-        state = load_file(str(a.file))
-        model.load_state_dict(state, strict=True)
-    except SafetensorError as e:
-        raise ArtifactError(f"{a.file}: not a readable safetensors file ({e})") from None
-    except (RuntimeError, ValueError, OSError) as e:
-        raise ArtifactError(f"{a.file}: weights do not fit {a.card['arch']} "
-                            f"{a.card['arch_kwargs']}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ArtifactError(f"{a.file}: weight {bad[0]} has non-finite values; the model is unusable",
-                            hint="train it again (a lower --lr)")
-    return model.eval()
-
-
-def dataset_for(a: Artifact, spec: DataSpec | None = None) -> Dataset:
-    """The dataset an artifact was trained on (or `spec`), checked against its fingerprint."""
-    if spec is None:
-        raw = (a.card.get("dataset") or {}).get("spec")
-        if not raw:
-            raise ArtifactError(f"{a.path}: artifact.json does not say which data it was trained on",
-                                hint="pass --data and --format")
-        spec = DataSpec(**raw)
-    ds = load_data(spec)
-    a.check_dataset(ds.fingerprint())
-    return ds
 
 
 def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path = DEFAULT_STORE,

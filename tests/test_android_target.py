@@ -83,7 +83,7 @@ def test_a_missing_benchmark_binary_fails_the_cell_with_one_clear_line(android, 
     android.write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
     p = subprocess.run([sys.executable, "-m", "edgekd", "bench", str(e.path), "--teacher", str(tiny_student.path),
-                        "--target", str(android), "--out", str(tmp_path / "r"), "--allow-local-commands"],
+                        "--target", str(android), "--results", str(tmp_path / "r"), "--allow-local-commands"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 1
     errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]

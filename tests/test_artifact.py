@@ -1,10 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from edgekd.artifact import load_artifact, load_parent
 from edgekd.errors import ArtifactError
-from edgekd.train import dataset_for, load_torch_model
+from edgekd.torch_io import dataset_for, load_torch_model
 
 
 def test_teacher_artifact_card(tiny_teacher, tiny_ds):
@@ -70,9 +71,17 @@ def test_dataset_mismatch_is_detected(tiny_teacher):
 
 
 def test_student_lineage_leads_to_its_teacher(tiny_student, tiny_teacher):
-    from edgekd.distill import find_teacher
+    from edgekd.artifact import find_teacher
 
     assert tiny_student.card["parent"][0]["sha256"] == tiny_teacher.sha256
     assert find_teacher(tiny_student).sha256 == tiny_teacher.sha256
     assert load_parent(tiny_student, tiny_student.card["parent"][0]).name == tiny_teacher.name
     assert "test_top10_overlap" in tiny_student.metrics
+
+
+def test_the_runner_reads_the_input_length_from_input_spec():
+    from edgekd.artifact import Artifact
+    from edgekd.runner import input_maxlen
+
+    card = {"arch_kwargs": {"maxlen": 50}, "input_spec": [{"name": "item_ids", "shape": ["batch", 20]}]}
+    assert input_maxlen(Artifact(Path("x"), card)) == 20

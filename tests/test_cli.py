@@ -1,5 +1,6 @@
 """CLI exit codes: one line, no traceback. 0 ok, 1 failed, 2 usage."""
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -116,3 +117,155 @@ def test_prune_vocabulary_prints_size_latency_and_the_unknown_item_policy(tiny_s
     rc, _, err = run("prune", str(tiny_student.path), "--method", "vocabulary", "--unknown", "drop",
                      "--out", str(tmp_path))
     assert rc == 2 and "unknown must be one of skip, oov" in one_clean_line(err)
+
+
+# ---------------------------------------------------------------- CLI polish (issue 14)
+
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+MAIN = ("train", "distill", "export", "quantize", "prune", "bench", "report", "pipeline", "inspect")
+
+
+def call(monkeypatch, capsys, *args):
+    """The CLI in this process (edgekd.cli.main), for tests that patch something first."""
+    from edgekd import cli
+
+    monkeypatch.setattr(sys, "argv", ["edgekd", *args])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    o = capsys.readouterr()
+    return e.value.code, o.out, o.err
+
+
+@pytest.fixture(scope="module")
+def help_text():
+    from edgekd.docgen import render
+
+    sections = render().split("\n## `")[1:]
+    return {s.split("`", 1)[0]: s for s in sections}
+
+
+def test_version():
+    import edgekd
+
+    rc, out, _ = run("--version")
+    assert rc == 0 and out.strip() == f"edgekd {edgekd.__version__}"
+
+
+def test_shell_completion_is_offered(help_text):
+    assert "--install-completion" in help_text["edgekd"] and "--show-completion" in help_text["edgekd"]
+
+
+@pytest.mark.parametrize("what", ["models", "formats", "losses", "recipes", "targets"])
+def test_list_json(what):
+    rc, out, _ = run("list", what, "--json")
+    rows = json.loads(out)
+    assert rc == 0 and rows and all(isinstance(r["name"], str) for r in rows)
+
+
+def test_every_main_command_has_an_example_and_flags_show_no_type(help_text):
+    for cmd in MAIN:
+        assert f"Example: edgekd {cmd} " in help_text[f"edgekd {cmd}"], cmd
+    assert not [k for k, v in help_text.items() if "<bool>" in v]
+    assert "--require-gain   " in help_text["edgekd quantize"]
+
+
+def test_out_is_the_store_results_and_dest_name_the_rest(help_text):
+    for cmd in ("train", "distill", "export", "quantize", "prune", "bench", "pipeline", "inspect"):
+        line = next(l for l in help_text[f"edgekd {cmd}"].splitlines() if re.match(r"│ [ *]*--out ", l))
+        assert "artifact store" in line, cmd
+    for cmd in ("bench", "report", "pipeline"):
+        assert "│ --results " in help_text[f"edgekd {cmd}"], cmd
+    assert "│ --dest " in help_text["edgekd report"] and "│ --out " not in help_text["edgekd report"]
+    assert "│ --store" not in help_text["edgekd bench"]
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_student, tiny_ds, store):
+    from edgekd.export import export
+
+    return export(tiny_student, "onnx-fp32", store=store, ds=tiny_ds, name="tiny-student-cli-onnx")
+
+
+def test_inspect_finds_a_store_name(onnx_export, store, tmp_path):
+    rc, out, err = run("inspect", onnx_export.name, "--out", str(store), cwd=tmp_path)
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["artifact"]["name"] == onnx_export.name and info["file"].endswith("model.onnx")
+    rc, _, err = run("inspect", "no-such-artifact", "--out", str(store), cwd=tmp_path)
+    assert rc == 1 and "not an artifact" in one_clean_line(err)
+
+
+def test_bench_store_names_results_json_and_report_dest(onnx_export, store, tmp_path, fast_target):
+    rc, out, err = run("bench", onnx_export.name, "--out", str(store), "--results", str(tmp_path / "r"),
+                       "--target", str(fast_target), "--json", cwd=tmp_path)
+    assert rc == 0, err
+    got = json.loads(out)
+    assert err.splitlines()[0] == f"target fast-cpu: {fast_target}"
+    assert Path(got["run_dir"]).parent == tmp_path / "r"
+    assert [r["artifact"]["name"] for r in got["records"]] == ["tiny-teacher", onnx_export.name]
+    assert all(r["status"] == "ok" for r in got["records"])
+    rc, out, err = run("report", got["run_dir"], "--dest", str(tmp_path / "rep"), "--no-html", "--json")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "report.json").is_file()
+    assert rep == json.loads((tmp_path / "rep" / "report.json").read_text())
+
+
+def test_bench_a_plain_model_file(onnx_export, tmp_path, fast_target):
+    mine = tmp_path / "mine.onnx"
+    shutil.copy(onnx_export.file, mine)
+    rc, out, err = run("bench", str(mine), "--target", str(fast_target), "--results", str(tmp_path / "r"), "--json")
+    assert rc == 0, err
+    rec = json.loads(out)["records"][0]
+    assert rec["status"] == "ok" and rec["artifact"]["name"] == "mine.onnx"
+    assert rec["latency_ms"]["p50_ms"] > 0 and rec["peak_rss_bytes"] > 0 and rec["accuracy"] is None
+    rc, _, err = run("report", json.loads(out)["run_dir"])  # no accuracy, no report: said in one line
+    assert rc == 2 and "without accuracy" in one_clean_line(err)
+    (tmp_path / "x.txt").write_text("hi")
+    rc, _, err = run("bench", str(tmp_path / "x.txt"), str(mine), "--target", str(fast_target))
+    assert rc != 0 and len([l for l in err.splitlines() if l.startswith("error:")]) == 1
+
+
+def test_a_plain_file_with_its_vocab_and_data_gets_the_artifacts_accuracy(onnx_export, tiny_ds, tiny_student,
+                                                                          tmp_path, fast_target):
+    from edgekd.bench import bench, bench_file, plain_file
+    from edgekd.targets import load_target
+
+    t = load_target(str(fast_target))
+    mine = tmp_path / "mine.onnx"
+    shutil.copy(onnx_export.file, mine)
+    _, rec = bench_file(plain_file(mine), t, out=tmp_path / "r", ds=tiny_ds, vocab=tiny_student.vocab())
+    _, recs = bench([onnx_export], t, out=tmp_path / "r2")
+    assert rec["accuracy"]["ndcg@10"] == pytest.approx(recs[-1]["accuracy"]["ndcg@10"])
+    other = {**tiny_student.vocab(), "items": list(reversed(tiny_student.vocab()["items"]))}
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vocabulary"):
+        bench_file(plain_file(mine), t, out=tmp_path / "r3", ds=tiny_ds, vocab=other)
+
+
+def test_pipeline_recipe_holds_every_setting_and_options_override_it(monkeypatch, capsys, tmp_path):
+    from edgekd import pipeline as pl
+    from edgekd.data import DataSpec
+
+    cfg = pl.PipelineConfig(data=DataSpec(synthetic={"users": 40, "items": 30}), store=tmp_path / "m",
+                            results=tmp_path / "r", maxlen=20, epochs=2, patience=2, seed=4, target="local-cpu",
+                            exports=("onnx-fp32", "onnx-int8"))
+    recipe = pl.write_recipe(cfg, tmp_path / "pipeline.toml")
+    seen = []
+    monkeypatch.setattr(pl, "run_pipeline", lambda c, **kw: seen.append(c))
+    rc, _, err = call(monkeypatch, capsys, "pipeline", "--config", str(recipe))
+    assert rc == 0, err
+    assert seen[-1] == cfg
+    rc, _, _ = call(monkeypatch, capsys, "pipeline", "--config", str(recipe), "--seed", "9",
+                    "--formats", "onnx-fp32,tflite-fp32", "--target", "pi")
+    assert (seen[-1].seed, seen[-1].exports, seen[-1].target, seen[-1].epochs) == \
+        (9, ("onnx-fp32", "tflite-fp32"), "pi", 2)
+    recipe.write_text("colour = 'blue'\n" + recipe.read_text())
+    rc, _, err = call(monkeypatch, capsys, "pipeline", "--config", str(recipe))
+    assert rc == 2 and "'colour' is not a pipeline setting" in one_clean_line(err)

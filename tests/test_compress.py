@@ -6,7 +6,7 @@ from edgekd.errors import ConfigError, ExportError
 
 
 def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny_student, store):
-    from edgekd.compress import QuantizeConfig, quantize
+    from edgekd.export.quantize import QuantizeConfig, quantize
 
     lines = []
     cfg = QuantizeConfig(target="onnx-int8", recipes=("dynamic", "static-minmax"), bench_users=50)
@@ -18,8 +18,9 @@ def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny
     if r["winner"] is not None:
         w = r["winner"]
         assert w["smaller"] and w["not_slower"] and w["accurate"]
+        assert r["artifact"].name == w["artifact"] and r["artifact"].card["recipe"] == w["recipe"]
     else:
-        assert r["why"].startswith("no recipe pays")
+        assert r["why"].startswith("no recipe pays") and r["artifact"] is None
     # a larger or slower result is warned about
     for row in r["rows"]:
         if not row["smaller"] or not row["not_slower"]:
@@ -35,7 +36,7 @@ def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny
 
 
 def _fake_time_files(factors):
-    """A stand-in for compress._time_files: fp32 at 1 ms and each recipe at fp32 x its factors
+    """A stand-in for runner._time_files (as the quantize stage calls it): fp32 at 1 ms and each recipe at fp32 x its factors
     (one per round), through the real interleave/interval code."""
     from edgekd import timing
 
@@ -47,7 +48,7 @@ def _fake_time_files(factors):
 
 
 def test_require_gain_fails_when_nothing_pays(tiny_student, store, monkeypatch):
-    import edgekd.compress as c
+    import edgekd.export.quantize as c
 
     # twice as slow as fp32 in every round: the interval lies below 1.0, "slower", nothing pays
     monkeypatch.setattr(c, "_time_files", _fake_time_files([[2.0, 2.1, 1.9, 2.0, 2.2]]))
@@ -55,11 +56,12 @@ def test_require_gain_fails_when_nothing_pays(tiny_student, store, monkeypatch):
     with pytest.raises(ExportError, match="no recipe pays on this CPU: weight-only: .*slower"):
         c.quantize(tiny_student, cfg, store=store, say=lambda m: None)
     cfg = c.QuantizeConfig(target="tflite-int8", recipes=("weight-only",), bench_users=50)
-    assert c.quantize(tiny_student, cfg, store=store, say=lambda m: None)["winner"] is None  # a warning only
+    r = c.quantize(tiny_student, cfg, store=store, say=lambda m: None)
+    assert r["winner"] is None and r["artifact"] is None  # a warning only
 
 
 def test_quantize_calls_a_recipe_slower_only_when_the_interval_excludes_one(tiny_student, store, monkeypatch):
-    import edgekd.compress as c
+    import edgekd.export.quantize as c
 
     # one slow round of five (a burst of other work): the median ratio is 1.0, within noise
     monkeypatch.setattr(c, "_time_files", _fake_time_files([[1.0, 1.9, 0.98, 1.02, 1.0]]))
@@ -74,7 +76,7 @@ def test_quantize_calls_a_recipe_slower_only_when_the_interval_excludes_one(tiny
 
 
 def test_quantize_config_errors():
-    from edgekd.compress import QuantizeConfig
+    from edgekd.export.quantize import QuantizeConfig
 
     with pytest.raises(ConfigError, match="quantised format"):
         QuantizeConfig(target="onnx-fp32")
@@ -85,7 +87,7 @@ def test_quantize_config_errors():
 def test_unstructured_pruning_hits_the_sparsity_and_recovery_keeps_the_zeros(tiny_student, store):
     from edgekd.artifact import load_artifact
     from edgekd.compress import PruneConfig, prunable, prune, sparsity_of
-    from edgekd.train import load_torch_model
+    from edgekd.torch_io import load_torch_model
 
     p = prune(tiny_student, PruneConfig(sparsity=0.6, recover_epochs=2), store=store)
     assert p.card["stage"] == "pruned" and p.card["parent"][0]["sha256"] == tiny_student.sha256
@@ -104,7 +106,7 @@ def test_recovery_can_learn_from_the_unpruned_parent(tiny_student, store, monkey
 
     import edgekd.kd_losses as kd_losses
     from edgekd.compress import PruneConfig, prune
-    from edgekd.train import load_torch_model
+    from edgekd.torch_io import load_torch_model
 
     guides = []
 
@@ -198,7 +200,8 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     from edgekd.compress import PruneConfig, prune
     from edgekd.export import export
     from edgekd.pruning import items_to_keep
-    from edgekd.train import dataset_for, load_torch_model, model_scores
+    from edgekd.evaluation import model_scores
+    from edgekd.torch_io import dataset_for, load_torch_model
 
     keep = items_to_keep(tiny_ds, coverage=0.8)
     counts = np.bincount(np.concatenate(tiny_ds.train_sequences()), minlength=tiny_ds.num_items + 1)[1:]
@@ -226,7 +229,7 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     assert p.metrics["test_hr@10"] <= 1 - pruned_targets.mean() + 1e-9
     # an in-graph top-K of the exported file never returns the OOV column either
     from edgekd.export import run_all_outputs
-    from edgekd.train import eval_inputs
+    from edgekd.evaluation import eval_inputs
 
     e = export(p, "tflite-fp32", store=store, ds=ds, topk=len(keep))
     x, _, _ = eval_inputs(ds, "test", p.card["arch_kwargs"]["maxlen"])

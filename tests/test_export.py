@@ -74,7 +74,8 @@ def test_tflite_int8_stores_the_item_table_once_in_int8(catalogue_student, recip
 
 def test_exports_run_in_their_runtimes_with_int32_ids(exports, tiny_ds):
     from edgekd.device_runner import load_model, run_batched
-    from edgekd.train import load_torch_model, model_scores
+    from edgekd.evaluation import model_scores
+    from edgekd.torch_io import load_torch_model
 
     ids = np.random.default_rng(0).integers(0, tiny_ds.num_items + 1, size=(3, 20)).astype(np.int32)
     ref = model_scores(load_torch_model(load_artifact(exports["onnx-fp32"].card["parent"][0]["path"])), ids)
@@ -96,18 +97,18 @@ def test_onnx_stores_the_item_table_once(exports, tiny_ds):
 
 
 def test_broken_parity_is_an_error_and_writes_nothing(tiny_student, tiny_ds, tmp_path, monkeypatch):
-    import edgekd.export as ex
+    import edgekd.export.base as ex
 
     real = ex._FORMATS["onnx-fp32"]
 
-    def broken(model, path, maxlen, **kw):
+    def broken(model, path, **kw):
         import copy
 
         import torch
         wrong = copy.deepcopy(model)
         with torch.no_grad():
             wrong.item_emb.weight.mul_(-1.0)  # the file no longer computes the parent's scores
-        return real.writer(wrong, path, maxlen)
+        return real.writer(wrong, path)
 
     monkeypatch.setitem(ex._FORMATS, "onnx-fp32", ex.Format("onnx-fp32", ".onnx", "fp32", broken, ""))
     with pytest.raises(ExportError, match="breaks parity"):
@@ -137,7 +138,7 @@ def test_inspect_torch_weights_and_bad_files(tiny_teacher, tmp_path):
     from edgekd.errors import ArtifactError
     from edgekd.inspection import inspect_path
     from edgekd.models import count_parameters
-    from edgekd.train import load_torch_model
+    from edgekd.torch_io import load_torch_model
 
     info = inspect_path(tiny_teacher.path)
     assert info["parameters"] == count_parameters(load_torch_model(tiny_teacher))
@@ -148,7 +149,7 @@ def test_inspect_torch_weights_and_bad_files(tiny_teacher, tmp_path):
 
 
 def test_onnx_mobile_ships_the_ort_model_and_its_operator_config(exports):
-    from edgekd.export import required_operators
+    from edgekd.inspection import required_operators
 
     a = exports["onnx-mobile"]
     assert a.file.suffix == ".ort"
@@ -168,7 +169,7 @@ def test_fp16_halves_the_weights(catalogue_student):
 @pytest.mark.parametrize("fmt", ["onnx-fp32", "tflite-fp32", "onnx-int8", "tflite-int8"])
 def test_topk_exports_return_the_same_items_as_the_full_score_export(fmt, tiny_student, tiny_ds, store, exports):
     from edgekd.export import run_all_outputs
-    from edgekd.train import eval_inputs
+    from edgekd.evaluation import eval_inputs
 
     a = export(tiny_student, fmt, store=store, ds=tiny_ds, topk=5)
     assert a.name.endswith("-top5") and a.card["topk"] == 5

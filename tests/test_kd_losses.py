@@ -146,7 +146,7 @@ def test_two_teachers_and_init_from_teacher(tiny_ds, tiny_teacher, store):
 
     # init: the student's table is the teacher's best rank-d approximation, up to scale
     t = tiny_teacher
-    from edgekd.train import load_torch_model
+    from edgekd.torch_io import load_torch_model
 
     teacher = load_torch_model(t)
     student = create_model("sasrec-student", num_items=tiny_ds.num_items, d=4, maxlen=20)

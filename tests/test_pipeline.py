@@ -125,3 +125,53 @@ def test_resume_after_an_interrupted_bench_keeps_finished_cells(result, tmp_path
     assert len(recs) == 1 + len(arts) and all(x["status"] == "ok" for x in recs)
     for name, text in finished.items():  # kept exactly as written
         assert (run_dir / name).read_text() == text
+
+
+def test_resume_reuses_only_what_was_made_from_the_same_inputs(tmp_path):
+    from edgekd.artifact import save_artifact
+    from edgekd.pipeline import _reusable
+
+    vocab = {"items": ["a", "b"]}
+
+    def make(name, fp, parent=None, config=None):
+        card = {"stage": "student", "format": "torch", "dataset": {"fingerprint": fp, "items": 2},
+                "parent": [parent.lineage()] if parent else [], "config": config or {}}
+        return save_artifact(tmp_path, name, "w.bin", lambda p: p.write_bytes(name.encode()), card, vocab)
+
+    teacher = make("t", "fp1", config={"train": {"epochs": 2}})
+    other = make("t2", "fp1", config={"train": {"epochs": 3}})
+    make("s", "fp1", parent=teacher, config={"distill": {"kd": "on"}})
+    assert _reusable(tmp_path, "t", fingerprint="fp1", config={"train": {"epochs": 2}}).name == "t"
+    assert _reusable(tmp_path, "t", fingerprint="fp2", config={"train": {"epochs": 2}}) is None  # other data
+    assert _reusable(tmp_path, "t", fingerprint="fp1", config={"train": {"epochs": 3}}) is None  # other settings
+    assert _reusable(tmp_path, "s", fingerprint="fp1", parent=teacher, config={"distill": {"kd": "on"}}).name == "s"
+    assert _reusable(tmp_path, "s", fingerprint="fp1", parent=other, config={"distill": {"kd": "on"}}) is None
+    assert _reusable(tmp_path, "s", fingerprint="fp1", parent=teacher) is not None  # an export checks no config
+    assert _reusable(tmp_path, "missing", fingerprint="fp1") is None
+
+
+def test_each_run_writes_a_recipe_that_repeats_it(result):
+    from dataclasses import replace
+
+    from edgekd.pipeline import PipelineConfig, read_recipe
+
+    cfg, r = result
+    recipe = r["run_dir"] / "pipeline.toml"
+    assert PipelineConfig(**read_recipe(recipe)) == replace(cfg, resume=False)
+
+
+def test_without_the_tflite_extra_the_pipeline_skips_tflite_formats(result, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from edgekd import extras
+    from edgekd.pipeline import PipelineConfig, read_recipe, run_pipeline
+
+    monkeypatch.setattr(extras, "tflite_available", lambda: False)
+    cfg, _ = result
+    r = run_pipeline(replace(cfg, exports=("onnx-fp32", "tflite-fp32"), resume=True))  # the trainings are reused
+    said = capsys.readouterr().out
+    notice = [l for l in said.splitlines() if l.startswith("skipping")]
+    assert notice == ["skipping tflite-fp32: TFLite conversion is not installed; install the extra: "
+                      "pip install 'edgekd[tflite]'"]
+    assert [e.card["format"] for e in r["exports"]] == ["onnx-fp32"]
+    assert PipelineConfig(**read_recipe(r["run_dir"] / "pipeline.toml")).exports == ("onnx-fp32",)

@@ -168,7 +168,7 @@ def test_a_custom_adb_client_is_a_local_command(tmp_path):
 def test_bench_refuses_a_target_file_that_runs_commands_and_runs_nothing(tmp_path, tiny_student):
     marker = tmp_path / "pwned"
     t = _ssh_target(tmp_path, f'ssh_options = ["ProxyCommand=touch {marker}"]')
-    p = edgekd("bench", tiny_student.path, "--target", t, "--out", tmp_path / "r")
+    p = edgekd("bench", tiny_student.path, "--target", t, "--results", tmp_path / "r")
     assert p.returncode != 0 and "--allow-local-commands" in one_error(p)
     assert not marker.exists()
 
@@ -277,7 +277,7 @@ def test_an_artifact_with_non_finite_weights_is_refused(tiny_student, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from edgekd.artifact import load_artifact, sha256_file
-    from edgekd.train import load_torch_model
+    from edgekd.torch_io import load_torch_model
 
     a = copy_artifact(tiny_student, tmp_path / "s")
     state = load_file(str(a / "model.safetensors"))
@@ -391,7 +391,7 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_resume(tmp_path):
 
 @pytest.mark.parametrize("users", ["0", "-5"])
 def test_bench_users_must_be_positive(users, tiny_student, tmp_path):
-    p = edgekd("bench", tiny_student.path, "--users", users, "--out", tmp_path)
+    p = edgekd("bench", tiny_student.path, "--users", users, "--results", tmp_path)
     assert p.returncode == 2 and "users" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -418,3 +418,12 @@ def test_a_corrupt_safetensors_file_is_one_clear_error(tiny_student, tmp_path):
 def test_data_convert_onto_a_directory_is_a_usage_error(tmp_path):
     p = edgekd("data", "convert", tmp_path, "--synthetic", "users=100")
     assert p.returncode == 2 and "is a directory" in one_error(p)
+
+
+def test_pipeline_refuses_a_target_that_runs_commands_before_it_trains(tmp_path):
+    marker = tmp_path / "pwned"
+    t = _ssh_target(tmp_path, f'ssh_options = ["ProxyCommand=touch {marker}"]')
+    t0 = time.perf_counter()
+    p = edgekd("pipeline", "--target", t, "--out", tmp_path / "m", "--results", tmp_path / "r", "--epochs", "1")
+    assert p.returncode != 0 and "--allow-local-commands" in one_error(p)
+    assert time.perf_counter() - t0 < 60 and not marker.exists() and not (tmp_path / "m").exists()

@@ -76,7 +76,8 @@ def _sample(fams: dict, family: str, sample: str, **labels) -> float:
 def test_recommend_ranks_like_the_model_and_excludes_seen(client, serve_store):
     from edgekd.artifact import load_artifact
     from edgekd.data import pad_left
-    from edgekd.train import load_torch_model, model_scores
+    from edgekd.evaluation import model_scores
+    from edgekd.torch_io import load_torch_model
     import numpy as np
 
     items = _items(serve_store)

@@ -147,9 +147,10 @@ def test_an_unreachable_host_is_one_line_and_exit_3(tmp_path, tiny_teacher):
     t.write_text(f'kind = "ssh"\nhost = "ssh://nobody@127.0.0.1:{port}"\nconnect_timeout_s = 3\n')
     env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
     p = subprocess.run([sys.executable, "-m", "edgekd", "bench", str(tiny_teacher.path), "--target", str(t),
-                        "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
+                        "--results", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 3
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.stderr.startswith(f"target gone: {t}\n")  # which file was loaded, then the error
+    lines = [l for l in p.stderr.splitlines()[1:] if l.strip()]
     assert len(lines) == 1 and "cannot reach 127.0.0.1" in lines[0] and "Traceback" not in p.stderr
 
 

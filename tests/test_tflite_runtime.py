@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not PY.exists(), reason=f"no tflite-runtime venv
 
 @pytest.mark.parametrize("fmt", ["tflite-fp32", "tflite-int8"])
 def test_exports_rank_the_same_in_tflite_runtime_2_14(fmt, tiny_student, tiny_ds, store, tmp_path):
-    from edgekd.bench import RUNNER, write_inputs
+    from edgekd.runner import RUNNER, write_inputs
     from edgekd.export import export
 
     e = export(tiny_student, fmt, store=store, ds=tiny_ds, name=f"compat-{fmt}")

@@ -26,7 +26,7 @@ def sha256(path: Path) -> str:
 
 
 def main(work: Path) -> int:
-    from edgekd.bench import write_inputs
+    from edgekd.runner import write_inputs
     from edgekd.data import DataSpec, load_data
     from edgekd.export import export
     from edgekd.train import TrainConfig, train_teacher

@@ -23,7 +23,7 @@ def ensure_reference(artifact: str, store: Path, say=print) -> None:
     if load_reference(a) is not None:
         say(f"drift reference: {a.path / a.card.get('drift_reference', 'drift_reference.json')} (kept)")
         return
-    from ..train import dataset_for
+    from ..torch_io import dataset_for
 
     attach_reference(a, dataset_for(a))
     say(f"drift reference: computed on validation users, written to {a.path / 'drift_reference.json'}")

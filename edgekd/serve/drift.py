@@ -48,7 +48,7 @@ def shares(values: np.ndarray, bins: int) -> list[float]:
 
 def compute_reference(served, ds, users: int | None = 2000) -> dict:
     """The served model's distributions on the dataset's validation users."""
-    from ..train import eval_inputs
+    from ..evaluation import eval_inputs
 
     from .runtime import Encoded
 

@@ -1,0 +1,28 @@
+"""Optional dependencies. TFLite conversion (litert-torch, ai-edge-quantizer) is the
+`edgekd[tflite]` extra: it pulls jax, transformers and more, which the ONNX path and the
+TFLite runtime (ai-edge-litert, a base dependency) do not need."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from .errors import ExportError
+
+TFLITE_CONVERSION = ("litert_torch", "ai_edge_quantizer")
+TFLITE_HINT = "install the extra: pip install 'edgekd[tflite]'"
+
+
+def tflite_available() -> bool:
+    """Are the TFLite conversion packages installed?"""
+    return all(importlib.util.find_spec(m) is not None for m in TFLITE_CONVERSION)
+
+
+def tflite_module(name: str):
+    """import_module(name) for a TFLite conversion module: without the extra, an ExportError
+    that names it, not an ImportError from deep inside an export."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TFLITE_CONVERSION:
+            raise
+        raise ExportError(f"TFLite conversion needs {e.name.split('.')[0].replace('_', '-')}: {TFLITE_HINT}") from None
