@@ -239,7 +239,8 @@ def require_optuna():
 class Search:
     def __init__(self, teacher: Artifact, cfg: SearchConfig, target, *, store: Path = DEFAULT_STORE,
                  run_dir: Path, say: Callable[[str], None] = print):
-        from .train import dataset_for, evaluate_model, load_torch_model
+        from .evaluation import evaluate_model
+        from .torch_io import dataset_for, load_torch_model
 
         optuna = require_optuna()
         self.teacher, self.cfg, self.target, self.store, self.say = teacher, cfg, target, Path(store), say
