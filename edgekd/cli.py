@@ -737,6 +737,39 @@ def serve(artifact: Path = typer.Argument(..., help="artifact to serve (a direct
     run(cfg, host=host, port=port, workers=workers, log_level=log_level)
 
 
+@app.command()
+def search(teacher: Path = typer.Argument(..., help="teacher artifact directory (edgekd train)"),
+           target: str = typer.Option("local-cpu", "--target", "-t", help="DEVICE every candidate is benched on "
+                                      "(edgekd list targets)"),
+           min_kept: float = typer.Option(0.95, "--min-kept", help="budget: the share of the teacher's VALIDATION "
+                                          "NDCG@10 a candidate must keep"),
+           objective: str = typer.Option("p50", "--objective", help="what to minimise on the target: p50 "
+                                         "(latency at batch 1), size (file) or memory (peak RSS)"),
+           trials: int = typer.Option(20, "--trials", help="finished trials (completed or pruned) to reach; "
+                                      "a resumed search counts those already done"),
+           timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
+           space: Optional[Path] = typer.Option(None, "--space", help="search space TOML (sections student, distill, "
+                                                "prune, export, train, pruner replace the defaults)"),
+           sampler: str = typer.Option("tpe", "--sampler", help="tpe (multi-objective TPE), nsga2 or random"),
+           seed: int = typer.Option(0), store: Path = StoreOpt,
+           results: Optional[Path] = typer.Option(None, "--results", help="run directory: search.db, bench "
+                                                  "records, trials.json, the front (default: "
+                                                  "benchmarks/results/search-<teacher>)"),
+           allow_local_commands: bool = AllowLocalOpt):
+    """Search students, losses, pruning and export recipes for the best model on a device under an accuracy budget."""
+    from .artifact import load_artifact
+    from .search import SearchConfig, load_space
+    from .search import search as run
+
+    t = load_artifact(teacher, store)
+    cfg = SearchConfig(target=target, min_kept=min_kept, objective=objective, trials=trials, timeout=timeout,
+                       sampler=sampler, seed=seed, space=load_space(space))
+    run_dir = results or Path("benchmarks/results") / f"search-{t.name}"
+    run(t, cfg, _target(target, allow_local_commands), store=store, run_dir=run_dir,
+        say=lambda m: console.print(m, highlight=False, markup=False), console=out)
+    out.print(str(run_dir))
+
+
 def _done(a):
     m = a.card.get("metrics", {})
     bits = [f"{k} {m[k]:.4f}" for k in ("test_ndcg@10", "test_hr@10", "test_top10_overlap") if k in m]

@@ -487,3 +487,96 @@ def _gru4rec(**kw) -> nn.Module:
                 d=64, blocks=2, heads=2, dropout=0.2, maxlen=200)
 def _bert4rec(**kw) -> nn.Module:
     return BERT4Rec(**kw)
+
+
+class MLPRec(TiedItemModel):
+    """A pooled-history MLP, as in YouTube's deep candidate generator (Covington et al., 2016):
+    the history's item embeddings pooled into one vector (their mean, or a recency-weighted
+    mean with one learned weight per distance from the predicted position), then an MLP
+    (ReLU between layers; widths `layers`, 64-32 by default) whose output is scored against
+    the item table, tied with the input embeddings (scores = h @ E^T).
+
+    Pooling is causal, so `hidden` gives a next-item state at every position and the model
+    trains with the same losses as SASRec and GRU4Rec. When the last layer's width is not d,
+    a linear layer projects it to d for the tied scoring."""
+
+    POOLS = ("mean", "weighted")
+
+    def __init__(self, num_items: int, maxlen: int = 200, d: int = 32, layers: list[int] | tuple = (64, 32),
+                 pool: str = "mean", dropout: float = 0.2, oov: bool = False):
+        super().__init__()
+        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d)):
+            if int(value) < 1:
+                raise ConfigError(f"MLP {field} must be >= 1, got {value}")
+        layers = [int(w) for w in layers]
+        if not layers or min(layers) < 1:
+            raise ConfigError(f"MLP layers must be one or more widths >= 1, got {layers}")
+        if pool not in self.POOLS:
+            raise ConfigError(f"MLP pool must be one of {', '.join(self.POOLS)}, got {pool!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"MLP dropout must be in [0, 1), got {dropout}")
+        self.num_items = int(num_items)
+        self.maxlen = int(maxlen)
+        self.d = int(d)
+        self.pool = pool
+        self.oov = bool(oov)  # as in SASRec
+        self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
+        # one logit per distance back from the predicted position: 0 everywhere is the mean
+        self.recency = nn.Parameter(torch.zeros(self.maxlen)) if pool == "weighted" else None
+        self.drop = nn.Dropout(dropout)
+        self.ln_in = nn.LayerNorm(d)
+        mods: list[nn.Module] = []
+        width = d
+        for k, w in enumerate(layers):
+            mods.append(nn.Linear(width, w))
+            if k < len(layers) - 1:
+                mods += [nn.ReLU(), nn.Dropout(dropout)]
+            width = w
+        if width != d:
+            mods.append(nn.Linear(width, d))
+        self.mlp = nn.Sequential(*mods)
+        self.ln_f = nn.LayerNorm(d)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def _embed(self, ids: torch.Tensor):
+        ids = ids.long()
+        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)  # unknown ids read as padding
+        real = ids.ne(0)
+        return self.drop(self.lookup("item", ids)), real
+
+    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.ln_f(self.mlp(self.ln_in(pooled)))
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """[batch, len, d]: the state after each prefix of the history (causal pooling)."""
+        x, real = self._embed(ids)
+        if self.recency is None:
+            count = torch.cumsum(real.to(x.dtype), 1).clamp_min(1.0).unsqueeze(-1)
+            return self._head(torch.cumsum(x, 1) / count)
+        n = ids.shape[1]
+        t = torch.arange(n, device=ids.device)
+        dist = t.unsqueeze(1) - t.unsqueeze(0)                       # [query, key]: how far back
+        logits = self.recency[dist.clamp(min=0)].unsqueeze(0)        # [1, n, n]
+        masked = (dist < 0).unsqueeze(0) | ~real.unsqueeze(1)        # future keys and padding
+        w = torch.softmax(logits + masked.to(x.dtype) * -1e4, dim=-1)
+        return self._head(torch.matmul(w, x))
+
+    def last_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last row of `hidden`, computed alone (what inference and export need)."""
+        x, real = self._embed(ids)
+        mask = real.to(x.dtype)
+        if self.recency is None:
+            pooled = (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+            return self._head(pooled)
+        # distance back from the last position, computed from the input (no folded constant)
+        dist = torch.flip(torch.cumsum(ids.ne(-1).to(torch.long), 1), [1]) - 1
+        w = torch.softmax(self.recency[dist] + (1.0 - mask) * -1e4, dim=-1)   # [batch, n]
+        return self._head(torch.matmul(w.unsqueeze(1), x)[:, 0])
+
+
+@register_model("mlp", role="student", summary="pooled-history MLP (YouTube DNN style): mean pooling, 64-32 MLP, d=32",
+                d=32, layers=[64, 32], pool="mean", dropout=0.2, maxlen=200)
+def _mlp(**kw) -> nn.Module:
+    return MLPRec(**kw)

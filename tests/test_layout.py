@@ -25,7 +25,7 @@ LAYERS = [
      "edgekd.export.stage"},
     # what measures, reports and drives them
     {"edgekd.bench", "edgekd.report", "edgekd.pipeline", "edgekd.cli", "edgekd.__main__", "edgekd.docgen", "edgekd.serve",
-     "edgekd.serve.app"},
+     "edgekd.serve.app", "edgekd.search"},
 ]
 
 

@@ -204,7 +204,8 @@ DIST = {"torch": "torch", "numpy": "numpy", "onnx": "onnx", "onnxscript": "onnxs
         "typer": "typer", "click": "click", "rich": "rich", "safetensors": "safetensors",
         "matplotlib": "matplotlib", "tomli_w": "tomli-w", "tensorboard": "tensorboard", "scipy": "scipy", "pyarrow": "pyarrow",
         "pytest": "pytest", "hypothesis": "hypothesis", "fastapi": "fastapi", "starlette": "starlette",
-        "uvicorn": "uvicorn", "prometheus_client": "prometheus-client", "httpx": "httpx", "pydantic": "pydantic"}
+        "uvicorn": "uvicorn", "prometheus_client": "prometheus-client", "httpx": "httpx", "pydantic": "pydantic",
+        "optuna": "optuna"}
 OPTIONAL_RUNTIMES = {"tflite_runtime"}  # the older devices' runtime, tried when ai-edge-litert is absent
 
 

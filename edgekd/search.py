@@ -1,0 +1,695 @@
+"""`edgekd search`: find the best model for a device under an accuracy budget, automatically.
+
+A multi-objective Optuna study over the whole chain, each trial one candidate:
+
+    student (model, width) -> distillation loss -> pruning -> export format and recipe
+    -> bench on the target
+
+with two objectives, validation NDCG@10 kept relative to the teacher (maximised) and one cost
+on the target (p50 latency at batch 1, file size or peak memory; minimised), and the budget
+(kept >= min_kept) as an Optuna constraint. The budget is on VALIDATION NDCG@10 only; the
+chosen model's test figures are read once, at the end.
+
+Work is reused: a student is trained once per training setting (its artifact name carries a
+key of those settings and the store is looked up first), so every pruning, format and recipe
+tried on it starts from the same file; pruned and exported artifacts are reused the same way,
+and the bench run of the search keeps the teacher's and every file's record.
+
+The study lives in SQLite in the run directory under a fixed name, so an interrupted search
+(Ctrl-C, kill -9) resumes: the run directory is locked by the running process, so a trial
+still RUNNING when a new process takes the lock was left by a dead one and is marked FAIL
+(it does not count), and the search goes on until --trials trials have finished.
+
+Student trainings are trials of a second, single-objective study in the same storage that
+reports validation NDCG@10 every epoch to an Optuna pruner (Optuna's multi-objective trials
+cannot report intermediate values): a training clearly worse than the others at the same
+epoch stops, and the search trial that asked for it ends PRUNED.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .artifact import DEFAULT_STORE, Artifact, load_artifact, load_parent, path_lock, write_json
+from .distill import DistillConfig
+from .errors import ArtifactError, ConfigError, EdgeKDError
+
+STUDY = "edgekd-search"
+STUDENTS = STUDY + ".students"
+OBJECTIVES = {"p50": ("latency p50 ms", "p50_ms"), "size": ("size bytes", "size_bytes"),
+              "memory": ("peak memory bytes", "peak_rss_bytes")}
+SAMPLERS = ("tpe", "nsga2", "random")
+PARITY_USERS = 1000  # export parity's validation users: the teacher is scored on the same ones
+BENCH_RUN = "bench"
+
+DEFAULT_SPACE: dict = {
+    "student": {
+        "models": ["sasrec-student", "gru4rec", "mlp"],
+        "sasrec-student": {"d": [8, 16, 32], "blocks": [1, 2]},
+        "gru4rec": {"d": [16, 32]},
+        "mlp": {"d": [16, 32], "layers": ["64-32"], "pool": ["mean", "weighted"]},
+    },
+    "distill": {"loss": ["none", "kl", "rd", "rrd", "kl+rd"]},
+    "prune": {"methods": ["none", "structured", "vocabulary"], "sparsity": [0.25, 0.5],
+              "coverage": [0.9, 0.95, 0.99], "unknown": ["skip"], "recover_epochs": 0},
+    "export": {"formats": ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"]},
+    "train": {"epochs": 30, "patience": 5, "lr": 2e-3, "batch_size": 128},
+    "pruner": {"percentile": 25.0, "startup": 3, "warmup": 2},
+}
+ARCH_KEYS = ("d", "blocks", "heads", "layers", "pool", "dropout")
+
+
+# ---------------------------------------------------------------- the search space
+
+def load_space(path: Path | None = None) -> dict:
+    """The default space, with the sections and keys of a TOML file in place of the defaults."""
+    import tomllib
+
+    space = copy.deepcopy(DEFAULT_SPACE)
+    if path is not None:
+        try:
+            given = tomllib.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--space {path}: cannot read it ({e})") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--space {path}: not valid TOML ({e})") from None
+        for section, values in given.items():
+            if section not in space or not isinstance(values, dict):
+                raise ConfigError(f"--space {path}: unknown section [{section}]; sections: {', '.join(space)}")
+            if section == "student":  # the models listed, each with its own options or the defaults
+                models = values.get("models", space["student"]["models"])
+                space["student"] = {"models": models, **{m: space["student"].get(m, {}) for m in models
+                                                         if isinstance(m, str)}}
+            for key, v in values.items():
+                if section != "student" and key not in space[section]:
+                    raise ConfigError(f"--space {path}: unknown key {key!r} in [{section}]; "
+                                      f"keys: {', '.join(space[section])}")
+                space[section][key] = v
+    check_space(space)
+    return space
+
+
+def _choices(space: dict, where: str, values) -> list:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"search space {where}: needs a non-empty list of choices, got {values!r}")
+    for v in values:
+        if not isinstance(v, (int, float, str, bool)):
+            raise ConfigError(f"search space {where}: choices are numbers or strings, got {v!r}")
+    return values
+
+
+def check_space(space: dict) -> None:
+    from .export import get_format, get_recipe
+    from .kd_losses import parse_losses
+    from .models import create_model, model_kwargs
+
+    st = space["student"]
+    for m in _choices(space, "student.models", st.get("models")):
+        model_kwargs(m)  # unknown model: ConfigError naming the registered ones
+        sub = st.get(m, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(f"search space student.{m}: a table of options, got {sub!r}")
+        for key, values in sub.items():
+            if key not in ARCH_KEYS:
+                raise ConfigError(f"search space student.{m}: unknown option {key!r}; options: {', '.join(ARCH_KEYS)}")
+            for v in _choices(space, f"student.{m}.{key}", values):  # each choice builds
+                create_model(m, num_items=2, maxlen=2, **{key: _arch_value(key, v)})
+    for k in st:
+        if k != "models" and k not in st["models"]:
+            raise ConfigError(f"search space [student] has options for {k!r}, which is not in student.models")
+    for loss in _choices(space, "distill.loss", space["distill"]["loss"]):
+        if loss != "none":
+            parse_losses(loss)
+    pr = space["prune"]
+    for m in _choices(space, "prune.methods", pr["methods"]):
+        if m not in ("none", "structured", "vocabulary"):
+            raise ConfigError(f"search space prune.methods: {m!r} is not none, structured or vocabulary")
+    for s in _choices(space, "prune.sparsity", pr["sparsity"]):
+        if not 0 < float(s) < 1:
+            raise ConfigError(f"search space prune.sparsity: {s} is not in (0, 1)")
+    for c in _choices(space, "prune.coverage", pr["coverage"]):
+        if not 0 < float(c) <= 1:
+            raise ConfigError(f"search space prune.coverage: {c} is not in (0, 1]")
+    for u in _choices(space, "prune.unknown", pr["unknown"]):
+        if u not in ("skip", "oov"):
+            raise ConfigError(f"search space prune.unknown: {u!r} is not skip or oov")
+    for f in _choices(space, "export.formats", space["export"]["formats"]):
+        fmt, _, recipe = str(f).partition(":")
+        spec = get_format(fmt)
+        if recipe:
+            if not spec.family or not spec.recipe:
+                raise ConfigError(f"search space export.formats: {fmt} takes no recipe ({f!r})")
+            get_recipe(spec.family, recipe)
+    tr = space["train"]
+    for k in ("epochs", "patience", "batch_size"):
+        if not isinstance(tr[k], int) or tr[k] < 1:
+            raise ConfigError(f"search space train.{k}: an integer >= 1, got {tr[k]!r}")
+    if not float(space["pruner"]["percentile"]) > 0:
+        raise ConfigError("search space pruner.percentile must be > 0")
+
+
+def _arch_value(key: str, v):
+    """Choices are TOML scalars; an MLP's layers are written "64-32"."""
+    if key == "layers":
+        try:
+            return [int(w) for w in str(v).split("-")]
+        except ValueError:
+            raise ConfigError(f"search space layers: {v!r} is not widths joined by '-' (like \"64-32\")") from None
+    return v
+
+
+def _structured_ok(model: str) -> bool:
+    from .models import SASRec, create_model
+
+    return isinstance(create_model(model, num_items=2, maxlen=2), SASRec)
+
+
+# ---------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class SearchConfig:
+    target: str = "local-cpu"
+    min_kept: float = 0.95
+    objective: str = "p50"
+    trials: int = 20
+    timeout: float | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    space: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not 0 < self.min_kept <= 2:
+            raise ConfigError(f"--min-kept is a share of the teacher's validation NDCG@10 (0.95: 95%), got {self.min_kept}")
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {self.trials}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"--timeout must be > 0 seconds, got {self.timeout}")
+
+    def identity(self, teacher: Artifact, target_name: str) -> dict:
+        """What a resumed search must share with the one that made the run directory."""
+        return {"teacher": teacher.sha256, "target": target_name, "min_kept": self.min_kept,
+                "objective": self.objective, "sampler": self.sampler, "seed": self.seed, "space": self.space}
+
+
+@dataclass(frozen=True)
+class SearchDistillConfig(DistillConfig):
+    """A student's training settings, with model options DistillConfig has no field for (an
+    MLP's layers and pooling), so they go into the artifact's arch_kwargs and its card."""
+
+    arch_options: tuple = ()
+
+    def arch_kwargs(self, num_items: int) -> dict:
+        return {**super().arch_kwargs(num_items), **dict(self.arch_options)}
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _reuse(store: Path, name: str, check: Callable[[Artifact], bool]) -> Artifact | None:
+    try:
+        a = load_artifact(Path(store) / name)
+    except ArtifactError:
+        return None
+    return a if check(a) else None
+
+
+# ---------------------------------------------------------------- the run
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("edgekd search needs Optuna", hint="pip install 'edgekd[search]'") from None
+    return optuna
+
+
+class Search:
+    def __init__(self, teacher: Artifact, cfg: SearchConfig, target, *, store: Path = DEFAULT_STORE,
+                 run_dir: Path, say: Callable[[str], None] = print):
+        from .evaluation import evaluate_model
+        from .torch_io import dataset_for, load_torch_model
+
+        optuna = require_optuna()
+        self.teacher, self.cfg, self.target, self.store, self.say = teacher, cfg, target, Path(store), say
+        self.run_dir = Path(run_dir)
+        if teacher.card.get("stage") != "teacher" or teacher.format != "torch":
+            raise ConfigError(f"{teacher.path}: search takes a torch teacher artifact (edgekd train)")
+        self.ds = dataset_for(teacher)
+        self.space = cfg.space
+        self.maxlen = int(teacher.card["arch_kwargs"]["maxlen"])
+        t = load_torch_model(teacher)
+        self.teacher_valid = evaluate_model(t, self.ds, "valid", sampled=False, users=PARITY_USERS)[0]["ndcg@10"]
+        if not self.teacher_valid > 0:
+            raise ConfigError(f"{teacher.name}: validation NDCG@10 is {self.teacher_valid}; nothing to keep a share of")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = f"sqlite:///{(self.run_dir / 'search.db').resolve()}"
+
+    # -- studies
+
+    def _sampler(self, seed: int | None = None):
+        import optuna
+
+        def constraint(ft) -> list[float]:
+            return [self.cfg.min_kept - float(ft.user_attrs.get("kept", 0.0))]
+
+        seed = self.cfg.seed if seed is None else seed
+        if self.cfg.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if self.cfg.sampler == "nsga2":
+            pop = max(4, min(50, self.cfg.trials // 4))
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop, constraints_func=constraint)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, self.cfg.trials // 3)),
+                                              multivariate=True, group=True, constraints_func=constraint)
+
+    def open(self):
+        import optuna
+
+        self.study = optuna.create_study(storage=self.storage, study_name=STUDY, sampler=self._sampler(),
+                                         directions=["maximize", "minimize"], load_if_exists=True)
+        ident = json.loads(json.dumps(self.cfg.identity(self.teacher, self.target.name), default=str))
+        had = self.study.user_attrs.get("identity")
+        if had is None:
+            self.study.set_user_attr("identity", ident)
+            self.study.set_user_attr("teacher_valid_ndcg@10", self.teacher_valid)
+        elif had != ident:
+            diff = sorted(k for k in ident if had.get(k) != ident[k])
+            raise ConfigError(f"{self.run_dir}: holds a search with other settings ({', '.join(diff)})",
+                              hint="use another --results directory, or the same settings to resume it")
+        # A resumed search draws on from where it stopped, not again from the seed's first draws
+        # (which would repeat the candidates of its first trials): the seed plus the trials so far.
+        n = len(self.study.get_trials(deepcopy=False))
+        if n:
+            self.study.sampler = self._sampler(self.cfg.seed + n)
+        p = self.space["pruner"]
+        self.students = optuna.create_study(
+            storage=self.storage, study_name=STUDENTS, direction="maximize", load_if_exists=True,
+            pruner=optuna.pruners.PercentilePruner(float(p["percentile"]), n_startup_trials=int(p["startup"]),
+                                                   n_warmup_steps=int(p["warmup"])))
+        self.abandoned = self._fail_abandoned()
+
+    def _fail_abandoned(self) -> int:
+        """Trials left RUNNING by a process that died (we hold the run directory's lock, so no
+        live process runs them): FAIL, so they do not count and are not resumed as finished."""
+        from optuna.trial import TrialState
+
+        n = 0
+        for study in (self.study, self.students):
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                study._storage.set_trial_user_attr(t._trial_id, "failed", "its process ended while it ran")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                n += 1
+        return n
+
+    def finished(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    # -- one candidate
+
+    def _student(self, trial, model: str, arch: dict, loss: str) -> Artifact:
+        import optuna
+
+        from .distill import distill
+        from .train import checkpoint_path
+
+        tr = self.space["train"]
+        cfg = SearchDistillConfig(
+            model=model, maxlen=self.maxlen, epochs=int(tr["epochs"]), patience=int(tr["patience"]),
+            lr=float(tr["lr"]), batch_size=int(tr["batch_size"]), seed=self.cfg.seed,
+            kd="off" if loss == "none" else "on", loss="kl" if loss == "none" else loss,
+            **{k: v for k, v in arch.items() if k in ("d", "blocks", "heads", "dropout")},
+            arch_options=tuple(sorted((k, v) for k, v in arch.items() if k in ("layers", "pool"))))
+        settings = json.loads(json.dumps(cfg.to_dict()))  # as the card stores it (tuples as lists)
+        key = _key({"teacher": self.teacher.sha256, "data": self.ds.fingerprint(), "distill": settings})
+        name = f"search-{model}-{key}"
+        trial.set_user_attr("student", name)
+        a = _reuse(self.store, name, lambda a: a.card.get("config", {}).get("distill") == settings
+                   and a.card["parent"][0]["sha256"] == self.teacher.sha256)
+        if a is not None:
+            trial.set_user_attr("student_reused", True)
+            return a
+        from optuna.trial import TrialState
+
+        for t in self.students.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+            if t.user_attrs.get("key") == key:
+                trial.set_user_attr("pruned", f"student {name} stopped early in an earlier trial")
+                raise optuna.TrialPruned()
+        st = self.students.ask()
+        st.set_user_attr("key", key)
+        st.set_user_attr("name", name)
+        st.set_user_attr("search_trial", trial.number)
+
+        def progress(row: dict) -> None:
+            st.report(float(row["valid_ndcg@10"]), int(row["epoch"]))
+            if st.should_prune():
+                raise optuna.TrialPruned(f"validation NDCG@10 {row['valid_ndcg@10']:.4f} at epoch {row['epoch']}")
+
+        try:
+            # resume: a training interrupted with its trial (kill -9) goes on from its last epoch
+            a = distill(self.teacher, self.ds, cfg, store=self.store, name=name, progress=progress, resume=True)
+        except optuna.TrialPruned:
+            self.students.tell(st, state=TrialState.PRUNED)
+            checkpoint_path(self.store, name).unlink(missing_ok=True)
+            trial.set_user_attr("pruned", f"student {name} stopped early: worse than the others at the same epoch")
+            raise
+        except BaseException:
+            self.students.tell(st, state=TrialState.FAIL)
+            raise
+        self.students.tell(st, float(a.metrics["best_valid_ndcg@10"]))
+        trial.set_user_attr("student_reused", False)
+        return a
+
+    def _prune(self, trial, a: Artifact, method: str, model: str) -> Artifact:
+        from .compress import PruneConfig, prune
+
+        if method == "none":
+            return a
+        pr = self.space["prune"]
+        if method == "structured":
+            cfg = PruneConfig(method="structured", sparsity=float(trial.suggest_categorical(
+                "prune.sparsity", pr["sparsity"])), recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
+        else:
+            cfg = PruneConfig(method="vocabulary", coverage=float(trial.suggest_categorical(
+                "prune.coverage", pr["coverage"])), unknown=trial.suggest_categorical("prune.unknown", pr["unknown"]),
+                recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
+        name = f"{a.name}-{cfg.default_suffix()}" + ("-oov" if method == "vocabulary" and cfg.unknown == "oov" else "")
+        if pr["recover_epochs"]:
+            name += f"-r{pr['recover_epochs']}"
+        settings = json.loads(json.dumps(asdict(cfg)))
+        got = _reuse(self.store, name, lambda p: p.card.get("config", {}).get("prune") == settings
+                     and p.card["parent"][0]["sha256"] == a.sha256)
+        return got or prune(a, cfg, store=self.store, name=name)
+
+    def _export(self, a: Artifact, fmt_choice: str) -> Artifact:
+        from .export import export
+
+        fmt, _, recipe = fmt_choice.partition(":")
+        name = f"{a.name}-{fmt}" + (f"-{recipe}" if recipe else "")
+        got = _reuse(self.store, name, lambda e: e.card["parent"][0]["sha256"] == a.sha256
+                     and e.card.get("format") == fmt and (not recipe or e.card.get("recipe") == recipe))
+        return got or export(a, fmt, store=self.store, name=name, recipe=recipe or None, parity_users=PARITY_USERS)
+
+    def _bench(self, a: Artifact) -> dict:
+        from .bench import bench
+
+        _, recs = bench([a], self.target, out=self.run_dir, teacher=self.teacher, run_id=BENCH_RUN, resume=True)
+        rec = next(r for r in recs if r["artifact"]["sha256"] == a.sha256)
+        if rec["status"] != "ok":
+            raise EdgeKDError(f"bench of {a.name} on {self.target.name} {rec['status']}: {rec.get('error')}")
+        return rec
+
+    def objective(self, trial) -> tuple[float, float]:
+        trial.set_user_attr("pid", os.getpid())
+        sp = self.space
+        model = trial.suggest_categorical("student", sp["student"]["models"])
+        arch = {k: _arch_value(k, trial.suggest_categorical(f"{model}.{k}", v))
+                for k, v in sp["student"].get(model, {}).items()}
+        loss = trial.suggest_categorical("kd_loss", sp["distill"]["loss"])
+        methods = [m for m in sp["prune"]["methods"] if m != "structured" or _structured_ok(model)]
+        method = trial.suggest_categorical(f"{model}.prune", methods)
+        fmt = trial.suggest_categorical("export", sp["export"]["formats"])
+        t0 = time.perf_counter()
+        try:
+            student = self._student(trial, model, arch, loss)
+            pruned = self._prune(trial, student, method, model)
+            exported = self._export(pruned, fmt)
+            rec = self._bench(exported)
+        except EdgeKDError as e:
+            trial.set_user_attr("error", str(e))
+            raise
+        valid = float(exported.metrics["parity"]["ndcg@10"])
+        base = self._teacher_record()
+        figures = {
+            "kept": valid / self.teacher_valid, "valid_ndcg@10": valid, "teacher_valid_ndcg@10": self.teacher_valid,
+            "p50_ms": rec["latency_ms"]["p50_ms"], "size_bytes": rec["size_bytes"],
+            "peak_rss_bytes": rec["peak_rss_bytes"], "model_rss_bytes": rec.get("model_rss_bytes"),
+            "speedup_p50": base["latency_ms"]["p50_ms"] / rec["latency_ms"]["p50_ms"],
+            "size_ratio": base["size_bytes"] / rec["size_bytes"],
+            "artifact": exported.name, "artifact_path": str(exported.path), "sha256": exported.sha256,
+            "chain": [student.name] + ([pruned.name] if pruned is not student else []) + [exported.name],
+            "params": exported.card.get("params"), "seconds": time.perf_counter() - t0,
+        }
+        for k, v in figures.items():
+            trial.set_user_attr(k, v)
+        self.say(f"trial {trial.number}: {describe(trial.params)}: kept {figures['kept']:.1%} of the teacher's "
+                 f"valid NDCG@10, p50 {figures['p50_ms']:.3f} ms ({figures['speedup_p50']:.1f}x), "
+                 f"{figures['size_bytes'] / 1024:.0f} KiB ({figures['size_ratio']:.1f}x smaller)")
+        return figures["kept"], float(figures[OBJECTIVES[self.cfg.objective][1]])
+
+    def _teacher_record(self) -> dict:
+        from .bench import load_records
+
+        for r in load_records(self.run_dir / BENCH_RUN):
+            if r["artifact"]["sha256"] == self.teacher.sha256 and r["status"] == "ok":
+                return r
+        raise EdgeKDError(f"the teacher's bench record on {self.target.name} is missing from {self.run_dir}")
+
+    # -- the loop
+
+    def run(self) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
+        done = self.finished()
+        if done or self.abandoned:
+            self.say(f"resuming {self.run_dir}: {done} of {self.cfg.trials} trials finished"
+                     + (f", {self.abandoned} left running by a dead process marked failed" if self.abandoned else ""))
+        attempts = 0
+        while self.finished() < self.cfg.trials and attempts < 3 * self.cfg.trials:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self.say(f"--timeout reached: {self.finished()} of {self.cfg.trials} trials finished")
+                break
+            self.study.optimize(self.objective, n_trials=1, timeout=left, catch=(EdgeKDError,),
+                                callbacks=[optuna.study.MaxTrialsCallback(
+                                    self.cfg.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+            last = self.study.get_trials(deepcopy=False)[-1]
+            if last.state == TrialState.PRUNED:
+                self.say(f"trial {last.number}: {describe(last.params)}: pruned ({last.user_attrs.get('pruned', '')})")
+            elif last.state == TrialState.FAIL:
+                self.say(f"trial {last.number}: {describe(last.params)}: failed: {last.user_attrs.get('error')}")
+            attempts += 1
+        if self.finished() < self.cfg.trials and attempts >= 3 * self.cfg.trials:
+            self.say(f"stopped after {attempts} attempts: too many trials failed")
+
+
+def describe(params: dict) -> str:
+    model = params.get("student", "?")
+    bits = [model] + [f"{k.split('.', 1)[1]}={v}" for k, v in params.items() if k.startswith(model + ".")
+                      and not k.endswith(".prune")]
+    bits.append(f"kd={params.get('kd_loss')}")
+    pm = params.get(f"{model}.prune", "none")
+    amount = params.get("prune.sparsity", params.get("prune.coverage"))
+    bits.append(f"prune={pm}" + (f":{amount}" if pm != "none" and amount is not None else ""))
+    bits.append(str(params.get("export")))
+    return " ".join(bits)
+
+
+# ---------------------------------------------------------------- results
+
+def trial_rows(study) -> list[dict]:
+    return [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
+             "user_attrs": t.user_attrs,
+             "started": t.datetime_start.isoformat() if t.datetime_start else None,
+             "completed": t.datetime_complete.isoformat() if t.datetime_complete else None}
+            for t in study.get_trials(deepcopy=False)]
+
+
+METRICS = (("kept", 1), ("p50_ms", -1), ("size_bytes", -1), ("peak_rss_bytes", -1))
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """The completed trials no other completed trial beats on all of NDCG kept (higher),
+    latency, size and memory (lower) and betters on one."""
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+
+    def vec(r):
+        return [s * float(r["user_attrs"][k]) for k, s in METRICS]
+
+    front = []
+    for r in done:
+        v = vec(r)
+        if not any(all(a >= b for a, b in zip(vec(o), v)) and vec(o) != v for o in done if o is not r):
+            front.append(r)
+    return sorted(front, key=lambda r: -r["user_attrs"]["kept"])
+
+
+def hypervolume(rows: list[dict], objective: str, base_cost: float, ref_cost: float = 1.0) -> float:
+    """Hypervolume of the completed trials in (NDCG kept, cost / teacher's cost), against the
+    reference point (kept 0, cost ref_cost x the teacher's): larger is a better front."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    key = OBJECTIVES[objective][1]
+    pts = [(-float(r["user_attrs"]["kept"]), float(r["user_attrs"][key]) / base_cost)
+           for r in rows if r["state"] == "COMPLETE"]
+    pts = [p for p in pts if p[0] < 0 and p[1] < ref_cost]
+    if not pts:
+        return 0.0
+    return float(compute_hypervolume(np.array(pts), np.array([0.0, ref_cost])))
+
+
+def teacher_cost(rec: dict, objective: str) -> float:
+    """The teacher's figure for the objective, from its bench record on the target."""
+    return float(rec["latency_ms"]["p50_ms"] if objective == "p50" else rec[OBJECTIVES[objective][1]])
+
+
+def lineage(a: Artifact) -> list[dict]:
+    """The artifact and its ancestors back to the teacher, each as name, stage, sha256, path."""
+    chain = []
+    while True:
+        chain.append({"name": a.name, "stage": a.card.get("stage"), "format": a.format, "sha256": a.sha256,
+                      "path": str(a.path), "config": a.card.get("config")})
+        parents = a.card.get("parent") or []
+        if not parents or len(chain) > 16:
+            return chain
+        a = load_parent(a, parents[0])
+
+
+def _plot(rows: list[dict], front: list[dict], chosen: dict | None, cfg: SearchConfig, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label, key = OBJECTIVES[cfg.objective]
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    ax.scatter([r["user_attrs"][key] for r in done], [r["user_attrs"]["kept"] for r in done], s=25,
+               color="lightgrey", edgecolor="grey", label="trials")
+    ax.scatter([r["user_attrs"][key] for r in front], [r["user_attrs"]["kept"] for r in front], s=45,
+               color="tab:blue", label="Pareto front (kept, latency, size, memory)")
+    if chosen:
+        ax.scatter([chosen["user_attrs"][key]], [chosen["user_attrs"]["kept"]], marker="*", s=220,
+                   color="crimson", label=f"chosen: trial {chosen['number']}")
+    ax.axhline(cfg.min_kept, color="crimson", ls=":", lw=1, label=f"budget: {cfg.min_kept:.0%} kept")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{label} on the target (log)")
+    ax.set_ylabel("validation NDCG@10 / teacher's")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"edgekd search: {len(done)} completed trials")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _table(front: list[dict], chosen: dict | None, cfg: SearchConfig):
+    from rich.table import Table
+
+    t = Table(title=f"Pareto front ({len(front)} trials): validation NDCG@10 kept vs the target's cost")
+    for col in ("trial", "candidate", "kept", "p50 ms", "speed-up", "size KiB", "smaller", "peak MB", "budget"):
+        t.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=col != "candidate")
+    for r in front:
+        u = r["user_attrs"]
+        t.add_row(str(r["number"]) + (" *" if chosen and chosen["number"] == r["number"] else ""),
+                  describe(r["params"]), f"{u['kept']:.1%}", f"{u['p50_ms']:.3f}", f"{u['speedup_p50']:.1f}x",
+                  f"{u['size_bytes'] / 1024:.0f}", f"{u['size_ratio']:.1f}x", f"{u['peak_rss_bytes'] / 1e6:.0f}",
+                  "ok" if u["kept"] >= cfg.min_kept else "below")
+    return t
+
+
+def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path, path: Path) -> Path:
+    import base64
+    import html
+
+    rows = "".join(
+        f"<tr><td>{r['number']}{' *' if chosen and chosen['number'] == r['number'] else ''}</td>"
+        f"<td>{html.escape(describe(r['params']))}</td><td>{r['user_attrs']['kept']:.1%}</td>"
+        f"<td>{r['user_attrs']['p50_ms']:.3f}</td><td>{r['user_attrs']['size_bytes'] / 1024:.0f}</td>"
+        f"<td>{r['user_attrs']['peak_rss_bytes'] / 1e6:.0f}</td></tr>" for r in front)
+    img = base64.b64encode(png.read_bytes()).decode()
+    path.write_text(
+        "<!doctype html><meta charset=utf-8><title>edgekd search</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
+        f"<h1>edgekd search on {html.escape(summary['target'])}</h1>"
+        f"<p>{html.escape(summary['conclusion'])}</p>"
+        "<table><tr><th>trial</th><th>candidate</th><th>kept (valid)</th><th>p50 ms</th><th>KiB</th><th>peak MB</th></tr>"
+        f"{rows}</table><p><img src='data:image/png;base64,{img}'></p>")
+    return path
+
+
+def finish(s: Search, console=None) -> dict:
+    """Write the trial records, the front (JSON, PNG, HTML), the chosen artifact with its
+    lineage and its test figures (read here, once), and print the front."""
+    from .bench import load_records
+
+    rows = trial_rows(s.study)
+    write_json(s.run_dir / "trials.json", rows)
+    front = pareto(rows)
+    key = OBJECTIVES[s.cfg.objective][1]
+    feasible = [r for r in rows if r["state"] == "COMPLETE" and r["user_attrs"]["kept"] >= s.cfg.min_kept]
+    chosen = min(feasible, key=lambda r: (r["user_attrs"][key], -r["user_attrs"]["kept"])) if feasible else None
+    base = s._teacher_record() if any(r["state"] == "COMPLETE" for r in rows) else None
+    summary = {
+        "teacher": s.teacher.name, "teacher_sha256": s.teacher.sha256, "target": s.target.name,
+        "objective": s.cfg.objective, "min_kept": s.cfg.min_kept, "sampler": s.cfg.sampler, "seed": s.cfg.seed,
+        "teacher_valid_ndcg@10": s.teacher_valid,
+        "trials": {state: sum(r["state"] == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+        "front": [r["number"] for r in front],
+        "hypervolume": hypervolume(rows, s.cfg.objective, teacher_cost(base, s.cfg.objective)) if base else 0.0,
+        "hypervolume_reference": "NDCG kept 0, the teacher's cost on the target",
+        "space": s.space, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if chosen:
+        a = load_artifact(chosen["user_attrs"]["artifact_path"])
+        dest = s.run_dir / "chosen" / a.name
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(a.path, dest)
+        rec = next(r for r in load_records(s.run_dir / BENCH_RUN) if r["artifact"]["sha256"] == a.sha256)
+        test = {"split": "test", "ndcg@10": rec["accuracy"]["ndcg@10"], "hr@10": rec["accuracy"]["hr@10"],
+                "teacher_ndcg@10": base["accuracy"]["ndcg@10"],
+                "kept": rec["accuracy"]["ndcg@10"] / base["accuracy"]["ndcg@10"] if base["accuracy"]["ndcg@10"] else None,
+                "users": rec["accuracy"]["users"], "source": "the chosen file's own outputs on the target"}
+        summary["chosen"] = {"trial": chosen["number"], "params": chosen["params"], "validation": chosen["user_attrs"],
+                             "artifact": str(a.path), "copy": str(dest), "lineage": lineage(a), "test": test}
+        u = chosen["user_attrs"]
+        summary["conclusion"] = (
+            f"trial {chosen['number']} ({describe(chosen['params'])}) keeps {u['kept']:.1%} of the teacher's "
+            f"validation NDCG@10 (budget {s.cfg.min_kept:.0%}) at {u['speedup_p50']:.1f}x the teacher's speed and "
+            f"{u['size_ratio']:.1f}x smaller on {s.target.name}; on test (read once, now): "
+            f"{test['kept']:.1%} of the teacher's NDCG@10")
+    else:
+        summary["chosen"] = None
+        summary["conclusion"] = (f"no completed trial keeps {s.cfg.min_kept:.0%} of the teacher's validation "
+                                 "NDCG@10: nothing chosen (more trials, epochs or a lower --min-kept)")
+    png = _plot(rows, front, chosen, s.cfg, s.run_dir / "front.png")
+    summary["front_png"] = str(png)
+    summary["html"] = str(_html(front, chosen, summary, png, s.run_dir / "search.html"))
+    write_json(s.run_dir / "front.json", [{"number": r["number"], "params": r["params"], **{
+        k: r["user_attrs"].get(k) for k in ("kept", "p50_ms", "size_bytes", "peak_rss_bytes", "speedup_p50",
+                                            "size_ratio", "artifact")}} for r in front])
+    write_json(s.run_dir / "search.json", summary)
+    if console is not None:  # wide enough for the candidate column in a log file too
+        console.print(_table(front, chosen, s.cfg), width=None if console.is_terminal else 160)
+    s.say(summary["conclusion"])
+    return summary
+
+
+def search(teacher: Artifact, cfg: SearchConfig, target, *, store: Path = DEFAULT_STORE, run_dir: Path,
+           say: Callable[[str], None] = print, console=None) -> dict:
+    """Run (or resume) the search in `run_dir` and write its results there."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with path_lock(run_dir / "search.lock", "edgekd search"):
+        s = Search(teacher, cfg, target, store=store, run_dir=run_dir, say=say)
+        s.open()
+        s.run()
+        return finish(s, console)

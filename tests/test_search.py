@@ -1,0 +1,226 @@
+"""`edgekd search`: the space, the front, a tiny search end to end, and resuming after kill -9."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from edgekd.errors import ConfigError  # noqa: E402
+from edgekd.search import DEFAULT_SPACE, SearchConfig, hypervolume, load_space, pareto  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One student setting and one format: a trial is one short training (or none), one ONNX export
+# and one bench cell.
+TINY_SPACE = """
+[student]
+models = ["{model}"]
+{model} = {{ d = [8] }}
+[distill]
+loss = ["none"]
+[prune]
+methods = ["none", "vocabulary"]
+coverage = [0.9]
+[export]
+formats = ["onnx-fp32"]
+[train]
+epochs = {epochs}
+patience = {epochs}
+[pruner]
+startup = 5
+"""
+
+
+def _row(n, kept, p50, size, mem, state="COMPLETE"):
+    return {"number": n, "state": state, "params": {}, "values": [kept, p50],
+            "user_attrs": {"kept": kept, "p50_ms": p50, "size_bytes": size, "peak_rss_bytes": mem}}
+
+
+def test_default_space_is_valid_and_a_toml_file_replaces_its_keys(tmp_path):
+    assert load_space() == DEFAULT_SPACE
+    p = tmp_path / "s.toml"
+    p.write_text('[export]\nformats = ["onnx-int8:dynamic", "tflite-fp32"]\n[train]\nepochs = 3\n')
+    s = load_space(p)
+    assert s["export"]["formats"] == ["onnx-int8:dynamic", "tflite-fp32"]
+    assert s["train"]["epochs"] == 3 and s["train"]["patience"] == DEFAULT_SPACE["train"]["patience"]
+    assert s["student"] == DEFAULT_SPACE["student"]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[students]\nmodels = ['mlp']\n", "unknown section"),
+    ("[student]\nmodels = ['transformer-xl']\n", "unknown model"),
+    ("[student]\nmodels = ['mlp']\nmlp = { pool = ['max'] }\n", "pool"),
+    ("[student]\nmodels = ['gru4rec']\ngru4rec = { blocks = [2] }\n", "gru4rec"),
+    ("[distill]\nloss = ['kl+nope']\n", "nope"),
+    ("[export]\nformats = ['onnx-fp32:dynamic']\n", "takes no recipe"),
+    ("[export]\nformats = []\n", "non-empty"),
+    ("[prune]\nsparsity = [1.5]\n", "sparsity"),
+    ("[train]\nepochs = 0\n", "epochs"),
+    ("[train\n", "not valid TOML"),
+])
+def test_a_bad_space_is_one_config_error(tmp_path, text, match):
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_space(p)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="objective"):
+        SearchConfig(objective="speed")
+    with pytest.raises(ConfigError, match="sampler"):
+        SearchConfig(sampler="grid")
+    with pytest.raises(ConfigError, match="min-kept"):
+        SearchConfig(min_kept=95)
+
+
+def test_pareto_front_over_kept_latency_size_and_memory():
+    rows = [_row(0, 0.99, 1.0, 100, 10), _row(1, 0.90, 0.5, 100, 10),   # both on the front
+            _row(2, 0.90, 1.0, 100, 10),                                 # beaten by 1
+            _row(3, 0.80, 2.0, 50, 10),                                  # smallest: on the front
+            _row(4, 0.99, 0.1, 1, 1, state="PRUNED")]                    # not completed: never
+    assert [r["number"] for r in pareto(rows)] == [0, 1, 3]
+
+
+def test_hypervolume_grows_with_a_better_front():
+    a = [_row(0, 0.9, 50.0, 1, 1)]
+    b = a + [_row(1, 0.95, 20.0, 1, 1)]
+    hv_a, hv_b = hypervolume(a, "p50", 100.0), hypervolume(b, "p50", 100.0)
+    assert hv_a == pytest.approx(0.9 * 0.5)
+    assert hv_b == pytest.approx(0.95 * 0.8)
+    assert hypervolume([_row(0, 0.9, 150.0, 1, 1)], "p50", 100.0) == 0.0  # slower than the teacher
+
+
+def test_cli_bad_space_is_one_line_and_exit_2(tiny_teacher, tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text("[nope]\n")
+    r = subprocess.run([sys.executable, "-m", "edgekd", "search", str(tiny_teacher.path), "--space", str(p),
+                        "--results", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2, r.stderr
+    assert "unknown section [nope]" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_tiny_search_completes_reuses_its_student_and_chooses_under_the_budget(tiny_teacher, store, fast_target,
+                                                                              tmp_path):
+    from edgekd.search import search
+    from edgekd.targets import load_target
+
+    p = tmp_path / "space.toml"
+    p.write_text(TINY_SPACE.format(model="mlp", epochs=2))
+    cfg = SearchConfig(trials=2, min_kept=0.01, sampler="random", space=load_space(p))
+    run = tmp_path / "run"
+    summary = search(tiny_teacher, cfg, load_target(str(fast_target)), store=store, run_dir=run, say=lambda m: None)
+    rows = json.loads((run / "trials.json").read_text())
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for r in rows:
+        u = r["user_attrs"]
+        assert u["kept"] > 0 and u["p50_ms"] > 0 and u["size_bytes"] > 0 and u["peak_rss_bytes"] > 0
+        assert u["teacher_valid_ndcg@10"] == pytest.approx(summary["teacher_valid_ndcg@10"])
+    # one student setting: trained in the first trial, looked up in the store by the second
+    assert [r["user_attrs"]["student_reused"] for r in rows] == [False, True]
+    assert rows[0]["user_attrs"]["student"] == rows[1]["user_attrs"]["student"]
+    chosen = summary["chosen"]
+    assert chosen is not None and chosen["validation"]["kept"] >= 0.01
+    assert [x["stage"] for x in chosen["lineage"]][0] == "exported"
+    assert chosen["lineage"][-1]["sha256"] == tiny_teacher.sha256
+    assert chosen["test"]["split"] == "test" and 0 <= chosen["test"]["ndcg@10"] <= 1
+    assert (run / "chosen" / Path(chosen["artifact"]).name / "artifact.json").is_file()
+    assert (run / "front.png").stat().st_size > 1000 and (run / "search.html").is_file()
+    front = json.loads((run / "front.json").read_text())
+    assert {f["number"] for f in front} <= {0, 1} and front
+
+
+def _study_states(db: Path) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{db}"
+    out = {}
+    for name in ("edgekd-search", "edgekd-search.students"):
+        try:
+            out[name] = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        except KeyError:
+            out[name] = []
+    return out
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_the_same_command_finishes_without_counting_twice(tiny_teacher, store, fast_target,
+                                                                               tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text(TINY_SPACE.format(model="gru4rec", epochs=4))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgekd", "search", str(tiny_teacher.path), "--target", str(fast_target),
+           "--trials", "2", "--min-kept", "0.01", "--space", str(space), "--out", str(tmp_path / "models"),
+           "--results", str(run), "--sampler", "random"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        # kill it in the middle of the first trial: its student's training has checkpointed an
+        # epoch (the database is not opened here while the search writes it)
+        while time.time() < deadline and p.poll() is None:
+            if list((tmp_path / "models").glob(".search-*.checkpoint.pt")):
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.stderr.read().decode()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    st = _study_states(run / "search.db")
+    assert [t.state.name for t in st["edgekd-search"]] == ["RUNNING"]  # left behind by the dead process
+
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "marked failed" in r.stderr
+    st = _study_states(run / "search.db")
+    trials = st["edgekd-search"]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[0].user_attrs["failed"] == "its process ended while it ran"
+    assert len({t.number for t in trials}) == 3
+    rows = json.loads((run / "trials.json").read_text())
+    assert sum(r["state"] == "COMPLETE" for r in rows) == 2
+    # the killed training continued from its checkpoint under the same name and is reused after
+    names = {t.user_attrs.get("student") for t in trials}
+    assert len(names) == 1
+    assert [t.state.name for t in st["edgekd-search.students"]] == ["FAIL", "COMPLETE"]
+    summary = json.loads((run / "search.json").read_text())
+    assert summary["trials"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 1, "RUNNING": 0}
+
+
+def test_reopening_fails_trials_a_dead_process_left_running_and_refuses_other_settings(tiny_teacher, tmp_path):
+    from optuna.trial import TrialState
+
+    from edgekd.search import Search
+    from edgekd.targets import load_target
+
+    target = load_target("local-cpu")
+    run = tmp_path / "run"
+    run.mkdir()
+    s = Search(tiny_teacher, SearchConfig(trials=3), target, store=tmp_path / "m", run_dir=run, say=lambda m: None)
+    s.open()
+    assert s.abandoned == 0
+    s.study.ask()  # as a process killed mid-trial leaves it: RUNNING, never told
+    s.students.ask()
+    again = Search(tiny_teacher, SearchConfig(trials=3), target, store=tmp_path / "m", run_dir=run, say=lambda m: None)
+    again.open()
+    assert again.abandoned == 2
+    for study in (again.study, again.students):
+        (t,) = study.get_trials()
+        assert t.state == TrialState.FAIL and t.user_attrs["failed"] == "its process ended while it ran"
+    assert again.finished() == 0  # a failed trial does not count towards --trials
+    other = Search(tiny_teacher, SearchConfig(trials=3, objective="size"), target, store=tmp_path / "m", run_dir=run)
+    with pytest.raises(ConfigError, match=r"other settings \(objective\)"):
+        other.open()
