@@ -173,10 +173,10 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     # on top of each other and their labels would be unreadable.
     for i, r in enumerate(ok):
         teacher = r["stage"] == "teacher"
-        _errorbar(ax, r, r["ndcg@10"], "crimson" if teacher else plt.cm.tab10(i % 10))
+        _errorbar(ax, r, r["ndcg@10"], _colour(i, teacher))
         ax.scatter(r["p50_ms"], r["ndcg@10"], s=130 if teacher else 55, alpha=0.85,
                    marker="*" if teacher else markers[i % len(markers)],
-                   color="crimson" if teacher else plt.cm.tab10(i % 10),
+                   color=_colour(i, teacher),
                    label=f"{r['artifact']} ({r['format']})")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
@@ -223,7 +223,7 @@ def _charts(rows: list[dict]) -> list[tuple[str, str]]:
         return []
     teacher = next((r for r in ok if r["stage"] == "teacher"), None)
     names = [r["artifact"] for r in ok]
-    colors = ["crimson" if r["stage"] == "teacher" else plt.cm.tab10(i % 10) for i, r in enumerate(ok)]
+    colors = [_colour(i, r["stage"] == "teacher") for i, r in enumerate(ok)]
     charts = []
 
     fig, ax = plt.subplots(figsize=(8, 4.6))
@@ -237,7 +237,7 @@ def _charts(rows: list[dict]) -> list[tuple[str, str]]:
                    marker="*" if r["stage"] == "teacher" else "o", edgecolor="black" if i in front else "none",
                    label=f"{r['artifact']} ({r['format']})", zorder=3)
     if teacher:
-        ax.axhline(teacher["ndcg@10"], color="crimson", lw=0.8, ls=":", label="teacher NDCG@10")
+        ax.axhline(teacher["ndcg@10"], color=TEACHER_COLOUR, lw=0.8, ls=":", label="teacher NDCG@10")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency at batch 1, ms (log; bars: slowest and fastest round)")
     ax.set_ylabel("test NDCG@10, full ranking")
@@ -255,10 +255,12 @@ def _charts(rows: list[dict]) -> list[tuple[str, str]]:
         if key == "peak_rss_bytes":
             base = [(r.get("baseline_rss_bytes") or 0) * scale for r in ok]
             ax.barh(y, base, color="white", alpha=0.55, hatch="//", edgecolor="grey", label="runtime alone (no model)")
-            ax.legend(fontsize=7, loc="lower right")
         if teacher and teacher.get(key):
-            ax.axvline(teacher[key] * scale, color="crimson", ls="--", lw=1)
-            ax.text(teacher[key] * scale, len(ok) - 0.5, " teacher", color="crimson", fontsize=7, va="bottom")
+            # in the legend, outside the axes: a label on the line itself was cut off at the edge
+            ax.axvline(teacher[key] * scale, color=TEACHER_COLOUR, ls="--", lw=1,
+                       label=f"teacher: {teacher[key] * scale:,.0f}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.set_yticks(list(y), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(label)
@@ -288,9 +290,10 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
         rows = _rows(trecs)
         ok = [r for r in trecs if r["status"] == "ok"]
         dev = ok[0]["device"] if ok else {}
+        state = [f"{k} {e(str(dev[f]))}{u}" for k, f, u in (("governor", "governor", ""), ("temperature", "temperature_c", " °C"),
+                                                             ("throttled", "throttled", "")) if dev.get(f) is not None]
         parts.append(f"<h2>Target {e(target)}</h2><p class='meta'>{e(str(dev.get('cpu') or '?'))}, "
-                     f"{e(str(dev.get('machine') or '?'))}; governor {e(str(dev.get('governor')))}; "
-                     f"temperature {e(str(dev.get('temperature_c')))} °C; throttled {e(str(dev.get('throttled')))}; "
+                     f"{e(str(dev.get('machine') or '?'))}; {'; '.join(state + [''])}"
                      f"batch 1, {ok[0]['threads'] if ok else '?'} thread(s). Accuracy: test split, full ranking, "
                      "seen items excluded, from each file's own outputs. Ratios against the teacher on the same target.</p>")
         head = ["model", "stage", "format", "runtime", "size KiB", "p50 ms [rounds min-max]", "p90 ms", "p99 ms", "cold start ms",
@@ -325,6 +328,20 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
 
 def _f(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+TEACHER_COLOUR = "black"
+
+
+def _colour(i: int, teacher: bool):
+    """The teacher in black; the others from tab10 without its red, which read as a second
+    teacher beside the old crimson."""
+    import matplotlib.pyplot as plt
+
+    if teacher:
+        return TEACHER_COLOUR
+    palette = [c for j, c in enumerate(plt.cm.tab10.colors) if j != 3]
+    return palette[i % len(palette)]
 
 
 def _errorbar(ax, row: dict, y: float, color) -> None:

@@ -90,6 +90,19 @@ def test_html_report_is_self_contained_with_charts(result):
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 3  # images inlined
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
     assert page.index("synthetic-teacher") < page.index("synthetic-student-kd-onnx-fp32")
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"src='data:[^']*'", "", page))
+    assert not re.search(r"\bNone\b", text)  # a missing device figure is left out, not printed as None
+
+
+def test_the_teacher_has_a_colour_no_other_model_has():
+    from matplotlib.colors import to_rgb
+
+    from edgekd.report import _colour
+
+    teacher = to_rgb(_colour(0, True))
+    others = [to_rgb(_colour(i, False)) for i in range(12)]
+    assert all(sum(abs(a - b) for a, b in zip(teacher, o)) > 0.6 for o in others)
+    assert not any(o[0] > 0.6 and o[1] < 0.3 and o[2] < 0.3 for o in others)  # no red beside a red teacher
 
 
 def test_pareto_front():
