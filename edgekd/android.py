@@ -22,7 +22,7 @@ __all__ = ["parse_tflite_benchmark", "parse_ort_perf_test"]
 
 _KEYS = ("tool", "format", "init_ms", "first_inference_ms", "warmup_avg_ms", "avg_ms", "std_ms", "min_ms",
          "max_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "runs", "peak_memory_bytes",
-         "init_memory_delta_bytes", "overall_memory_delta_bytes", "model_size_bytes")
+         "init_memory_delta_bytes", "overall_memory_delta_bytes", "model_size_bytes", "delegates_reported")
 
 # A number as C++ iostreams print it with default precision: "17187", "2.95034e+06", "0.0958204".
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -102,6 +102,11 @@ _TFL_MEM_DELTA = re.compile(rf"^(?:Memory footprint delta from the start of the 
 _TFL_PEAK = re.compile(rf"^Overall peak memory footprint \(MB\) via periodic monitoring: ({_NUM})")
 
 
+# The delegate settings benchmark_model echoes back ("Use xnnpack: [1]", "Use gpu: [1]",
+# "Use NNAPI: [1]"), printed for flags given on the command line.
+_TFL_USE = re.compile(r"^Use (xnnpack|gpu|nnapi)\s*:\s*\[(\w+)\]", re.IGNORECASE)
+
+
 def _stat_fields(line: str) -> dict[str, float]:
     return {k: float(v) for k, v in _TFL_FIELD.findall(line)}
 
@@ -141,6 +146,7 @@ def parse_tflite_benchmark(text: str) -> dict:
         if _TFL_START.match(line):  # a new run: forget the previous one
             phase, stats, summary = 0, [], None
             session_init_ms = model_mb = mem = peak = None
+            out["delegates_reported"] = None
         elif _TFL_PHASE.match(line):
             phase += 1
         elif _TFL_STAT.match(line):
@@ -158,6 +164,8 @@ def parse_tflite_benchmark(text: str) -> dict:
             mem = (m[1], m[2])
         elif m := _TFL_PEAK.match(line):
             peak = m[1]
+        elif m := _TFL_USE.match(line):
+            out["delegates_reported"] = {**(out["delegates_reported"] or {}), m[1].lower(): m[2] in ("1", "true")}
 
     # The timed runs' stat line: the last one printed in the second (or later) phase. Output without
     # phase headers (trimmed logs) falls back to the last of at least two stat lines.

@@ -83,6 +83,24 @@ def _binary_status(path: str | None) -> str:
     return "ok" if Path(path).expanduser().is_file() else f"missing: {path}"
 
 
+# The fixed flags for each allowed delegate / execution provider (targets.TFLITE_DELEGATES and
+# targets.ONNX_EXECUTION_PROVIDERS). "cpu" for TFLite switches XNNPACK off explicitly: recent
+# benchmark_model builds apply it by default otherwise.
+TFLITE_DELEGATE_FLAGS = {"cpu": ["--use_xnnpack=false"], "xnnpack": ["--use_xnnpack=true"],
+                         "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"]}
+ORT_PROVIDER_FLAGS = {"cpu": ["-e", "cpu"], "xnnpack": ["-e", "xnnpack"], "nnapi": ["-e", "nnapi"]}
+
+
+def android_delegate(kind: str, target: Target) -> dict:
+    """Which delegate (TFLite) or execution provider (ONNX Runtime) an adb cell runs with, the
+    target field that chose it, and the flags passed to the tool."""
+    if kind == "tflite":
+        return {"field": "tflite_delegate", "name": target.tflite_delegate,
+                "flags": list(TFLITE_DELEGATE_FLAGS[target.tflite_delegate])}
+    return {"field": "onnx_execution_provider", "name": target.onnx_execution_provider,
+            "flags": list(ORT_PROVIDER_FLAGS[target.onnx_execution_provider])}
+
+
 def run_android(a: Artifact, target: Target, threads: int) -> dict:
     """Time the file with the device's own benchmark tool (TFLite benchmark_model, or
     onnxruntime_perf_test for ONNX) through adb, and parse what it prints."""
@@ -105,12 +123,13 @@ def run_android(a: Artifact, target: Target, threads: int) -> dict:
         tr.run(["chmod", "755", exe], check=True)
         tr.put(a.file, model)
         pre = ["taskset", target.taskset] if target.taskset else []
+        flags = android_delegate(kind, target)["flags"]
         if kind == "tflite":
             argv = pre + [exe, f"--graph={model}", f"--num_threads={threads}", f"--warmup_runs={target.warmup}",
                           f"--num_runs={target.min_runs}", f"--min_secs={target.min_seconds}",
-                          "--report_peak_memory_footprint=true"]
+                          "--report_peak_memory_footprint=true", *flags]
         else:
-            argv = pre + [exe, "-e", "cpu", "-x", str(threads), "-r", str(target.min_runs), "-I", model]
+            argv = pre + [exe, *flags, "-x", str(threads), "-r", str(target.min_runs), "-I", model]
         p = tr.run(argv, timeout=target.timeout_s)
         text = p.stdout.decode(errors="replace") + "\n" + p.stderr.decode(errors="replace")
         parsed = parse_tflite_benchmark(text) if kind == "tflite" else parse_ort_perf_test(text)
@@ -183,6 +202,8 @@ def make_android_record(a: Artifact, target: Target, parsed: dict, host_raw: dic
         "size_bytes": a.file.stat().st_size,
         "accuracy": accuracy_block(acc, host_raw["eval_users"], "the same file run on the host"),
         "device": device_info, "tool_output": parsed,
+        # what the tool was asked to run with; tool_output["delegates_reported"] is what it said
+        "delegate": {**android_delegate(payload_kind(a), target), "reported": parsed.get("delegates_reported")},
         "edgekd_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -33,6 +33,10 @@ KINDS = ("local", "ssh", "adb")
 DEVICES = ("cpu", "cuda")
 RUNTIME_CHOICES = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtime", "tflite"),
                    "torch": ("torch",)}
+# What the phone's benchmark tools may run a model with (adb targets only). Each name maps to fixed
+# command-line flags in edgekd.bench; nothing from the target file reaches the tool's command line.
+TFLITE_DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi")
+ONNX_EXECUTION_PROVIDERS = ("cpu", "xnnpack", "nnapi")
 BUILTIN = {"local-cpu": {"kind": "local", "description": "the host CPU, one thread", "threads": 1}}
 # ssh options that would switch off host-key checking: refused, whatever the target file says
 UNSAFE_SSH = {"stricthostkeychecking": {"no", "off", "false", "accept-new"},
@@ -91,6 +95,8 @@ class Target:
     perf_test_binary: str | None = None
     remote_dir: str = "/data/local/tmp"
     taskset: str | None = None
+    tflite_delegate: str = "cpu"
+    onnx_execution_provider: str = "cpu"
     source: str = "built-in"
     # Set from the command line only (`--allow-local-commands`), never from a target file.
     allow_local_commands: bool = False
@@ -135,7 +141,8 @@ def _fail(src: str, field_name: str, msg: str) -> TargetFileError:
 _INT = {"threads": 1, "warmup": 0, "min_runs": 1, "port": 1, "connect_timeout_s": 1}
 _NUM = {"min_seconds": 0, "timeout_s": 1}
 _STR = ("description", "host", "user", "python", "remote_tmp", "ssh_config", "identity_file",
-        "serial", "adb", "benchmark_binary", "perf_test_binary", "remote_dir", "taskset", "kind", "device")
+        "serial", "adb", "benchmark_binary", "perf_test_binary", "remote_dir", "taskset", "kind", "device",
+        "tflite_delegate", "onnx_execution_provider")
 
 
 def parse_ssh_url(url: str) -> tuple[str | None, str, int | None]:
@@ -214,6 +221,11 @@ def target_from_dict(name: str, raw: dict, source: str) -> Target:
     if kind == "adb" and raw.get("taskset") is not None:
         if not re.fullmatch(r"[0-9a-fA-F]{1,16}", raw["taskset"]) or int(raw["taskset"], 16) == 0:
             raise _fail(source, "taskset", f"must be a non-zero hex CPU mask such as 'f0', got {raw['taskset']!r}")
+    for key, allowed in (("tflite_delegate", TFLITE_DELEGATES), ("onnx_execution_provider", ONNX_EXECUTION_PROVIDERS)):
+        if key in raw and raw[key] not in allowed:
+            raise _fail(source, key, f"is {raw[key]!r}; allowed: {', '.join(allowed)}")
+        if kind != "adb" and raw.get(key, "cpu") != "cpu":
+            raise _fail(source, key, f"applies to kind 'adb' only, not {kind!r}")
     if kind != "ssh" and raw.get("host"):
         raise _fail(source, "host", f"applies to kind 'ssh' only, not {kind!r}")
     return Target(name=name, source=source, **out)

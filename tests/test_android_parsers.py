@@ -116,6 +116,17 @@ def test_tflite_new_output_with_percentiles():
     assert r["peak_memory_bytes"] is None
 
 
+def test_tflite_delegate_settings_the_tool_echoes():
+    # the TI sample ran with --use_xnnpack=false and says "Use xnnpack: [0]"; the old one says nothing
+    assert parse_tflite_benchmark(_read("tflite_new_ssd_mobilenet_v2_am62x.txt"))["delegates_reported"] == {
+        "xnnpack": False}
+    assert parse_tflite_benchmark(_read("tflite_old_mobilenet_v1_riscv.txt"))["delegates_reported"] is None
+    # the gpu and NNAPI providers' LogParams wording ("Use gpu", "Use NNAPI"), on a line of its own
+    text = _read("tflite_new_ssd_mobilenet_v2_am62x.txt").replace(
+        "INFO: Use xnnpack: [0]", "INFO: Use gpu: [1]\nINFO: Use NNAPI: [1]")
+    assert parse_tflite_benchmark(text)["delegates_reported"] == {"gpu": True, "nnapi": True}
+
+
 def test_tflite_periodic_peak_and_memory_status_block():
     # No complete public output with the periodic-monitor line was found. These five lines are quoted
     # verbatim from a public script's pasted TF 2.11 benchmark_model output (the line's format is
