@@ -335,7 +335,8 @@ class Search:
             kd="off" if loss == "none" else "on", loss="kl" if loss == "none" else loss,
             **{k: v for k, v in arch.items() if k in ("d", "blocks", "heads", "dropout")},
             arch_options=tuple(sorted((k, v) for k, v in arch.items() if k in ("layers", "pool"))))
-        settings = json.loads(json.dumps(cfg.to_dict()))  # as the card stores it (tuples as lists)
+        # as the card stores it: with the loss decided for this catalogue, tuples as lists
+        settings = json.loads(json.dumps(cfg.resolved(self.ds.num_items).to_dict()))
         key = _key({"teacher": self.teacher.sha256, "data": self.ds.fingerprint(), "distill": settings})
         name = f"search-{model}-{key}"
         trial.set_user_attr("student", name)

@@ -373,17 +373,29 @@ def test_starting_over_says_the_interrupted_checkpoint_is_discarded(tiny_ds, tmp
 # ---------------------------------------------------------------- 8. Ctrl-C
 
 def test_ctrl_c_says_what_was_interrupted_and_how_to_resume(tmp_path):
+    import threading
+
     env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
     p = subprocess.Popen([sys.executable, "-m", "edgekd", "train", "--synthetic", "users=500", "--out", str(tmp_path)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not (tmp_path / ".synthetic-teacher.checkpoint.pt.lock").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read():
+        for line in p.stderr:
+            lines.append(line)
+            if "epoch 1/" in line:
+                training.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert training.wait(timeout=300), "".join(lines)  # interrupt it in the middle of training
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130
-    line = next(l for l in err.splitlines() if l.startswith("interrupted"))
+    p.wait(timeout=300)
+    reader.join(timeout=30)
+    err = "".join(lines)
+    assert p.returncode == 130, err
+    line = next(l for l in lines if l.startswith("interrupted"))
     assert "train" in line and "--resume" in line and "Traceback" not in err
 
 
