@@ -376,8 +376,11 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_resume(tmp_path):
     import threading
 
     env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: give
+    # the child the default disposition, as a terminal would (CI may run the suite in background).
     p = subprocess.Popen([sys.executable, "-m", "edgekd", "train", "--synthetic", "users=500", "--out", str(tmp_path)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     training = threading.Event()
 
