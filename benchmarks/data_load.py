@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,19 +108,10 @@ def main() -> int:
         ratios = [o["seconds"] / n["seconds"] for o, n in zip(rows["old"], rows["new"])]
         results["speedup_old_over_new"] = {"per_round": ratios, "median": statistics.median(ratios),
                                            "min": min(ratios), "max": max(ratios)}
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {
-        "command": "python benchmarks/data_load.py " + " ".join(sys.argv[1:]),
-        "commit": commit,
-        "machine": (f"{platform.platform()}, {os.cpu_count()} CPUs shared with other processes (load "
-                              f"average in results), Python {platform.python_version()}"),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "results": results,
-    }
-    print(json.dumps(results, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
+    from record import save  # benchmarks/record.py: the standard record shape
+
+    save('data_load.py', results, args.out,
+         "CPUs shared with other processes (load average in results)")
     return 0
 
 

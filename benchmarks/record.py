@@ -29,8 +29,10 @@ KEYS = ("command", "commit", "machine", "date", "results")
 
 def git_commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        repo = str(Path(__file__).resolve().parents[1])  # the repository, whatever the working directory
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -53,6 +55,18 @@ def wrap(results, command: str, commit: str | None = None, machine_: str | None 
          date: str | None = None) -> dict:
     return {"command": command, "commit": commit or git_commit(), "machine": machine_ or machine(),
             "date": date or dt.datetime.now(dt.timezone.utc).date().isoformat(), "results": results}
+
+
+def save(script: str, results, out: Path | None, note: str = "") -> dict:
+    """The standard record of `python benchmarks/SCRIPT ARGS` (this process's command line),
+    printed and, with `out`, written there. `note` is added to the machine line."""
+    rec = wrap(results, " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+               machine_=machine() + (f"; {note}" if note else ""))
+    print(json.dumps(results, indent=1))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rec, indent=1) + "\n")
+    return rec
 
 
 def main() -> int:

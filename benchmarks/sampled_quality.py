@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,18 +56,12 @@ def main() -> int:
                 print(seed, label, json.dumps(row[label]), flush=True)
             row["ratio_sampled_over_full"] = row["sampled"]["test_ndcg@10"] / row["full"]["test_ndcg@10"]
             rows.append(row)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"command": "python benchmarks/sampled_quality.py " + " ".join(sys.argv[1:]), "commit": commit,
-              "machine": (f"{platform.platform()}, {os.cpu_count()} CPUs shared with other processes (load "
-                              f"average in results), Python {platform.python_version()}" + f", {args.threads} torch threads"),
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-              "results": {"dataset": ds.stats(), "epochs": args.epochs, "early_stopping": False,
+    from record import save  # benchmarks/record.py: the standard record shape
+
+    save('sampled_quality.py', {"dataset": ds.stats(), "epochs": args.epochs, "early_stopping": False,
                           "negatives": args.negatives, "loss_type": args.loss_type, "maxlen": args.maxlen,
-                          "per_seed": rows, "load_average_before_after": [load_before, os.getloadavg()]}}
-    print(json.dumps(record["results"], indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
+                          "per_seed": rows, "load_average_before_after": [load_before, os.getloadavg()]}, args.out,
+         f"CPUs shared with other processes (load average in results), {args.threads} torch threads")
     return 0
 
 

@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,16 +92,10 @@ def main() -> int:
     for d in data:
         full, samp = results[f"{d} negatives=0"], results[f"{d} negatives={args.negatives}"]
         results[f"{d} speedup"] = full["median_epoch_seconds"] / samp["median_epoch_seconds"]
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]), "commit": commit,
-              "machine": (f"{platform.platform()}, {os.cpu_count()} CPUs shared with other processes (load "
-                              f"average in results), Python {platform.python_version()}" + f", {args.threads} torch threads"),
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-              "results": {**results, "load_average_before_after": [load_before, os.getloadavg()]}}
-    print(json.dumps(record["results"], indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
+    from record import save  # benchmarks/record.py: the standard record shape
+
+    save('scale.py', {**results, "load_average_before_after": [load_before, os.getloadavg()]}, args.out,
+         f"CPUs shared with other processes (load average in results), {args.threads} torch threads")
     return 0
 
 
