@@ -85,26 +85,37 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 @contextlib.contextmanager
 def path_lock(path: Path, what: str = "a run"):
     """Hold an exclusive lock on `path` (created if missing) for a run: a second edgekd process
-    asking for the same lock fails at once with a clear error instead of sharing state."""
+    asking for the same lock fails at once with a clear error instead of sharing state. The lock
+    file is removed when the run ends, so a store holds no leftovers."""
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(exist_ok=True)
-    f = open(path, "a+")
-    try:
+    while True:
+        f = open(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             who = f.read().strip() or "another process"
+            f.close()
             raise EdgeKDError(f"{path}: already running ({who})",
                               hint="wait for that run to finish, or pick another --name") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()  # the run that held it ended and removed the file meanwhile: lock the new one
+    try:
         f.seek(0)
         f.truncate()
         f.write(f"edgekd pid {os.getpid()}, {what}")
         f.flush()
         yield
     finally:
+        path.unlink(missing_ok=True)  # while still held: no other run can be holding it
         f.close()
 
 

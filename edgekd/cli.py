@@ -411,7 +411,8 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
         ds = dataset_for(ts[0])
     with _epochs(f"distill ({loss if kd == 'on' else 'kd off'})", epochs) as progress:
         a = run(ts, ds, cfg, store=store, name=name, progress=progress, resume=resume, tensorboard=tensorboard)
-    _done(a)
+    if a is not None:  # None: a torchrun process other than rank 0
+        _done(a)
 
 
 @app.command()

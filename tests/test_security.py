@@ -342,8 +342,10 @@ def test_a_second_run_on_the_same_checkpoint_fails_at_once(tmp_path):
         with pytest.raises(EdgeKDError, match="already running"):
             with path_lock(tmp_path / ".x.lock", "training"):
                 pass
-    with path_lock(tmp_path / ".x.lock"):  # released
+    assert not (tmp_path / ".x.lock").exists()  # released and removed: no leftovers in the store
+    with path_lock(tmp_path / ".x.lock"):
         pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_concurrent_trainings_with_one_name(tmp_path):

@@ -120,6 +120,13 @@ def test_two_process_torchrun_teacher_trains_and_evaluates(tmp_path):
     assert card["training"]["processes"] == 2 and card["training"]["replicas_agree"] is True
     assert card["metrics"]["test_ndcg@10"] > card["metrics"]["floors_test_ndcg@10"]["popularity"]
     assert p.stderr.count("epoch 1/3") == 1        # one process reports progress
+    # distillation under torchrun: one student, written once, by rank 0; nothing else left behind
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "edgekd", "distill", str(arts[0]), "--dim", "8", "--epochs", "2", "--out", str(tmp_path),
+                        "--name", "s"], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(d.name for d in tmp_path.iterdir()) == sorted([arts[0].name, "s"])
+    assert json.loads((tmp_path / "s" / "artifact.json").read_text())["training"]["processes"] == 2
 
 
 def test_length_buckets_cover_every_window_once_and_cutting_padding_is_exact(tiny_ds):
