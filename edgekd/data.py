@@ -12,13 +12,15 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, EdgeKDWarning
+from .extras import LARGE_HINT, arrow_available
 
 Event = tuple[str, str, float]  # (user, item, timestamp)
 OOV_ID = "<oov>"  # the item every pruned item becomes (vocabulary pruning)
@@ -417,9 +419,7 @@ def build_dataset(events: Iterable[Event], name: str, min_events: int = MIN_EVEN
         evs.sort(key=lambda e: e[0])  # stable: ties keep file order
         kept[user] = [item for _, item in evs]
     if not kept:
-        from .data_arrow import no_user_error
-
-        raise no_user_error(name, min_events, dropped)
+        raise _no_user_error(name, min_events, dropped)
     items = sorted({i for seq in kept.values() for i in seq} - {OOV_ID}, key=_sort_key)
     if any(OOV_ID in seq for seq in kept.values()):
         items.append(OOV_ID)  # the out-of-vocabulary item is always the last index
@@ -461,23 +461,48 @@ def _load_fast(spec: DataSpec) -> Dataset:
     built, dropped = data_arrow.build_arrays(users, items, ts, min_events=spec.min_events, oov_id=OOV_ID,
                                              key=_sort_key)
     if built is None:
-        raise data_arrow.no_user_error(spec.name, spec.min_events, dropped)
+        raise _no_user_error(spec.name, spec.min_events, dropped)
     sequences, item_list, user_list = built
     return Dataset(name=spec.name, sequences=sequences, items=item_list, users=user_list,
                    dropped_users=dropped, spec=spec)
 
 
+def _no_user_error(name: str, min_events: int, dropped: int) -> DataError:
+    return DataError(f"{name}: no user has at least {min_events} events ({dropped} users dropped)")
+
+
+LARGE_FILE_BYTES = 50 * 10**6  # above this, reading without pyarrow suggests the [large] extra
+_suggested_large = False
+
+
+def _suggest_large(path: Path) -> None:
+    """Once per process: a file this large reads faster with the [large] extra (pyarrow)."""
+    global _suggested_large
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # the parser names a missing file
+    if size > LARGE_FILE_BYTES and not _suggested_large:
+        _suggested_large = True
+        warnings.warn(f"{path}: {size / 1e6:.0f} MB read line by line; {LARGE_HINT} reads it faster",
+                      EdgeKDWarning, stacklevel=3)
+
+
 def load_data(spec: DataSpec, fast: bool = True) -> Dataset:
     """The dataset a spec names. Files in the movielens, sasrec and csv formats are read
-    vectorised (pyarrow, numpy) when they are plainly well formed, else (and with fast=False)
-    line by line in Python, which names the line of anything wrong; both give the same dataset."""
+    vectorised (pyarrow, numpy) when pyarrow (the [large] extra) is installed and they are
+    plainly well formed, else (and with fast=False) line by line in Python, which names the line
+    of anything wrong; both give the same dataset."""
     if fast and spec.format in ("movielens", "sasrec", "csv"):
-        from .data_arrow import Fallback
+        if arrow_available():
+            from .data_arrow import Fallback
 
-        try:
-            return _load_fast(spec)
-        except Fallback:
-            pass
+            try:
+                return _load_fast(spec)
+            except Fallback:
+                pass
+        else:
+            _suggest_large(Path(spec.path))
     if spec.format == "synthetic":
         cfg = SyntheticConfig(**spec.synthetic)
         events = generate_synthetic(cfg)

@@ -1,5 +1,6 @@
 """The vectorised path of the data loaders: pyarrow.csv reads the columns, numpy builds the
-dataset (index mapping, per-user time order) without a Python object per event.
+dataset (index mapping, per-user time order) without a Python object per event. pyarrow is the
+`edgekd[large]` extra: `data.load_data` imports this module only when it is installed.
 
 It gives exactly what the line-by-line parsers in `data` give (the same fingerprint) or it steps
 aside: whenever a file is anything but plainly well formed (a line pyarrow cannot parse, a blank
@@ -15,8 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-
-from .errors import DataError
 
 # An id the fast path takes as is: plain printable ASCII without surrounding spaces (for these,
 # Python's strip() and isprintable() are no-ops and true). Anything else: the Python parser.
@@ -204,7 +203,3 @@ def _user_time_order(r: np.ndarray, t: np.ndarray, users: int) -> np.ndarray:
         return np.argsort(r * np.int64(span) + (t - lo).astype(np.int64), kind="stable")
     o = np.argsort(t, kind="stable")
     return o[np.argsort(r[o], kind="stable")]
-
-
-def no_user_error(name: str, min_events: int, dropped: int) -> DataError:
-    return DataError(f"{name}: no user has at least {min_events} events ({dropped} users dropped)")

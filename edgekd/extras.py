@@ -1,6 +1,8 @@
 """Optional dependencies. TFLite conversion (litert-torch, ai-edge-quantizer) is the
 `edgekd[tflite]` extra: it pulls jax, transformers and more, which the ONNX path and the
-TFLite runtime (ai-edge-litert, a base dependency) do not need."""
+TFLite runtime (ai-edge-litert, a base dependency) do not need. Charts (matplotlib) are the
+`edgekd[report]` extra: without it reports are tables. Vectorised reading of interaction files
+(pyarrow) is the `edgekd[large]` extra: without it files are read line by line."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +12,18 @@ from .errors import ExportError
 
 TFLITE_CONVERSION = ("litert_torch", "ai_edge_quantizer")
 TFLITE_HINT = "install the extra: pip install 'edgekd[tflite]'"
+REPORT_HINT = "pip install 'edgekd[report]'"
+LARGE_HINT = "pip install 'edgekd[large]'"
+
+
+def charts_available() -> bool:
+    """Is matplotlib (the [report] extra) installed?"""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def arrow_available() -> bool:
+    """Is pyarrow (the [large] extra) installed?"""
+    return importlib.util.find_spec("pyarrow") is not None
 
 
 def tflite_available() -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 from .artifact import load_artifact, write_json
 from .bench import load_records
 from .errors import ArtifactError
+from .extras import REPORT_HINT, charts_available
 from .timing import NOISY_SPREAD, fmt_interval
 
 
@@ -146,26 +147,29 @@ def build_report(run_dir: Path, out: Path | None = None, plot: bool = True) -> d
             ov = r.get("card_top10_overlap_teacher")
             lines.append(f"| {r['artifact']} | {r['card_test_ndcg@10']:.4f} | "
                          f"{r['card_test_sampled_ndcg@10']:.4f} | {'-' if ov is None else f'{ov:.3f}'} |")
-    if plot and ok:
+    charts = bool(plot and ok) and charts_available()
+    if charts:
         png = _plot(rows, out / "latency_vs_ndcg.png")
-        if png:
-            lines += ["", f"![latency vs NDCG@10]({png.name})"]
+        lines += ["", f"![latency vs NDCG@10]({png.name})"]
+    elif plot:
+        (out / "latency_vs_ndcg.png").unlink(missing_ok=True)  # an earlier report's chart, not this one's
     page = build_html(run_dir, out) if plot and ok else None
-    if page:
+    if page and charts:
         lines += ["", f"Charts per target (Pareto front, size, memory): [{page.name}]({page.name})"]
+    elif page:
+        lines += ["", f"Tables per target: [{page.name}]({page.name}). No charts: matplotlib is not installed; charts need `{REPORT_HINT}`."]
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     write_json(out / "report.json", {"run": run_dir.name, "target": target, "rows": rows})
-    return {"markdown": out / "report.md", "json": out / "report.json", "html": page, "rows": rows, "text": md}
+    return {"markdown": out / "report.md", "json": out / "report.json", "html": page, "rows": rows, "text": md,
+            "charts": charts}
 
 
-def _plot(rows: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+def _plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     ok = [r for r in rows if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     markers = "os^DvP<>Xh"
@@ -214,6 +218,9 @@ def _png(fig) -> str:
 
 
 def _charts(rows: list[dict]) -> list[tuple[str, str]]:
+    """(title, inlined PNG) of each chart; none without matplotlib (the [report] extra)."""
+    if not charts_available():
+        return []
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -272,7 +279,7 @@ def _charts(rows: list[dict]) -> list[tuple[str, str]]:
 
 def build_html(run_dir: Path, out: Path | None = None) -> Path:
     """One self-contained page for a bench run: per target, a table and the charts (images
-    inlined), the teacher as the baseline on every chart."""
+    inlined; tables only without matplotlib), the teacher as the baseline on every chart."""
     import html
 
     run_dir, recs, out = _load_run(run_dir, out)
@@ -286,6 +293,8 @@ def build_html(run_dir: Path, out: Path | None = None) -> Path:
              "td.n{text-align:right;font-variant-numeric:tabular-nums}tr.teacher{background:#fde8ea}"
              "tr.failed{color:#a00}.noisy{color:#a00;font-weight:bold}img{max-width:100%;display:block;margin:1em 0}.meta{color:#555;font-size:13px}</style>"
              f"</head><body><h1>edgekd report: {e(run_dir.name)}</h1>"]
+    if not charts_available():
+        parts.append(f"<p class='meta'>No charts: matplotlib is not installed; charts need <code>{e(REPORT_HINT)}</code>.</p>")
     for target, trecs in by_target.items():
         rows = _rows(trecs)
         ok = [r for r in trecs if r["status"] == "ok"]

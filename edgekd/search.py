@@ -41,6 +41,7 @@ from typing import Callable
 from .artifact import DEFAULT_STORE, Artifact, load_artifact, load_parent, path_lock, write_json
 from .distill import DistillConfig
 from .errors import ArtifactError, ConfigError, EdgeKDError
+from .extras import REPORT_HINT, charts_available
 
 STUDY = "edgekd-search"
 STUDENTS = STUDY + ".students"
@@ -606,7 +607,7 @@ def _table(front: list[dict], chosen: dict | None, cfg: SearchConfig):
     return t
 
 
-def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path, path: Path) -> Path:
+def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | None, path: Path) -> Path:
     import base64
     import html
 
@@ -615,14 +616,15 @@ def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path, path
         f"<td>{html.escape(describe(r['params']))}</td><td>{r['user_attrs']['kept']:.1%}</td>"
         f"<td>{r['user_attrs']['p50_ms']:.3f}</td><td>{r['user_attrs']['size_bytes'] / 1024:.0f}</td>"
         f"<td>{r['user_attrs']['peak_rss_bytes'] / 1e6:.0f}</td></tr>" for r in front)
-    img = base64.b64encode(png.read_bytes()).decode()
+    img = (f"<p><img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'></p>" if png
+           else f"<p>No charts: matplotlib is not installed; charts need <code>{html.escape(REPORT_HINT)}</code>.</p>")
     path.write_text(
         "<!doctype html><meta charset=utf-8><title>edgekd search</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
         f"<h1>edgekd search on {html.escape(summary['target'])}</h1>"
         f"<p>{html.escape(summary['conclusion'])}</p>"
         "<table><tr><th>trial</th><th>candidate</th><th>kept (valid)</th><th>p50 ms</th><th>KiB</th><th>peak MB</th></tr>"
-        f"{rows}</table><p><img src='data:image/png;base64,{img}'></p>")
+        f"{rows}</table>{img}")
     return path
 
 
@@ -671,8 +673,11 @@ def finish(s: Search, console=None) -> dict:
         summary["chosen"] = None
         summary["conclusion"] = (f"no completed trial keeps {s.cfg.min_kept:.0%} of the teacher's validation "
                                  "NDCG@10: nothing chosen (more trials, epochs or a lower --min-kept)")
-    png = _plot(rows, front, chosen, s.cfg, s.run_dir / "front.png")
-    summary["front_png"] = str(png)
+    png = _plot(rows, front, chosen, s.cfg, s.run_dir / "front.png") if charts_available() else None
+    if png is None:
+        (s.run_dir / "front.png").unlink(missing_ok=True)  # an earlier run's front, not this one's
+        s.say(f"front.png not drawn: matplotlib is not installed; charts need {REPORT_HINT}")
+    summary["front_png"] = str(png) if png else None
     summary["html"] = str(_html(front, chosen, summary, png, s.run_dir / "search.html"))
     write_json(s.run_dir / "front.json", [{"number": r["number"], "params": r["params"], **{
         k: r["user_attrs"].get(k) for k in ("kept", "p50_ms", "size_bytes", "peak_rss_bytes", "speedup_p50",

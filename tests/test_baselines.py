@@ -85,3 +85,20 @@ def test_the_transition_table_is_sparse():
     hist, _ = ds.eval_split("test")
     t = baselines.transitions(ds.num_items, hist, 3)
     assert t.shape == (ds.num_items + 1, ds.num_items) and t.nnz <= 200 * 6
+
+
+def test_sparse_rows_sum_duplicates_and_add_up_listed_rows_like_a_dense_table():
+    rng = np.random.default_rng(0)
+    shape = (9, 7)
+    rows, cols = rng.integers(0, shape[0], 60), rng.integers(0, shape[1], 60)
+    rows[rows == 4] = 5  # row 4 stays empty
+    vals = rng.choice([1.0, 0.5, 1 / 3], 60)
+    t = baselines.SparseRows.from_triples(rows, cols, vals, shape)
+    dense = np.zeros(shape)
+    np.add.at(dense, (rows, cols), vals)
+    assert t.nnz == np.count_nonzero(dense) and t.indptr[4] == t.indptr[5]
+    groups, listed = np.array([0, 0, 1, 2, 2, 2]), np.array([3, 3, 4, 0, 8, 5])  # row 3 twice, row 4 empty
+    want = np.stack([dense[listed[groups == g]].sum(0) for g in range(4)])
+    np.testing.assert_allclose(t.sum_rows(groups, listed, 4), want, rtol=1e-15)
+    empty = baselines.SparseRows.from_triples(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), shape)
+    assert empty.nnz == 0 and not empty.sum_rows(groups, listed, 4).any()

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekd import data_arrow
-from edgekd.data import DataSpec, load_data
-from edgekd.errors import DataError, EdgeKDError
-from tests.conftest import ML100K
+pytest.importorskip("pyarrow", reason="the vectorised loaders are the [large] extra (pyarrow)")
+from edgekd import data_arrow  # noqa: E402
+from edgekd.data import DataSpec, load_data  # noqa: E402
+from edgekd.errors import DataError, EdgeKDError  # noqa: E402
+from tests.conftest import ML100K  # noqa: E402
 
 
 def both(tmp_path, text, fmt, name="d.txt", **spec):

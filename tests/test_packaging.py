@@ -1,6 +1,6 @@
 """Install and packaging: where bench targets come from (explicit file, the user's config
 directory, the built-ins shipped as package data; never the working directory), `targets init`,
-the [tflite] extra, and what pyproject declares."""
+the extras ([tflite], [report], [large], [all]), and what pyproject declares."""
 import json
 import os
 import re
@@ -235,4 +235,34 @@ def test_python_floor_and_extras():
     base = " ".join(meta["dependencies"])
     assert "litert-torch" not in base and "ai-edge-quantizer" not in base
     assert {"litert-torch>=0.10", "ai-edge-quantizer>=0.10"} <= set(meta["optional-dependencies"]["tflite"])
-    assert any("tflite" in d for d in meta["optional-dependencies"]["dev"] if d.startswith("edgekd["))
+    assert {"litert-torch", "ai-edge-quantizer"} <= _extra(meta, "dev")
+
+
+def _extra(meta: dict, name: str, seen=()) -> set[str]:
+    """The distributions an extra installs, its nested edgekd[...] extras expanded."""
+    out = set()
+    for d in meta["optional-dependencies"][name]:
+        if d.startswith("edgekd["):
+            for sub in d[len("edgekd["):d.index("]")].split(","):
+                if sub not in seen:
+                    out |= _extra(meta, sub, (*seen, name))
+        else:
+            out.add(re.split(r"[<>=\[ ;]", d)[0].lower())
+    return out
+
+
+def test_charts_big_files_and_scipy_are_extras_and_the_readme_installs_what_the_pipeline_needs():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in meta["dependencies"]}
+    assert not base & {"matplotlib", "pyarrow", "scipy", "litert-torch", "ai-edge-quantizer"}
+    assert _extra(meta, "report") == {"matplotlib"} and _extra(meta, "large") == {"pyarrow"}
+    everything = _extra(meta, "all")
+    for name in ("tflite", "report", "large", "serve", "search"):
+        assert _extra(meta, name) <= everything
+    assert everything | _extra(meta, "studies") | _extra(meta, "tensorboard") <= _extra(meta, "dev")
+    # the README's first command: the default pipeline exports TFLite and draws its charts
+    first = re.search(r"pip install -c \.ci/constraints\.txt -e '\.\[([a-z,]+)\]' && edgekd pipeline",
+                      (ROOT / "README.md").read_text())
+    assert first, "the README's first command installs edgekd and runs the pipeline"
+    installed = set().union(*(_extra(meta, x) for x in first.group(1).split(",")))
+    assert {"litert-torch", "ai-edge-quantizer", "matplotlib"} <= installed

@@ -83,6 +83,7 @@ def test_resume_reuses_finished_artifacts(result):
 def test_html_report_is_self_contained_with_charts(result):
     import re
 
+    pytest.importorskip("matplotlib", reason="charts are the [report] extra")
     _, r = result
     page = r["report"]["html"].read_text()
     assert page.startswith("<!doctype html>")
@@ -95,6 +96,7 @@ def test_html_report_is_self_contained_with_charts(result):
 
 
 def test_the_teacher_has_a_colour_no_other_model_has():
+    pytest.importorskip("matplotlib", reason="charts are the [report] extra")
     from matplotlib.colors import to_rgb
 
     from edgekd.report import _colour
@@ -188,3 +190,20 @@ def test_without_the_tflite_extra_the_pipeline_skips_tflite_formats(result, monk
                       "pip install 'edgekd[tflite]'"]
     assert [e.card["format"] for e in r["exports"]] == ["onnx-fp32"]
     assert PipelineConfig(**read_recipe(r["run_dir"] / "pipeline.toml")).exports == ("onnx-fp32",)
+
+
+def test_without_matplotlib_the_pipeline_reports_tables_and_one_notice(result, monkeypatch, capsys):
+    import sys
+    from dataclasses import replace
+
+    from edgekd.pipeline import run_pipeline
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the [report] extra were not installed
+    cfg, _ = result
+    r = run_pipeline(replace(cfg, exports=("onnx-fp32",), resume=True))  # the trainings are reused
+    said = capsys.readouterr().out
+    assert [l for l in said.splitlines() if "edgekd[report]" in l] == [
+        "Tables per target: [report.html](report.html). No charts: matplotlib is not installed; charts need "
+        "`pip install 'edgekd[report]'`."]
+    assert "synthetic-student-kd-onnx-fp32" in r["report"]["text"] and r["report"]["charts"] is False
+    assert not (r["run_dir"] / "latency_vs_ndcg.png").exists() and "<img" not in r["report"]["html"].read_text()
