@@ -6,15 +6,22 @@
 # benchmarks/install-size/record.json. The venvs go to a scratch directory outside the
 # repository (WORK, default $TMPDIR or /var/tmp) and are deleted afterwards.
 #   benchmarks/install-size/measure.sh              (SKIP_PIPELINE=1: the sizes only)
+# An earlier tree, other installs, another record (the pipeline needs a variant named base):
+#   EDGEKD_COMMIT=d9903a2 VARIANTS="base:." SKIP_PIPELINE=1 RECORD=benchmarks/install-size/x.json measure.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
-COMMIT=$(git rev-parse HEAD)
+COMMIT=$(git rev-parse "${EDGEKD_COMMIT:-HEAD}")
+RECORD=${RECORD:-benchmarks/install-size/record.json}
+COMMAND="benchmarks/install-size/measure.sh"
+for var in EDGEKD_COMMIT VARIANTS SKIP_PIPELINE RECORD; do
+  [ -n "${!var:-}" ] && COMMAND="$var=\"${!var}\" $COMMAND"
+done
 WORK=$(mktemp -d "${WORK:-${TMPDIR:-/var/tmp}}/edgekd-install-size.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 git archive "$COMMIT" | tar -x -C "$WORK" --one-top-level=src
 # name:pip spec. tflite-report is the README's first command; all is every user-facing extra.
-VARIANTS="base:. report:.[report] large:.[large] tflite-report:.[tflite,report] all:.[all]"
+VARIANTS=${VARIANTS:-"base:. report:.[report] large:.[large] tflite-report:.[tflite,report] all:.[all]"}
 for v in $VARIANTS; do
   variant=${v%%:*} spec=${v#*:}
   python3 -m venv "$WORK/$variant"
@@ -35,9 +42,9 @@ if [ -z "${SKIP_PIPELINE:-}" ]; then
   (cd "$WORK/run" && env -u PYTHONPATH PATH="$WORK/base/bin:$PATH" $PIPE_CMD > "$WORK/pipeline.log" 2>&1) || rc=$?
   echo "$rc $(( $(date +%s) - start ))" > "$WORK/pipeline.rc"
 fi
-python3 - "$WORK" "$COMMIT" "$REPO/benchmarks/install-size/record.json" "$VARIANTS" "$PIPE_CMD" <<'PY'
+python3 - "$WORK" "$COMMIT" "$REPO/$RECORD" "$VARIANTS" "$PIPE_CMD" "$COMMAND" <<'PY'
 import glob, json, os, platform, sys, time
-work, commit, dest, variants, pipe_cmd = sys.argv[1:]
+work, commit, dest, variants, pipe_cmd, command = sys.argv[1:]
 names = [v.split(":", 1)[0] for v in variants.split()]
 res = {}
 for v in names:
@@ -46,10 +53,11 @@ for v in names:
     res[v] = {"install": "pip install -c .ci/constraints.txt " + open(f"{work}/{v}.spec").read().strip(),
               "venv_bytes": int(open(f"{work}/{v}.bytes").read()), "packages": len(pkgs),
               "largest_site_packages_entries_bytes": dict(top), "versions": pkgs}
-base = res["base"]
-res["over_base"] = {v: {"bytes": res[v]["venv_bytes"] - base["venv_bytes"],
-                        "packages": sorted(set(res[v]["versions"]) - set(base["versions"]))}
-                    for v in names if v != "base"}
+if "base" in res and len(names) > 1:
+    base = res["base"]
+    res["over_base"] = {v: {"bytes": res[v]["venv_bytes"] - base["venv_bytes"],
+                            "packages": sorted(set(res[v]["versions"]) - set(base["versions"]))}
+                        for v in names if v != "base"}
 if os.path.exists(f"{work}/pipeline.rc"):
     rc, wall = map(int, open(f"{work}/pipeline.rc").read().split())
     log = open(f"{work}/pipeline.log").read().splitlines()
@@ -62,7 +70,7 @@ if os.path.exists(f"{work}/pipeline.rc"):
         "report_md": open(md[-1]).read() if md else None,
         "log_tail": log[-5:],
     }
-rec = {"command": "benchmarks/install-size/measure.sh", "commit": commit,
+rec = {"command": command, "commit": commit,
        "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
                   f"{os.cpu_count()} CPUs",
        "date": time.strftime("%Y-%m-%d"), "results": res}
