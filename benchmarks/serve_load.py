@@ -196,7 +196,7 @@ def batch_gain(artifact: str, store: str, bodies: list[dict], sizes=(1, 8, 32), 
     """In-process: the model call and ranking per request at each batch size (the most that
     micro-batching can save; it adds up to --max-wait-ms of waiting)."""
     from edgekd.artifact import load_artifact
-    from edgekd.serve.runtime import ServedModel
+    from edgekd.ranking import ServedModel
 
     m = ServedModel(load_artifact(artifact, Path(store)))
     enc = [m.encode(b["history"]) for b in bodies[:max(sizes)]]

@@ -23,7 +23,7 @@ ALERTS = Path(__file__).resolve().parents[1] / "docs" / "alerts"
 def serve_store(tmp_path_factory, tiny_student, tiny_teacher, tiny_ds):
     """Copies of the tiny student (with a drift reference) and teacher in their own store."""
     from edgekd.artifact import load_artifact
-    from edgekd.serve.drift import attach_reference
+    from edgekd.drift_reference import attach_reference
 
     store = tmp_path_factory.mktemp("serve-models")
     for a in (tiny_student, tiny_teacher):
@@ -113,7 +113,7 @@ def test_unknown_ids_are_skipped_without_an_oov_index(client, serve_store):
 
 def test_unknown_ids_follow_the_vocabularys_oov_rule(serve_store):
     from edgekd.artifact import load_artifact
-    from edgekd.serve.runtime import ServedModel
+    from edgekd.ranking import ServedModel
 
     m = ServedModel(load_artifact(serve_store / "tiny-student"))
     items = m.items
@@ -239,7 +239,7 @@ def test_metrics_parse_and_count(client, serve_store):
 # ---------------------------------------------------------------- drift
 
 def test_psi():
-    from edgekd.serve.drift import psi
+    from edgekd.drift_reference import psi
 
     assert psi([0.5, 0.5], [0.5, 0.5]) == pytest.approx(0.0)
     assert psi([0.1] * 10, [0.1] * 10) == pytest.approx(0.0)
@@ -249,7 +249,7 @@ def test_psi():
 
 def test_drift_reference_and_gauge(serve_store, tiny_ds):
     from edgekd.artifact import load_artifact
-    from edgekd.serve.drift import load_reference
+    from edgekd.drift_reference import load_reference
 
     a = load_artifact(serve_store / "tiny-student")
     ref = load_reference(a)
@@ -495,7 +495,7 @@ def test_cli_serve_with_two_workers(serve_store, tmp_path):
 def test_serve_reference_is_computed_when_missing(serve_store, tmp_path):
     from edgekd.artifact import load_artifact
     from edgekd.serve import ensure_reference
-    from edgekd.serve.drift import load_reference
+    from edgekd.drift_reference import load_reference
 
     store = tmp_path / "s"
     shutil.copytree(serve_store / "tiny-teacher", store / "tiny-teacher")
@@ -510,7 +510,7 @@ def test_serve_reference_is_computed_when_missing(serve_store, tmp_path):
 
 def test_a_reference_of_another_payload_is_ignored(serve_store, tmp_path):
     from edgekd.artifact import load_artifact
-    from edgekd.serve.drift import load_reference
+    from edgekd.drift_reference import load_reference
 
     d = tmp_path / "student"
     shutil.copytree(serve_store / "tiny-student", d)
