@@ -163,22 +163,21 @@ async def soak(server: Server, bodies, args, artifacts: list[str]) -> dict:
 
     reloads = []
 
+    n = int(args.soak // args.reload_every)  # reloads at every, 2 x every, ..., up to the soak's end
+    tail = min(5.0, args.reload_every / 2)    # load goes on a little after the last swap
+
     async def reloader():
         async with httpx.AsyncClient(base_url=server.base, timeout=60) as c:
-            i = 1
-            end = time.perf_counter() + args.soak
-            while True:
-                await asyncio.sleep(args.reload_every)
-                if time.perf_counter() >= end - 0.5:
-                    return
+            start = time.perf_counter()
+            for i in range(1, n + 1):  # on a fixed schedule: a slow reload does not push the next ones out
+                await asyncio.sleep(max(0.0, start + i * args.reload_every - time.perf_counter()))
                 t0 = time.perf_counter()
                 r = await c.post("/admin/reload", json={"artifact": artifacts[i % len(artifacts)]},
                                  headers={"authorization": f"Bearer {args.token}"})
                 reloads.append({"status": r.status_code, "artifact": artifacts[i % len(artifacts)],
-                                "seconds": round(time.perf_counter() - t0, 3)})
-                i += 1
+                                "at_s": round(t0 - start, 3), "seconds": round(time.perf_counter() - t0, 3)})
 
-    res, _ = await asyncio.gather(load(server.base, "/v1/recommend", bodies, 8, args.soak, 10**9), reloader())
+    res, _ = await asyncio.gather(load(server.base, "/v1/recommend", bodies, 8, args.soak + tail, 10**9), reloader())
     res.update({"reloads": len(reloads), "reloads_ok": sum(r["status"] == 200 for r in reloads),
                 "reload_every_s": args.reload_every, "reload_log": reloads, "artifacts": artifacts})
     return res

@@ -296,6 +296,23 @@ def test_shadow_teacher_agreement(serve_store, teacher, expect):
         assert 0 <= ov <= 1 and 0 <= nd <= 1
 
 
+def test_replaying_test_users_with_a_full_shadow_matches_the_offline_overlap(serve_store, tiny_ds, tiny_student):
+    """Every test user's history through the server, the teacher shadowing every request: the live
+    top-10 overlap since start equals the student card's offline test overlap (within 0.01)."""
+    hist, _ = tiny_ds.eval_split("test")
+    items = _items(serve_store)
+    with _client(serve_store, shadow="tiny-teacher", shadow_rate=1.0, shadow_queue=len(hist) + 1) as c:
+        _wait_ready(c)
+        for h in hist:
+            r = c.post("/v1/recommend", json={"history": [items[i - 1] for i in h.tolist()], "k": 10})
+            assert r.status_code == 200, r.text
+        c.app.state.edgekd.shadow.drain(timeout=60)
+        s = c.get("/v1/model").json()["shadow"]
+    assert s["compared"] == len(hist) and s["dropped"] == 0 and s["failed"] == 0
+    offline = tiny_student.metrics["test_top10_overlap"]
+    assert abs(s["since_start"]["top10_overlap"] - offline) <= 0.01, (s, offline)
+
+
 def test_shadow_agreement_measures():
     from edgekd.serve.shadow import ndcg_agreement, overlap
 
