@@ -128,7 +128,7 @@ def longest_chain(g: dict[str, set[str]]) -> list[str]:
     if not cycles(g):  # acyclic: the longest path from each module, memoised
         def longest(v: str) -> list[str]:
             if v not in memo:
-                tails = [longest(w) for w in g.get(v, ())]
+                tails = [longest(w) for w in sorted(g.get(v, ()))]  # sorted: ties break the same every run
                 memo[v] = [v] + max(tails, key=len, default=[])
             return memo[v]
         return max((longest(v) for v in sorted(g)), key=len, default=[])

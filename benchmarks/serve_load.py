@@ -163,22 +163,21 @@ async def soak(server: Server, bodies, args, artifacts: list[str]) -> dict:
 
     reloads = []
 
+    n = int(args.soak // args.reload_every)  # reloads at every, 2 x every, ..., up to the soak's end
+    tail = min(5.0, args.reload_every / 2)    # load goes on a little after the last swap
+
     async def reloader():
         async with httpx.AsyncClient(base_url=server.base, timeout=60) as c:
-            i = 1
-            end = time.perf_counter() + args.soak
-            while True:
-                await asyncio.sleep(args.reload_every)
-                if time.perf_counter() >= end - 0.5:
-                    return
+            start = time.perf_counter()
+            for i in range(1, n + 1):  # on a fixed schedule: a slow reload does not push the next ones out
+                await asyncio.sleep(max(0.0, start + i * args.reload_every - time.perf_counter()))
                 t0 = time.perf_counter()
                 r = await c.post("/admin/reload", json={"artifact": artifacts[i % len(artifacts)]},
                                  headers={"authorization": f"Bearer {args.token}"})
                 reloads.append({"status": r.status_code, "artifact": artifacts[i % len(artifacts)],
-                                "seconds": round(time.perf_counter() - t0, 3)})
-                i += 1
+                                "at_s": round(t0 - start, 3), "seconds": round(time.perf_counter() - t0, 3)})
 
-    res, _ = await asyncio.gather(load(server.base, "/v1/recommend", bodies, 8, args.soak, 10**9), reloader())
+    res, _ = await asyncio.gather(load(server.base, "/v1/recommend", bodies, 8, args.soak + tail, 10**9), reloader())
     res.update({"reloads": len(reloads), "reloads_ok": sum(r["status"] == 200 for r in reloads),
                 "reload_every_s": args.reload_every, "reload_log": reloads, "artifacts": artifacts})
     return res
@@ -196,7 +195,7 @@ def batch_gain(artifact: str, store: str, bodies: list[dict], sizes=(1, 8, 32), 
     """In-process: the model call and ranking per request at each batch size (the most that
     micro-batching can save; it adds up to --max-wait-ms of waiting)."""
     from edgekd.artifact import load_artifact
-    from edgekd.serve.runtime import ServedModel
+    from edgekd.ranking import ServedModel
 
     m = ServedModel(load_artifact(artifact, Path(store)))
     enc = [m.encode(b["history"]) for b in bodies[:max(sizes)]]
@@ -243,7 +242,7 @@ def main() -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--teacher", help="torch teacher artifact")
     ap.add_argument("--student", action="append", default=[], help="student artifact (repeatable)")
-    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--concurrency", default="1,8,32", help="comma-separated; empty: no cells (a soak only)")
     ap.add_argument("--seconds", type=float, default=10.0, help="per cell")
     ap.add_argument("--max-requests", type=int, default=200_000, help="per cell")
     ap.add_argument("--batching", default="", help="also run the students with these --max-batch values, e.g. 8,32")
@@ -256,22 +255,23 @@ def main() -> int:
     args = ap.parse_args()
     if args.seconds > 60 or args.soak > 600:
         ap.error("cells are bounded: --seconds <= 60, --soak <= 600")
-    concs = [int(c) for c in args.concurrency.split(",")]
+    concs = [int(c) for c in args.concurrency.split(",") if c.strip()]
     first = args.student[0] if args.student else args.teacher
     bodies = [{"history": h, "k": 10} for h in histories(first, args.store)]
     load_start = os.getloadavg()
     results: dict = {"cells": [], "settings": {"seconds_per_cell": args.seconds, "max_requests_per_cell": args.max_requests,
                                               "k": 10, "histories": len(bodies), "threads": 1, "workers": 1}}
-    with Server(first, args.store) as s:
-        results["cells"] += cells(s, "echo (no model; same stack)", "/v1/echo", bodies, concs, args)
-    for name in ([args.teacher] if args.teacher else []) + args.student:
+    for name in ([first] if concs else []):
+        with Server(name, args.store) as s:
+            results["cells"] += cells(s, "echo (no model; same stack)", "/v1/echo", bodies, concs, args)
+    for name in ([args.teacher] if args.teacher else []) + args.student if concs else []:
         with Server(name, args.store) as s:
             results["cells"] += cells(s, name, "/v1/recommend", bodies, concs, args)
             inf = metric_value(s.base, "edgekd_inference_duration_seconds_sum")
             n = metric_value(s.base, "edgekd_inference_duration_seconds_count")
             results["cells"][-1]["server_mean_inference_ms"] = inf / n * 1e3 if n else None
     load_before = os.getloadavg()
-    results["inference_per_request_by_batch"] = {n: batch_gain(n, args.store, bodies) for n in args.student}
+    results["inference_per_request_by_batch"] = {n: batch_gain(n, args.store, bodies) for n in args.student if concs}
     for mb in [int(b) for b in args.batching.split(",") if b.strip()]:
         for name in [n for n in args.student if dynamic_batch(n, args.store)]:
             with Server(name, args.store, ["--max-batch", str(mb), "--max-wait-ms", str(args.max_wait_ms)]) as s:

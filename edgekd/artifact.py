@@ -2,7 +2,9 @@
 
 Every stage reads an artifact and writes a new one; nothing is changed in place. A new
 artifact is written into a temporary directory beside its final place and renamed into it
-only when complete, so an interrupted stage never leaves a half-written artifact behind.
+only when complete, so an interrupted stage never leaves a half-written artifact behind. Its
+card is written once, complete: what a stage measures on the new file, it measures there first
+(save_artifact's `finish`).
 """
 from __future__ import annotations
 
@@ -184,7 +186,11 @@ class Artifact:
                 hint="use the data the artifact was trained on (see dataset.spec in its artifact.json)")
 
     def update_card(self, **fields) -> None:
-        """Add figures measured after the artifact was written (e.g. by bench)."""
+        """Rewrite the card of an existing artifact with `fields` added. Stages never do this:
+        save_artifact writes each card once, complete (what a stage measures on its own output
+        goes in through `finish`). It is left for an explicit later request about an existing
+        artifact: `edgekd serve --reference` giving one made without a drift reference its
+        reference."""
         self.card.update(fields)
         write_json(self.path / CARD, self.card)
 
@@ -201,9 +207,13 @@ def destination(store: Path, name: str) -> Path:
 
 
 def save_artifact(store: Path, name: str, payload_name: str, write_payload: Callable[[Path], None],
-                  card: dict, vocab: dict) -> Artifact:
+                  card: dict, vocab: dict, finish: Callable[[Artifact], dict] | None = None) -> Artifact:
     """Write an artifact atomically: payload (via `write_payload(path)`), vocab.json and
-    artifact.json with the payload's sha256, into `store/name`."""
+    artifact.json with the payload's sha256, into `store/name`. The card is written once,
+    complete: `finish(staged)`, when given, is called with the artifact as it stands in its
+    partial directory (payload and vocab.json written, `staged.card` the card about to be
+    written, not yet on disk) to measure the finished payload; the fields it returns are added
+    to the card, and files it writes into `staged.path` move in place with the artifact."""
     if not FILE_RE.fullmatch(payload_name):
         raise ArtifactError(f"payload file name {payload_name!r} is not a plain file name")
     bad = non_finite(card)
@@ -227,6 +237,12 @@ def save_artifact(store: Path, name: str, payload_name: str, write_payload: Call
             "vocab": VOCAB, "vocab_sha256": sha256_file(tmp / VOCAB), "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if finish is not None:
+            more = finish(Artifact(tmp, dict(full)))
+            bad = non_finite(more)
+            if bad:
+                raise ArtifactError(f"{name}: not saved: a measurement of it is non-finite at {bad}")
+            full.update(more)
         write_json(tmp / CARD, full)
         if final.exists():
             old = store / f".{name}.old-{os.getpid()}"

@@ -165,25 +165,29 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
                "parent_non_embedding_params": parent_non_embedding,
                "parent_test_ndcg@10": before["ndcg@10"],
                "test_ndcg@10_vs_parent": test["ndcg@10"] / before["ndcg@10"] if before["ndcg@10"] else None}
-    out = save_torch_artifact(
-        model, store=store, name=name or f"{a.name}-{cfg.default_suffix()}", stage="pruned",
-        arch=a.card["arch"], arch_kwargs=kwargs, ds=new_ds,
-        config={"prune": asdict(cfg)}, metrics=metrics, parent=[a.lineage()], seed=cfg.seed,
-        extra={"pruning": info, "training": {k: v for k, v in (log or {}).items() if k != "history"}})
     note = {"unstructured": "dense file: same size and speed as the parent; zeros only pay once compressed",
             "structured": "a smaller dense model: smaller file, fewer operations",
             "vocabulary": "fewer items: a smaller table and output layer; pruned items are never recommended"}
-    sizes = {"size_bytes": out.card["size_bytes"], "gzip_bytes": _gzip_size(out.file),
-             "parent_size_bytes": a.card["size_bytes"], "parent_gzip_bytes": _gzip_size(a.file),
-             "note": note[cfg.method]}
-    m = _time_files([(a, ds), (out, new_ds)], ["parent", "pruned"], cfg.threads, cfg.bench_users, cfg.rounds)
-    if m.errors:
-        raise ExportError(f"{out.name}: its latency could not be measured: "
-                          + "; ".join(f"{k}: {v}" for k, v in m.errors.items()))
-    lat = {"parent_p50_ms": m.summary("parent")["p50_ms"], "parent_p50_rounds_ms": m.p50s["parent"],
-           **_latency_gate(m, "pruned"), "runtime": "torch", "batch": 1, "threads": cfg.threads,
-           "how": f"the parent and the pruned model in {m.rounds} interleaved rounds, one device-runner process "
-                  "each (edgekd.timing); p50 is the median over rounds, the speed-up's interval a bootstrap over "
-                  "rounds", "machine_load": m.load}
-    out.update_card(metrics={**out.metrics, "size": sizes, "latency": lat})
-    return out
+
+    def measure(out: Artifact) -> dict:
+        """Size and latency of the saved weights beside the parent's, before the card is written."""
+        sizes = {"size_bytes": out.card["size_bytes"], "gzip_bytes": _gzip_size(out.file),
+                 "parent_size_bytes": a.card["size_bytes"], "parent_gzip_bytes": _gzip_size(a.file),
+                 "note": note[cfg.method]}
+        m = _time_files([(a, ds), (out, new_ds)], ["parent", "pruned"], cfg.threads, cfg.bench_users, cfg.rounds)
+        if m.errors:
+            raise ExportError(f"{out.name}: its latency could not be measured: "
+                              + "; ".join(f"{k}: {v}" for k, v in m.errors.items()))
+        lat = {"parent_p50_ms": m.summary("parent")["p50_ms"], "parent_p50_rounds_ms": m.p50s["parent"],
+               **_latency_gate(m, "pruned"), "runtime": "torch", "batch": 1, "threads": cfg.threads,
+               "how": f"the parent and the pruned model in {m.rounds} interleaved rounds, one device-runner process "
+                      "each (edgekd.timing); p50 is the median over rounds, the speed-up's interval a bootstrap over "
+                      "rounds", "machine_load": m.load}
+        return {"metrics": {**out.metrics, "size": sizes, "latency": lat}}
+
+    return save_torch_artifact(
+        model, store=store, name=name or f"{a.name}-{cfg.default_suffix()}", stage="pruned",
+        arch=a.card["arch"], arch_kwargs=kwargs, ds=new_ds,
+        config={"prune": asdict(cfg)}, metrics=metrics, parent=[a.lineage()], seed=cfg.seed,
+        extra={"pruning": info, "training": {k: v for k, v in (log or {}).items() if k != "history"}},
+        finish=measure)

@@ -82,7 +82,12 @@ def _stage(a: Artifact, target: Target, tr, wd: str, inputs: Path, threads: int)
             "--batch-sizes", ",".join(map(str, target.batch_sizes)), "--device", target.device,
             "--out", j("result.json")]
     if payload_kind(a) == "torch":
-        tr.put(a.path / "artifact.json", j("artifact.json"))
+        # the card as the artifact object holds it: one the prune stage times before saving
+        # it is not on disk yet
+        with tempfile.TemporaryDirectory(prefix="edgekd-card-") as d:
+            card = Path(d) / "artifact.json"
+            card.write_text(json.dumps(a.card))
+            tr.put(card, j("artifact.json"))
         tr.put(MODEL_CODE, j("models.py"))
         argv += ["--card", j("artifact.json"), "--code", j("models.py")]
     return argv, j("result.json")

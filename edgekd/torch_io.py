@@ -16,7 +16,9 @@ from .models import count_parameters, create_model
 def save_torch_artifact(model: nn.Module, *, store: Path, name: str, stage: str, arch: str,
                         arch_kwargs: dict, ds: Dataset, config: dict, metrics: dict,
                         parent: list[dict] | None = None, seed: int = 0,
-                        extra: dict | None = None) -> Artifact:
+                        extra: dict | None = None, finish=None) -> Artifact:
+    """Save `model`'s weights as a torch artifact; `finish` as in save_artifact (measurements
+    of the saved weights that go on the card, made before it is written)."""
     from safetensors.torch import save_file
 
     # Tied weights share storage; safetensors refuses shared tensors, so store clones
@@ -36,7 +38,7 @@ def save_torch_artifact(model: nn.Module, *, store: Path, name: str, stage: str,
         "dataset": dataset_card(ds), "seed": seed, **(extra or {}),
     }
     return save_artifact(store, name, "model.safetensors", lambda p: save_file(state, str(p)),
-                         card, ds.vocab())
+                         card, ds.vocab(), finish=finish)
 
 
 def input_spec(maxlen: int, dtype: str = "int32", batch: int | str = "batch", name: str = "item_ids") -> list[dict]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -51,3 +52,28 @@ def fast_target(tmp_path) -> Path:
     p = tmp_path / "fast-cpu.toml"
     p.write_text('kind = "local"\nthreads = 1\nwarmup = 2\nmin_runs = 20\nmin_seconds = 0.05\n')
     return p
+
+
+@pytest.fixture
+def card_writes(monkeypatch) -> list[dict]:
+    """Every artifact card written while the test runs (save_artifact's and any rewrite), in
+    order: a stage writes each of its cards once, complete."""
+    import edgekd.artifact as art
+
+    written: list[dict] = []
+    real = art.write_json
+
+    def spy(path, obj):
+        if Path(path).name == art.CARD:
+            written.append(json.loads(json.dumps(obj)))
+        return real(path, obj)
+
+    monkeypatch.setattr(art, "write_json", spy)
+    return written
+
+
+def written_once(cards: list[dict], name: str) -> dict:
+    """The one card written for artifact `name` (fails if it was written twice or never)."""
+    mine = [c for c in cards if c.get("name") == name]
+    assert len(mine) == 1, f"{name}: its card was written {len(mine)} times"
+    return mine[0]

@@ -85,3 +85,43 @@ def test_the_runner_reads_the_input_length_from_input_spec():
 
     card = {"arch_kwargs": {"maxlen": 50}, "input_spec": [{"name": "item_ids", "shape": ["batch", 20]}]}
     assert input_maxlen(Artifact(Path("x"), card)) == 20
+
+
+def test_finish_measures_the_staged_artifact_before_its_one_card_is_written(tmp_path, card_writes):
+    from edgekd.artifact import CARD, VOCAB, save_artifact
+
+    seen = {}
+
+    def finish(staged):
+        # in the partial directory: the payload and vocab.json written, the card not yet
+        seen["where"] = staged.path
+        seen["files"] = sorted(p.name for p in staged.path.iterdir())
+        assert staged.file.read_bytes() == b"weights" and staged.vocab() == {"items": ["a"]}
+        assert staged.name == "m" and len(staged.sha256) == 64
+        (staged.path / "measured.json").write_text("{}\n")  # a file beside it moves in place too
+        return {"measured": "measured.json", "metrics": {**staged.metrics, "size": {"bytes": 7}}}
+
+    a = save_artifact(tmp_path, "m", "w.bin", lambda p: p.write_bytes(b"weights"),
+                      {"stage": "t", "format": "x", "metrics": {"loss": 1.0}}, {"items": ["a"]}, finish=finish)
+    assert seen["files"] == sorted(["w.bin", VOCAB]) and seen["where"] != a.path
+    assert (a.path / "measured.json").is_file() and not seen["where"].exists()
+    assert card_writes == [a.card]  # written once, complete
+    on_disk = json.loads((a.path / CARD).read_text())
+    assert on_disk["measured"] == "measured.json" and on_disk["metrics"] == {"loss": 1.0, "size": {"bytes": 7}}
+    assert load_artifact(a.path).card == on_disk
+
+
+def test_a_failing_finish_saves_nothing(tmp_path):
+    from edgekd.artifact import save_artifact
+
+    def finish(staged):
+        raise ArtifactError("could not measure it")
+
+    with pytest.raises(ArtifactError, match="could not measure it"):
+        save_artifact(tmp_path, "m", "w.bin", lambda p: p.write_bytes(b"w"), {"stage": "t", "format": "x"},
+                      {"items": []}, finish=finish)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ArtifactError, match="non-finite"):
+        save_artifact(tmp_path, "m", "w.bin", lambda p: p.write_bytes(b"w"), {"stage": "t", "format": "x"},
+                      {"items": []}, finish=lambda staged: {"latency": float("nan")})
+    assert list(tmp_path.iterdir()) == []

@@ -5,8 +5,9 @@ import pytest
 from edgekd.errors import ConfigError, ExportError
 
 
-def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny_student, store):
+def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny_student, store, card_writes):
     from edgekd.export.quantize import QuantizeConfig, quantize
+    from tests.conftest import written_once
 
     lines = []
     cfg = QuantizeConfig(target="onnx-int8", recipes=("dynamic", "static-minmax"), bench_users=50)
@@ -33,6 +34,12 @@ def test_quantize_measures_every_recipe_beside_fp32_and_explains_the_choice(tiny
 
     gated = load_artifact(store / f"{tiny_student.name}-onnx-int8-dynamic")
     assert gated.metrics["gate"]["fp32"]["size_bytes"] == r["fp32"]["size_bytes"]
+    # each card written once, complete: the gate measured on the staged file before it was saved
+    for row in (row for row in r["rows"] if "error" not in row):
+        card = written_once(card_writes, row["artifact"])
+        assert card == load_artifact(store / row["artifact"]).card
+        assert card["metrics"]["gate"]["p50_ms"] == row["p50_ms"] and card["drift_reference"]
+    assert "gate" not in written_once(card_writes, r["fp32"]["artifact"])["metrics"]
 
 
 def _fake_time_files(factors):
@@ -171,12 +178,18 @@ def test_structured_pruning_keeps_the_function_when_nothing_important_is_removed
     assert torch.allclose(again(ids), new(ids))
 
 
-def test_structured_pruning_of_the_student_halves_non_embedding_params_and_exports(tiny_student, tiny_ds, store):
+def test_structured_pruning_of_the_student_halves_non_embedding_params_and_exports(tiny_student, tiny_ds, store,
+                                                                                   card_writes):
+    from edgekd.artifact import load_artifact
     from edgekd.compress import PruneConfig, prune
     from edgekd.export import export
+    from tests.conftest import written_once
 
     p = prune(tiny_student, PruneConfig(method="structured", sparsity=0.5, dims=0.25, recover_epochs=1), store=store)
     m = p.metrics
+    # one card, complete: size and latency measured on the weights before it was written
+    assert written_once(card_writes, p.name) == load_artifact(p.path).card
+    assert {"size", "latency"} <= set(load_artifact(p.path).metrics)
     assert m["non_embedding_params"] <= 0.5 * m["parent_non_embedding_params"]
     assert m["size"]["size_bytes"] < m["size"]["parent_size_bytes"]          # genuinely smaller
     assert p.card["arch_kwargs"]["d"] == 6 and p.card["pruning"]["d"] == [8, 6]

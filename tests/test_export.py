@@ -116,6 +116,21 @@ def test_broken_parity_is_an_error_and_writes_nothing(tiny_student, tiny_ds, tmp
     assert not any(tmp_path.iterdir())
 
 
+def test_an_export_writes_its_card_once_naming_its_drift_reference(tiny_student, tiny_ds, tmp_path, card_writes):
+    from edgekd.drift_reference import REFERENCE, compute_reference, load_reference
+    from edgekd.ranking import ServedModel
+    from tests.conftest import written_once
+
+    a = export(tiny_student, "onnx-int8", store=tmp_path, ds=tiny_ds)
+    card = written_once(card_writes, a.name)
+    assert card["drift_reference"] == REFERENCE and card == load_artifact(a.path).card
+    # measured on the file before it was saved, it is what the saved artifact ranks, as served
+    ref = load_reference(a)
+    assert ref["artifact"] == {"name": a.name, "sha256": a.sha256}
+    assert ref == compute_reference(ServedModel(load_artifact(a.path)), tiny_ds)
+    assert sorted(p.name for p in a.path.iterdir()) == sorted(["artifact.json", "vocab.json", "model.onnx", REFERENCE])
+
+
 def test_unknown_format_names_the_valid_ones():
     with pytest.raises(ConfigError, match="export formats: onnx-fp32"):
         get_format("local-cpu")

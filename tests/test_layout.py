@@ -17,16 +17,19 @@ LAYERS = [
      "edgekd.kd_losses", "edgekd.baselines", "edgekd.data_arrow", "edgekd.sampled_losses", "edgekd.targets", "edgekd.android", "edgekd.device_runner",
      "edgekd.inspection", "edgekd.timing", "edgekd.extras"},
     # what the stages share: evaluation, torch artifacts, running the device runner
-    {"edgekd.evaluation", "edgekd.torch_io", "edgekd.runner", "edgekd.pruning", "edgekd.serve.runtime",
-     "edgekd.serve.drift", "edgekd.serve.batching", "edgekd.serve.monitoring", "edgekd.serve.shadow"},
+    {"edgekd.evaluation", "edgekd.torch_io", "edgekd.runner", "edgekd.pruning", "edgekd.ranking",
+     "edgekd.drift_reference"},
     # the stages that make artifacts
     {"edgekd.train", "edgekd.distill", "edgekd.compress", "edgekd.export", "edgekd.export.base",
      "edgekd.export.onnx", "edgekd.export.tflite", "edgekd.export.quantize", "edgekd.export.parity",
      "edgekd.export.stage"},
     # what measures, reports and drives them
     {"edgekd.bench", "edgekd.report", "edgekd.pipeline", "edgekd.cli", "edgekd.__main__", "edgekd.docgen", "edgekd.serve",
-     "edgekd.serve.app", "edgekd.search"},
+     "edgekd.serve.app", "edgekd.serve.drift", "edgekd.serve.batching", "edgekd.serve.monitoring",
+     "edgekd.serve.shadow", "edgekd.search"},
 ]
+# What uses the stages' artifacts: nothing that makes artifacts may import these (or their submodules).
+USERS = ("edgekd.serve", "edgekd.search", "edgekd.bench", "edgekd.report", "edgekd.pipeline", "edgekd.cli")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,17 @@ def _reachable(graph, start):
                 seen.add(d)
                 todo.append(d)
     return seen
+
+
+def test_export_and_below_never_import_what_uses_them(graph):
+    # by name, whatever LAYERS says: the export stage and everything under it reach none of
+    # serve, search, bench, report, pipeline or cli, directly or through another module
+    below = [m for m in graph if m == "edgekd.export" or m.startswith("edgekd.export.")
+             or any(m in LAYERS[i] for i in range(2))]
+    assert "edgekd.export.stage" in below and "edgekd.evaluation" in below
+    user = lambda d: any(d == u or d.startswith(u + ".") for u in USERS)  # noqa: E731
+    reached = {m: sorted(d for d in _reachable(graph, m) if user(d)) for m in below}
+    assert {m: r for m, r in reached.items() if r} == {}
 
 
 def test_bench_does_not_import_training(graph):

@@ -23,7 +23,7 @@ ALERTS = Path(__file__).resolve().parents[1] / "docs" / "alerts"
 def serve_store(tmp_path_factory, tiny_student, tiny_teacher, tiny_ds):
     """Copies of the tiny student (with a drift reference) and teacher in their own store."""
     from edgekd.artifact import load_artifact
-    from edgekd.serve.drift import attach_reference
+    from edgekd.drift_reference import attach_reference
 
     store = tmp_path_factory.mktemp("serve-models")
     for a in (tiny_student, tiny_teacher):
@@ -113,7 +113,7 @@ def test_unknown_ids_are_skipped_without_an_oov_index(client, serve_store):
 
 def test_unknown_ids_follow_the_vocabularys_oov_rule(serve_store):
     from edgekd.artifact import load_artifact
-    from edgekd.serve.runtime import ServedModel
+    from edgekd.ranking import ServedModel
 
     m = ServedModel(load_artifact(serve_store / "tiny-student"))
     items = m.items
@@ -239,7 +239,7 @@ def test_metrics_parse_and_count(client, serve_store):
 # ---------------------------------------------------------------- drift
 
 def test_psi():
-    from edgekd.serve.drift import psi
+    from edgekd.drift_reference import psi
 
     assert psi([0.5, 0.5], [0.5, 0.5]) == pytest.approx(0.0)
     assert psi([0.1] * 10, [0.1] * 10) == pytest.approx(0.0)
@@ -249,7 +249,7 @@ def test_psi():
 
 def test_drift_reference_and_gauge(serve_store, tiny_ds):
     from edgekd.artifact import load_artifact
-    from edgekd.serve.drift import load_reference
+    from edgekd.drift_reference import load_reference
 
     a = load_artifact(serve_store / "tiny-student")
     ref = load_reference(a)
@@ -294,6 +294,23 @@ def test_shadow_teacher_agreement(serve_store, teacher, expect):
         assert ov == expect and nd == pytest.approx(expect)
     else:
         assert 0 <= ov <= 1 and 0 <= nd <= 1
+
+
+def test_replaying_test_users_with_a_full_shadow_matches_the_offline_overlap(serve_store, tiny_ds, tiny_student):
+    """Every test user's history through the server, the teacher shadowing every request: the live
+    top-10 overlap since start equals the student card's offline test overlap (within 0.01)."""
+    hist, _ = tiny_ds.eval_split("test")
+    items = _items(serve_store)
+    with _client(serve_store, shadow="tiny-teacher", shadow_rate=1.0, shadow_queue=len(hist) + 1) as c:
+        _wait_ready(c)
+        for h in hist:
+            r = c.post("/v1/recommend", json={"history": [items[i - 1] for i in h.tolist()], "k": 10})
+            assert r.status_code == 200, r.text
+        c.app.state.edgekd.shadow.drain(timeout=60)
+        s = c.get("/v1/model").json()["shadow"]
+    assert s["compared"] == len(hist) and s["dropped"] == 0 and s["failed"] == 0
+    offline = tiny_student.metrics["test_top10_overlap"]
+    assert abs(s["since_start"]["top10_overlap"] - offline) <= 0.01, (s, offline)
 
 
 def test_shadow_agreement_measures():
@@ -495,7 +512,7 @@ def test_cli_serve_with_two_workers(serve_store, tmp_path):
 def test_serve_reference_is_computed_when_missing(serve_store, tmp_path):
     from edgekd.artifact import load_artifact
     from edgekd.serve import ensure_reference
-    from edgekd.serve.drift import load_reference
+    from edgekd.drift_reference import load_reference
 
     store = tmp_path / "s"
     shutil.copytree(serve_store / "tiny-teacher", store / "tiny-teacher")
@@ -510,7 +527,7 @@ def test_serve_reference_is_computed_when_missing(serve_store, tmp_path):
 
 def test_a_reference_of_another_payload_is_ignored(serve_store, tmp_path):
     from edgekd.artifact import load_artifact
-    from edgekd.serve.drift import load_reference
+    from edgekd.drift_reference import load_reference
 
     d = tmp_path / "student"
     shutil.copytree(serve_store / "tiny-student", d)

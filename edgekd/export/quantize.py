@@ -10,6 +10,7 @@ which must stay in models.py: the device runner ships that file as the model cod
   wins and why."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -262,8 +263,13 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
              say=print) -> dict:
     """Quantise torch artifact `a` with each recipe, measure, choose. Returns the rows, the
     winner (or None), its artifact ("artifact", or None) and where the report went."""
+    with contextlib.ExitStack() as stack:
+        return _quantize(a, cfg, store, say, stack)
+
+
+def _quantize(a: Artifact, cfg: QuantizeConfig, store: Path, say, stack: contextlib.ExitStack) -> dict:
     from ..torch_io import dataset_for
-    from .stage import export
+    from .stage import export, staged_export
 
     spec = get_format(cfg.target)
     family = spec.family
@@ -273,15 +279,17 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     base = {"recipe": "(fp32)", "artifact": fp32.name, "size_bytes": fp32.card["size_bytes"],
             "ndcg@10_rel": fp32.metrics["parity"]["ndcg@10_rel_change"],
             "top10_overlap": fp32.metrics["parity"]["top10_overlap"]}
-    rows, exports = [], {}
+    # Each recipe's file waits in a temporary directory until it is measured, so that its card
+    # is written once, with its gate.
+    rows, staged, exports = [], {}, {}
     for r in recipes:
         try:
-            exports[r] = export(a, cfg.target, store=store, ds=ds, recipe=r)
+            staged[r] = stack.enter_context(staged_export(a, cfg.target, ds=ds, recipe=r))
         except ExportError as err:
             rows.append({"recipe": r, "error": str(err)})
             say(f"{r}: failed: {err}")
     # fp32 and every recipe timed in interleaved rounds: a burst of other work falls on all alike
-    m = _time_files([(fp32, ds)] + [(e, ds) for e in exports.values()], ["(fp32)", *exports],
+    m = _time_files([(fp32, ds)] + [(s.artifact, ds) for s in staged.values()], ["(fp32)", *staged],
                     cfg.threads, cfg.bench_users, cfg.rounds)
     base["p50_ms"] = m.summary("(fp32)")["p50_ms"]
     base["p50_rounds_ms"] = m.p50s["(fp32)"]
@@ -289,8 +297,10 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
     timing_info = {k: v for k, v in m.to_dict().items() if k != "cells"}
     say(f"fp32 {family}: {base['size_bytes']} bytes, p50 {base['p50_ms']:.3f} ms "
         f"(median of {len(base['p50_rounds_ms'])} interleaved rounds)")
-    for r, e in exports.items():
+    for r, st in staged.items():
+        e = st.artifact
         if r in m.errors:
+            exports[r] = st.save(store)
             rows.append({"recipe": r, "error": m.errors[r]})
             say(f"{r}: failed: {m.errors[r]}")
             continue
@@ -300,7 +310,8 @@ def quantize(a: Artifact, cfg: QuantizeConfig = QuantizeConfig(), *, store: Path
         row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
         row["smaller"] = row["size_bytes"] < base["size_bytes"]
         row["accurate"] = row["ndcg@10_rel"] >= -cfg.max_ndcg_drop and row["top10_overlap"] >= cfg.min_top10_overlap
-        e.update_card(metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg), "timing": timing_info}})
+        exports[r] = st.save(store, metrics={**e.metrics, "gate": {**row, "fp32": base, "config": asdict(cfg),
+                                                                   "timing": timing_info}})
         rows.append(row)
         warn = [w for w, bad in (("larger", not row["smaller"]), ("slower", not row["not_slower"]),
                                  ("less accurate than allowed", not row["accurate"])) if bad]

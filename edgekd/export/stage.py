@@ -1,12 +1,18 @@
 """The export stage: a torch artifact to one registered format, checked for parity before
-anything is written."""
+anything is written. `staged_export` makes and checks the file in a temporary directory, where
+it can be measured before it is saved (the quantize stage times its candidates there); its
+`save` writes the artifact with the drift reference `edgekd serve` compares live traffic
+against, measured on the file before the card is written."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from ..artifact import DEFAULT_STORE, Artifact, save_artifact
+from ..artifact import DEFAULT_STORE, VOCAB, Artifact, save_artifact, sha256_file, write_json
 from ..data import Dataset
 from ..errors import ConfigError, EdgeKDError, ExportError
 from ..torch_io import dataset_card, dataset_for, input_spec, load_torch_model, output_spec
@@ -20,6 +26,52 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
     """Export torch artifact `a` to `fmt`; writes nothing unless parity holds. With `topk`,
     the graph ends in top-K and returns item indices and scores; `recipe` picks how a
     quantised format is quantised (`edgekd list recipes`)."""
+    with staged_export(a, fmt, name=name, ds=ds, parity_users=parity_users, topk=topk, recipe=recipe) as s:
+        return s.save(store)
+
+
+@dataclass
+class StagedExport:
+    """An export that passed its parity check, waiting in a temporary directory to be saved."""
+
+    dir: Path
+    name: str
+    payload: Path
+    extra: list[str]  # files beside the payload that an app or a build needs
+    card: dict  # the card without what save_artifact adds (sha256, sizes, versions, ...)
+    vocab: dict
+    ds: Dataset
+
+    @cached_property
+    def artifact(self) -> Artifact:
+        """A read-only view of the staged file as the artifact it will be (its name, payload,
+        sha256 and card), for measurements made before it is saved."""
+        return Artifact(self.dir, {"name": self.name, **self.card, "file": self.payload.name,
+                                   "sha256": sha256_file(self.payload), "size_bytes": self.payload.stat().st_size,
+                                   "vocab": VOCAB, "vocab_sha256": sha256_file(self.dir / VOCAB)})
+
+    def save(self, store: Path = DEFAULT_STORE, **fields) -> Artifact:
+        """Save it into `store`, `fields` added to its card, with its drift reference (measured
+        on the file in the partial directory, so that the card is written once, naming it)."""
+        from ..drift_reference import write_reference
+
+        def write(p: Path) -> None:
+            shutil.copyfile(self.payload, p)
+            for f in self.extra:
+                shutil.copyfile(self.payload.with_name(f), p.with_name(f))
+
+        def reference(staged: Artifact) -> dict:  # what `edgekd serve` measures drift against
+            return {"drift_reference": write_reference(staged, self.ds)}
+
+        return save_artifact(store, self.name, self.payload.name, write, {**self.card, **fields}, self.vocab,
+                             finish=reference)
+
+
+@contextlib.contextmanager
+def staged_export(a: Artifact, fmt: str, *, name: str | None = None, ds: Dataset | None = None,
+                  parity_users: int | None = 1000, topk: int | None = None, recipe: str | None = None):
+    """Make `a`'s `fmt` file in a temporary directory and check its parity (as `export`); yields
+    a StagedExport. Its directory is removed on leaving (`save` copies the file into the store)."""
     spec = get_format(fmt)
     if recipe is not None and not spec.family:
         raise ConfigError(f"{fmt} takes no quantisation recipe")
@@ -87,13 +139,8 @@ def export(a: Artifact, fmt: str, *, store: Path = DEFAULT_STORE, name: str | No
             "parent": [a.lineage()], "metrics": {"parity": check},
             "dataset": dataset_card(ds), "seed": a.card.get("seed"),
         }
-        def write(p: Path) -> None:
-            shutil.copyfile(out, p)
-            for f in extra:  # files an app or a build needs beside the model
-                shutil.copyfile(out.with_name(f), p.with_name(f))
-
         default = (f"{a.name}-{fmt}" + (f"-{rec.name}" if rec and recipe else "")
                    + (f"-top{topk}" if topk else ""))
-        saved = save_artifact(store, name or default, out.name, write, card, a.vocab())
-    from ..serve.drift import attach_reference  # what `edgekd serve` measures drift against
-    return attach_reference(saved, ds)
+        vocab = a.vocab()
+        write_json(Path(tmp) / VOCAB, vocab)  # beside the payload, as the artifact will hold it
+        yield StagedExport(Path(tmp), name or default, out, list(extra), card, vocab, ds)

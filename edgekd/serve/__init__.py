@@ -17,7 +17,7 @@ def ensure_reference(artifact: str, store: Path, say=print) -> None:
     """Compute and store the artifact's drift reference when it has none (on its training data's
     validation users)."""
     from ..artifact import load_artifact
-    from .drift import attach_reference, load_reference
+    from ..drift_reference import attach_reference, load_reference
 
     a = load_artifact(artifact, store)
     if load_reference(a) is not None:

@@ -182,7 +182,8 @@ class State:
     def install(self, model) -> None:
         """Make `model` the served one (one reference assignment: requests in flight keep the
         model they started with)."""
-        from .drift import DriftMonitor, load_reference
+        from ..drift_reference import load_reference
+        from .drift import DriftMonitor
 
         ref = load_reference(model.artifact)
         drift = DriftMonitor(ref, window=self.cfg.drift_window) if ref else None
@@ -194,7 +195,7 @@ class State:
         m.ready.set(1)
 
     def load(self, path: str):
-        from .runtime import load_served
+        from ..ranking import load_served
 
         return load_served(path, self.store, threads=self.cfg.threads, target=self.cfg.target)
 
@@ -226,7 +227,7 @@ def create_app(cfg: ServeConfig, model=None) -> FastAPI:
             if model is not None:
                 m.probe()
             if cfg.shadow:  # loaded before the student is installed: ready means both are
-                from .runtime import load_served
+                from ..ranking import load_served
                 from .shadow import ShadowTeacher
 
                 teacher = await asyncio.to_thread(load_served, cfg.shadow, state.store, threads=1,

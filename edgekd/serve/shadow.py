@@ -37,6 +37,8 @@ class ShadowTeacher:
         self.overlaps: deque = deque(maxlen=window)
         self.ndcgs: deque = deque(maxlen=window)
         self.compared = 0
+        self.overlap_sum = 0.0  # over every comparison since start (the window is the recent ones)
+        self.ndcg_sum = 0.0
         self.dropped = 0
         self.failed = 0
         self._rng = random.Random(seed)
@@ -81,6 +83,8 @@ class ShadowTeacher:
             self.overlaps.append(o)
             self.ndcgs.append(n)
             self.compared += 1
+            self.overlap_sum += o
+            self.ndcg_sum += n
             mo, mn = sum(self.overlaps) / len(self.overlaps), sum(self.ndcgs) / len(self.ndcgs)
         if self.metrics:
             self.metrics.shadow_compared.inc()
@@ -93,7 +97,9 @@ class ShadowTeacher:
             return {"teacher": self.teacher.name, "rate": self.rate, "compared": self.compared,
                     "dropped": self.dropped, "failed": self.failed,
                     "top10_overlap": sum(self.overlaps) / n if n else None,
-                    "ndcg10_agreement": sum(self.ndcgs) / n if n else None, "window": n}
+                    "ndcg10_agreement": sum(self.ndcgs) / n if n else None, "window": n,
+                    "since_start": {"top10_overlap": self.overlap_sum / self.compared if self.compared else None,
+                                    "ndcg10_agreement": self.ndcg_sum / self.compared if self.compared else None}}
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until every queued comparison is done (tests and shutdown)."""

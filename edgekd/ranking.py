@@ -1,6 +1,8 @@
-"""A served artifact: its payload loaded by the device runner in the runtime bench uses for it
-(the target's `runtimes` table, local-cpu by default), its vocabulary, and one call from
-histories of original item ids to recommendations.
+"""An artifact's payload ready to rank: loaded by the device runner in the runtime bench uses
+for it (the target's `runtimes` table, local-cpu by default), its vocabulary, and one call from
+histories of original item ids to recommendations. `edgekd serve` answers requests with it, and
+the export stage measures the drift reference with it (edgekd.drift_reference), so the reference
+ranks exactly as the server does.
 
 Unknown item ids are handled as the artifact's vocab.json says: a vocabulary-pruned model
 (`oov_index`) either feeds the OOV index in their place (`unknown_items: "oov"`) or leaves them
@@ -15,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import Artifact
-from ..data import OOV_ID, pad_left
-from ..errors import ArtifactError
+from .artifact import Artifact
+from .data import OOV_ID, pad_left
+from .errors import ArtifactError
 
 # what each payload suffix is, as bench names it for a target's `runtimes` table
 _KINDS = {".onnx": "onnx", ".ort": "onnx", ".tflite": "tflite", ".safetensors": "torch"}
-MODEL_CODE = Path(__file__).resolve().parent.parent / "models.py"
+MODEL_CODE = Path(__file__).resolve().parent / "models.py"
 
 
 class InferenceError(RuntimeError):
@@ -47,7 +49,7 @@ class Recommendation:
 
 def runtime_for(a: Artifact, target: str = "local-cpu") -> str:
     """The runtime bench uses for this artifact's payload on `target`."""
-    from ..targets import load_target
+    from .targets import load_target
 
     kind = _KINDS.get(a.file.suffix)
     rt = load_target(target).runtimes.get(kind) if kind else None
@@ -61,7 +63,7 @@ class ServedModel:
     (a TFLite interpreter must not be invoked from two threads at once)."""
 
     def __init__(self, a: Artifact, *, threads: int = 1, runtime: str | None = None, target: str = "local-cpu"):
-        from ..device_runner import load_model
+        from .device_runner import load_model
 
         self.artifact = a
         card = a.card
@@ -120,7 +122,7 @@ class ServedModel:
 
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """(top-K item columns or None, scores) for rows `x` [B, maxlen]."""
-        from ..device_runner import OnnxModel, TFLiteModel, run_batched
+        from .device_runner import OnnxModel, TFLiteModel, run_batched
 
         with self._lock:
             if not self.topk:
@@ -184,7 +186,7 @@ class ServedModel:
 
 def load_served(path: str | Path, store: Path, **kw) -> ServedModel:
     """Load (load_artifact checks the payload's sha256) and probe an artifact."""
-    from ..artifact import load_artifact
+    from .artifact import load_artifact
 
     m = ServedModel(load_artifact(path, store), **kw)
     m.probe()
