@@ -50,8 +50,9 @@ def main() -> int:
                            say=lambda m, i=i, t=t: print(f"[run {i + 1} {t}] {m}", flush=True))
             rows = [{k: r.get(k) for k in ("recipe", "error", "p50_ms", "speedup", "speedup_interval",
                                            "latency_verdict", "not_slower", "smaller", "accurate", "size_bytes")}
-                    for r in rep["recipes"]]
-            runs.append({"run": i + 1, "target": t, "winner": rep["winner"], "why": rep["why"],
+                    for r in rep["rows"]]
+            runs.append({"run": i + 1, "target": t, "winner": rep["winner"]["recipe"] if rep["winner"] else None,
+                         "why": rep["why"],
                          "fp32_p50_ms": rep["fp32"]["p50_ms"], "rows": rows,
                          "seconds": time.perf_counter() - t0, "loadavg_before": before, "loadavg_after": load()})
     summary = {}

@@ -79,6 +79,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--payload", choices=["onnx", "torch"], default="onnx",
                     help="time the ONNX fp32 export (onnxruntime) or the torch file itself (torch)")
+    ap.add_argument("--designs", default="interleaved-warm,interleaved-fresh,sequential",
+                    help="comma-separated subset of the designs (interleaved-fresh is the slowest)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/ratios/same_artifact_twice.json"))
     args = ap.parse_args()
     t_start = time.time()
@@ -86,7 +88,9 @@ def main() -> int:
                   min_seconds=args.round_seconds, batch_sizes=(1,))
     # sequential: one block per copy, as long as its rounds together
     seq = replace(tgt, min_runs=args.round_runs * args.rounds, min_seconds=args.round_seconds * args.rounds)
-    designs = ["interleaved-warm", "interleaved-fresh", "sequential"]
+    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    if not designs or set(designs) - {"interleaved-warm", "interleaved-fresh", "sequential"}:
+        ap.error(f"--designs: a subset of interleaved-warm, interleaved-fresh, sequential; got {args.designs!r}")
     runs = []
     with tempfile.TemporaryDirectory() as d:
         store = Path(d) / "models"
@@ -109,7 +113,7 @@ def main() -> int:
             return {"a": pa, "b": pb}
 
         for k in range(args.runs):
-            order = designs[k % 3:] + designs[:k % 3]
+            order = designs[k % len(designs):] + designs[:k % len(designs)]
             row = {"run": k + 1, "order": order}
             for design in order:
                 load = timing.MachineLoad().start()
