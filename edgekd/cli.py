@@ -727,6 +727,9 @@ def serve(artifact: Path = typer.Argument(..., help="artifact to serve (a direct
           echo: bool = typer.Option(False, "--echo-endpoint", hidden=True),
           log_level: str = typer.Option("warning")):
     """Serve an artifact over HTTP: /v1/recommend, /healthz, /readyz, /v1/model, /metrics."""
+    from .extras import require_serve
+
+    require_serve()
     from .serve import config, ensure_reference, serve as run
 
     if reference:

@@ -14,6 +14,17 @@ TFLITE_CONVERSION = ("litert_torch", "ai_edge_quantizer")
 TFLITE_HINT = "install the extra: pip install 'edgekd[tflite]'"
 REPORT_HINT = "pip install 'edgekd[report]'"
 LARGE_HINT = "pip install 'edgekd[large]'"
+SERVE = ("fastapi", "uvicorn", "prometheus_client")
+SERVE_HINT = "pip install 'edgekd[serve]'"
+
+
+def require_serve() -> None:
+    """`edgekd serve` needs the [serve] extra: a one-line error naming it, not an ImportError."""
+    from .errors import ConfigError
+
+    missing = [m for m in SERVE if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"edgekd serve needs the serve extra ({', '.join(missing)} not installed)", hint=SERVE_HINT)
 
 
 def charts_available() -> bool:

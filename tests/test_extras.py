@@ -182,3 +182,15 @@ def test_search_page_without_matplotlib_says_why_it_has_no_chart(tmp_path):
     page = _html(front, None, {"target": "local-cpu", "conclusion": "nothing chosen"}, None,
                  tmp_path / "search.html").read_text()
     assert "<img" not in page and "pip install &#x27;edgekd[report]&#x27;" in page
+
+
+def test_serve_without_its_extra_names_the_extra_in_one_line(tiny_student):
+    code = f"""
+import sys
+from edgekd.cli import main
+sys.argv = ["edgekd", "serve", {str(tiny_student.path)!r}]
+main()
+"""
+    p = run_without(code, blocked=("fastapi",))
+    assert p.returncode == 2, p.stderr
+    assert "serve extra" in p.stderr and "edgekd[serve]" in p.stderr and "Traceback" not in p.stderr, p.stderr
