@@ -755,6 +755,12 @@ def search(teacher: Path = typer.Argument(..., help="teacher artifact directory 
            space: Optional[Path] = typer.Option(None, "--space", help="search space TOML (sections student, distill, "
                                                 "prune, export, train, pruner replace the defaults)"),
            sampler: str = typer.Option("tpe", "--sampler", help="tpe (multi-objective TPE), nsga2 or random"),
+           min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="a cap beside the budget: the "
+                                                       "chosen model is at least this many times faster (p50) than "
+                                                       "the teacher on the target"),
+           min_smaller: Optional[float] = typer.Option(None, "--min-smaller", help="a cap beside the budget: the "
+                                                       "chosen model's file is at least this many times smaller "
+                                                       "than the teacher's"),
            seed: int = typer.Option(0), store: Path = StoreOpt,
            results: Optional[Path] = typer.Option(None, "--results", help="run directory: search.db, bench "
                                                   "records, trials.json, the front (default: "
@@ -767,7 +773,8 @@ def search(teacher: Path = typer.Argument(..., help="teacher artifact directory 
 
     t = load_artifact(teacher, store)
     cfg = SearchConfig(target=target, min_kept=min_kept, objective=objective, trials=trials, timeout=timeout,
-                       sampler=sampler, seed=seed, space=load_space(space))
+                       sampler=sampler, seed=seed, space=load_space(space), min_speedup=min_speedup,
+                       min_smaller=min_smaller)
     run_dir = results or Path("benchmarks/results") / f"search-{t.name}"
     run(t, cfg, _target(target, allow_local_commands), store=store, run_dir=run_dir,
         say=lambda m: console.print(m, highlight=False, markup=False), console=out)

@@ -7,7 +7,9 @@ A multi-objective Optuna study over the whole chain, each trial one candidate:
 
 with two objectives, validation NDCG@10 kept relative to the teacher (maximised) and one cost
 on the target (p50 latency at batch 1, file size or peak memory; minimised), and the budget
-(kept >= min_kept) as an Optuna constraint. The budget is on VALIDATION NDCG@10 only; the
+(kept >= min_kept) as an Optuna constraint, with optional caps beside it (min_speedup,
+min_smaller: so many times faster and smaller than the teacher on the target), which the chosen
+model meets too. The budget is on VALIDATION NDCG@10 only; the
 chosen model's test figures are read once, at the end.
 
 Work is reused: a student is trained once per training setting (its artifact name carries a
@@ -180,6 +182,10 @@ class SearchConfig:
     target: str = "local-cpu"
     min_kept: float = 0.95
     objective: str = "p50"
+    # optional caps beside the accuracy budget: at least this many times faster (p50) and
+    # smaller (file size) than the teacher on the target, as constraints the chosen model meets
+    min_speedup: float | None = None
+    min_smaller: float | None = None
     trials: int = 20
     timeout: float | None = None
     sampler: str = "tpe"
@@ -195,13 +201,34 @@ class SearchConfig:
             raise ConfigError(f"--min-kept is a share of the teacher's validation NDCG@10 (0.95: 95%), got {self.min_kept}")
         if self.trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {self.trials}")
+        for flag, v in (("--min-speedup", self.min_speedup), ("--min-smaller", self.min_smaller)):
+            if v is not None and not (v > 0 and v < float("inf")):
+                raise ConfigError(f"{flag} is a ratio against the teacher (50: 50x), got {v}")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"--timeout must be > 0 seconds, got {self.timeout}")
 
     def identity(self, teacher: Artifact, target_name: str) -> dict:
         """What a resumed search must share with the one that made the run directory."""
+        caps = {k: v for k, v in (("min_speedup", self.min_speedup), ("min_smaller", self.min_smaller)) if v is not None}
         return {"teacher": teacher.sha256, "target": target_name, "min_kept": self.min_kept,
-                "objective": self.objective, "sampler": self.sampler, "seed": self.seed, "space": self.space}
+                "objective": self.objective, "sampler": self.sampler, "seed": self.seed, "space": self.space, **caps}
+
+    def violations(self, attrs: dict) -> list[float]:
+        """How far a trial is from each constraint, relative to it (<= 0: met): the accuracy
+        budget, then each cap that is set. A trial without figures (failed, pruned) misses all."""
+        out = [(self.min_kept - float(attrs.get("kept", 0.0))) / self.min_kept]
+        for cap, key in ((self.min_speedup, "speedup_p50"), (self.min_smaller, "size_ratio")):
+            if cap is not None:
+                out.append((cap - float(attrs.get(key) or 0.0)) / cap)
+        return out
+
+    def feasible(self, attrs: dict) -> bool:
+        return all(v <= 0 for v in self.violations(attrs))
+
+    def constraints_text(self) -> str:
+        return ", ".join([f"{self.min_kept:.0%} of the teacher's validation NDCG@10"]
+                         + ([f"{self.min_speedup:g}x faster"] if self.min_speedup is not None else [])
+                         + ([f"{self.min_smaller:g}x smaller"] if self.min_smaller is not None else []))
 
 
 @dataclass(frozen=True)
@@ -264,7 +291,7 @@ class Search:
         import optuna
 
         def constraint(ft) -> list[float]:
-            return [self.cfg.min_kept - float(ft.user_attrs.get("kept", 0.0))]
+            return self.cfg.violations(ft.user_attrs)
 
         seed = self.cfg.seed if seed is None else seed
         if self.cfg.sampler == "random":
@@ -603,7 +630,7 @@ def _table(front: list[dict], chosen: dict | None, cfg: SearchConfig):
         t.add_row(str(r["number"]) + (" *" if chosen and chosen["number"] == r["number"] else ""),
                   describe(r["params"]), f"{u['kept']:.1%}", f"{u['p50_ms']:.3f}", f"{u['speedup_p50']:.1f}x",
                   f"{u['size_bytes'] / 1024:.0f}", f"{u['size_ratio']:.1f}x", f"{u['peak_rss_bytes'] / 1e6:.0f}",
-                  "ok" if u["kept"] >= cfg.min_kept else "below")
+                  "ok" if cfg.feasible(u) else "misses")
     return t
 
 
@@ -637,12 +664,13 @@ def finish(s: Search, console=None) -> dict:
     write_json(s.run_dir / "trials.json", rows)
     front = pareto(rows)
     key = OBJECTIVES[s.cfg.objective][1]
-    feasible = [r for r in rows if r["state"] == "COMPLETE" and r["user_attrs"]["kept"] >= s.cfg.min_kept]
+    feasible = [r for r in rows if r["state"] == "COMPLETE" and s.cfg.feasible(r["user_attrs"])]
     chosen = min(feasible, key=lambda r: (r["user_attrs"][key], -r["user_attrs"]["kept"])) if feasible else None
     base = s._teacher_record() if any(r["state"] == "COMPLETE" for r in rows) else None
     summary = {
         "teacher": s.teacher.name, "teacher_sha256": s.teacher.sha256, "target": s.target.name,
-        "objective": s.cfg.objective, "min_kept": s.cfg.min_kept, "sampler": s.cfg.sampler, "seed": s.cfg.seed,
+        "objective": s.cfg.objective, "min_kept": s.cfg.min_kept, "min_speedup": s.cfg.min_speedup,
+        "min_smaller": s.cfg.min_smaller, "sampler": s.cfg.sampler, "seed": s.cfg.seed,
         "teacher_valid_ndcg@10": s.teacher_valid,
         "trials": {state: sum(r["state"] == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         "front": [r["number"] for r in front],
@@ -671,8 +699,8 @@ def finish(s: Search, console=None) -> dict:
             f"{test['kept']:.1%} of the teacher's NDCG@10")
     else:
         summary["chosen"] = None
-        summary["conclusion"] = (f"no completed trial keeps {s.cfg.min_kept:.0%} of the teacher's validation "
-                                 "NDCG@10: nothing chosen (more trials, epochs or a lower --min-kept)")
+        summary["conclusion"] = (f"no completed trial meets {s.cfg.constraints_text()}: nothing chosen "
+                                 "(more trials, epochs or a looser budget)")
     png = _plot(rows, front, chosen, s.cfg, s.run_dir / "front.png") if charts_available() else None
     if png is None:
         (s.run_dir / "front.png").unlink(missing_ok=True)  # an earlier run's front, not this one's

@@ -80,6 +80,32 @@ def test_bad_settings_are_refused():
         SearchConfig(sampler="grid")
     with pytest.raises(ConfigError, match="min-kept"):
         SearchConfig(min_kept=95)
+    with pytest.raises(ConfigError, match="min-speedup"):
+        SearchConfig(min_speedup=0)
+    with pytest.raises(ConfigError, match="min-smaller"):
+        SearchConfig(min_smaller=float("inf"))
+
+
+def test_caps_beside_the_budget_decide_what_can_be_chosen():
+    """--min-speedup / --min-smaller: constraints the chosen model meets as well as the budget
+    (the MovieLens-100k case: the fastest model within the budget was 15x smaller, not 20x)."""
+    fast_big = {"kept": 0.999, "speedup_p50": 109.8, "size_ratio": 15.1}
+    goal = {"kept": 0.965, "speedup_p50": 98.6, "size_ratio": 25.6}
+    plain, capped = SearchConfig(), SearchConfig(min_speedup=50, min_smaller=20)
+    assert plain.feasible(fast_big) and plain.feasible(goal)
+    assert not capped.feasible(fast_big) and capped.feasible(goal)
+    assert capped.violations(fast_big)[2] == pytest.approx((20 - 15.1) / 20)
+    assert capped.violations({}) == [1.0, 1.0, 1.0]            # a failed trial misses every constraint
+    assert len(plain.violations(goal)) == 1                      # no caps: the budget alone, as before
+    t = _teacher_stub()
+    assert "min_smaller" not in plain.identity(t, "local-cpu")   # old run directories resume unchanged
+    assert capped.identity(t, "local-cpu")["min_smaller"] == 20
+
+
+def _teacher_stub():
+    class T:
+        sha256 = "0" * 64
+    return T()
 
 
 def test_pareto_front_over_kept_latency_size_and_memory():
