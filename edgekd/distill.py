@@ -24,7 +24,7 @@ from .kd_losses import DistillLoss, MutualLoss, parse_losses
 from .models import create_model
 from .evaluation import evaluate_model
 from .torch_io import load_torch_model, save_torch_artifact
-from .train import TrainConfig, checkpoint_path, distributed, fit, leave_processes, seed_everything, task_loss
+from .train import TrainConfig, checkpoint_path, fit, on_rank_zero, seed_everything, task_loss
 
 KD_MODES = ("on", "off")
 
@@ -172,22 +172,21 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
               identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]},
               tensorboard=tensorboard)
-    if distributed()[0] != 0:
-        leave_processes()
-        return None  # under torchrun, rank 0 evaluates and writes the one artifact
-    teacher_top = None
-    if maps[0] is None:  # overlap with a teacher of another catalogue is not defined
-        _, teacher_top = evaluate_model(teachers[0], ds, "test", sampled=False)
-    test, _ = evaluate_model(student, ds, "test", reference_topk=teacher_top)
-    metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
-    if cfg.online:  # the co-trained teacher, as it was when training stopped
-        t_test, _ = evaluate_model(loss_fn.teacher.eval(), ds, "test", sampled=False)
-        metrics["online_teacher_test_ndcg@10"] = t_test["ndcg@10"]
-    # The teachers are the parents either way: with kd off they fix the data and the baseline.
-    art = save_torch_artifact(
-        student, store=store, name=name, stage="student", arch=cfg.model,
-        arch_kwargs=kw, ds=ds, config={"distill": cfg.to_dict()}, metrics=metrics,
-        parent=[a.lineage() for a in arts], seed=cfg.seed,
-        extra={**extra, "training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
-    leave_processes()
-    return art
+
+    def finish() -> Artifact:
+        teacher_top = None
+        if maps[0] is None:  # overlap with a teacher of another catalogue is not defined
+            _, teacher_top = evaluate_model(teachers[0], ds, "test", sampled=False)
+        test, _ = evaluate_model(student, ds, "test", reference_topk=teacher_top)
+        metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
+        if cfg.online:  # the co-trained teacher, as it was when training stopped
+            t_test, _ = evaluate_model(loss_fn.teacher.eval(), ds, "test", sampled=False)
+            metrics["online_teacher_test_ndcg@10"] = t_test["ndcg@10"]
+        # The teachers are the parents either way: with kd off they fix the data and the baseline.
+        return save_torch_artifact(
+            student, store=store, name=name, stage="student", arch=cfg.model,
+            arch_kwargs=kw, ds=ds, config={"distill": cfg.to_dict()}, metrics=metrics,
+            parent=[a.lineage() for a in arts], seed=cfg.seed,
+            extra={**extra, "training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
+
+    return on_rank_zero(finish)  # under torchrun, rank 0 evaluates and writes the one artifact

@@ -195,6 +195,21 @@ class TiedItemModel(nn.Module):
     TABLES = {"item": "item_emb"}  # lookup name -> embedding attribute (stored in int8 on export)
     oov = False
 
+    @staticmethod
+    def check_settings(model: str, dropout: float, **sizes) -> None:
+        """Every size >= 1 and dropout in [0, 1), else a ConfigError naming the model and field."""
+        for field, value in sizes.items():
+            if int(value) < 1:
+                raise ConfigError(f"{model} {field} must be >= 1, got {value}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"{model} dropout must be in [0, 1), got {dropout}")
+
+    def known_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Item ids as int64, an id outside the catalogue (an item the app's vocab does not
+        know, garbage input) read as padding instead of crashing the embedding lookup."""
+        ids = ids.long()
+        return ids.masked_fill((ids < 0) | (ids > self.num_items), 0)
+
     def item_table(self) -> torch.Tensor:
         """The item embeddings [num_items + 1, d] (row 0: padding)."""
         q = self._modules.get("int8_tables")  # present only in an export copy
@@ -250,12 +265,7 @@ class SASRec(TiedItemModel):
                  attn_dims: list[int] | None = None, ffn_dims: list[int] | None = None,
                  emb_scale: float | None = None, attn_scales: list[float] | None = None, oov: bool = False):
         super().__init__()
-        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d),
-                             ("blocks", blocks), ("heads", heads)):
-            if int(value) < 1:
-                raise ConfigError(f"SASRec {field} must be >= 1, got {value}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"SASRec dropout must be in [0, 1), got {dropout}")
+        self.check_settings("SASRec", dropout, num_items=num_items, maxlen=maxlen, d=d, blocks=blocks, heads=heads)
         # Per-block widths after structured pruning (None: the full widths).
         for field, dims in (("attn_dims", attn_dims), ("ffn_dims", ffn_dims)):
             if dims is not None and (len(dims) != blocks or min(dims) < 1):
@@ -290,10 +300,7 @@ class SASRec(TiedItemModel):
 
     def _embed(self, ids: torch.Tensor):
         """Input embeddings [batch, len, d], positions and the padding mask of a history."""
-        ids = ids.long()
-        # An id outside the catalogue (an item the app's vocab does not know, garbage input)
-        # reads as padding instead of crashing the runtime's embedding lookup.
-        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)
+        ids = self.known_ids(ids)
         n = ids.shape[1]
         pad = ids == 0
         # Positions are right-aligned (the last item has the last position) and computed from
@@ -351,14 +358,9 @@ class BERT4Rec(TiedItemModel):
     def __init__(self, num_items: int, maxlen: int = 200, d: int = 64, blocks: int = 2,
                  heads: int = 2, dropout: float = 0.2, ffn_mult: int = 4, mask_prob: float = 0.2):
         super().__init__()
-        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d),
-                             ("blocks", blocks), ("heads", heads)):
-            if int(value) < 1:
-                raise ConfigError(f"BERT4Rec {field} must be >= 1, got {value}")
+        self.check_settings("BERT4Rec", dropout, num_items=num_items, maxlen=maxlen, d=d, blocks=blocks, heads=heads)
         if not 0.0 < mask_prob < 1.0:
             raise ConfigError(f"BERT4Rec mask_prob must be in (0, 1), got {mask_prob}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"BERT4Rec dropout must be in [0, 1), got {dropout}")
         self.num_items = int(num_items)
         self.mask_id = self.num_items + 1
         self.maxlen = int(maxlen)
@@ -394,8 +396,7 @@ class BERT4Rec(TiedItemModel):
 
     def with_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """The history followed by the mask, cut to the last maxlen tokens."""
-        ids = ids.long()
-        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)
+        ids = self.known_ids(ids)
         return torch.cat([ids, torch.full_like(ids[:, :1], self.mask_id)], 1)[:, -self.maxlen:]
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
@@ -453,11 +454,7 @@ class GRU4Rec(TiedItemModel):
     def __init__(self, num_items: int, maxlen: int = 200, d: int = 32, dropout: float = 0.2, oov: bool = False):
         super().__init__()
         self.oov = bool(oov)  # as in SASRec
-        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d)):
-            if int(value) < 1:
-                raise ConfigError(f"GRU4Rec {field} must be >= 1, got {value}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"GRU4Rec dropout must be in [0, 1), got {dropout}")
+        self.check_settings("GRU4Rec", dropout, num_items=num_items, maxlen=maxlen, d=d)
         self.num_items = int(num_items)
         self.maxlen = int(maxlen)
         self.d = int(d)
@@ -470,8 +467,7 @@ class GRU4Rec(TiedItemModel):
             self.item_emb.weight[0].zero_()
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.long()
-        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)
+        ids = self.known_ids(ids)
         x = self.drop(self.lookup("item", ids))
         h, _ = self.gru(x)
         return self.ln_f(self.drop(h))
@@ -505,16 +501,12 @@ class MLPRec(TiedItemModel):
     def __init__(self, num_items: int, maxlen: int = 200, d: int = 32, layers: list[int] | tuple = (64, 32),
                  pool: str = "mean", dropout: float = 0.2, oov: bool = False):
         super().__init__()
-        for field, value in (("num_items", num_items), ("maxlen", maxlen), ("d", d)):
-            if int(value) < 1:
-                raise ConfigError(f"MLP {field} must be >= 1, got {value}")
+        self.check_settings("MLP", dropout, num_items=num_items, maxlen=maxlen, d=d)
         layers = [int(w) for w in layers]
         if not layers or min(layers) < 1:
             raise ConfigError(f"MLP layers must be one or more widths >= 1, got {layers}")
         if pool not in self.POOLS:
             raise ConfigError(f"MLP pool must be one of {', '.join(self.POOLS)}, got {pool!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"MLP dropout must be in [0, 1), got {dropout}")
         self.num_items = int(num_items)
         self.maxlen = int(maxlen)
         self.d = int(d)
@@ -541,8 +533,7 @@ class MLPRec(TiedItemModel):
             self.item_emb.weight[0].zero_()
 
     def _embed(self, ids: torch.Tensor):
-        ids = ids.long()
-        ids = ids.masked_fill((ids < 0) | (ids > self.num_items), 0)  # unknown ids read as padding
+        ids = self.known_ids(ids)
         real = ids.ne(0)
         return self.drop(self.lookup("item", ids)), real
 

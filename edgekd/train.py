@@ -367,18 +367,19 @@ def distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def leave_processes() -> None:
-    """Under torchrun, called by every process once its part is done: waits until all are (rank 0
-    evaluates and writes the artifact meanwhile), then leaves the process group. A process that
-    exits with the group still open can abort at interpreter shutdown (SIGABRT), failing the run
-    after the artifact was written. Outside torchrun it does nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import torch.distributed as dist
+def on_rank_zero(finish: Callable[[], Artifact]) -> Artifact | None:
+    """After training: `finish()` (evaluate, write the one artifact) on rank 0 only; under
+    torchrun every process then waits for it and leaves the process group together (a process
+    that exits with the group still open can abort at interpreter shutdown, failing the run after
+    the artifact was written). Other ranks return None. Outside torchrun: just `finish()`."""
+    out = finish() if distributed()[0] == 0 else None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    return out
 
 
 def _mean_over_processes(sums: dict, world: int) -> dict:
@@ -452,18 +453,17 @@ def train_teacher(ds: Dataset, cfg: TrainConfig = TrainConfig(), *, store: Path 
     name = check_name(name or f"{ds.name}-teacher")
     log = fit(model, ds, task_loss(model, cfg.label_smoothing, cfg, ds), cfg, progress, checkpoint=checkpoint_path(store, name),
               resume=resume, tensorboard=tensorboard)
-    if distributed()[0] != 0:
-        leave_processes()
-        return None  # under torchrun, rank 0 evaluates and writes the one artifact
-    test, _ = evaluate_model(model, ds, "test")
-    metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
-    from .baselines import baseline_metrics
 
-    # The floors a sequence model must clear, on the same split and protocol.
-    metrics["floors_test_ndcg@10"] = {k: v["ndcg@10"] for k, v in baseline_metrics(ds).items()}
-    art = save_torch_artifact(
-        model, store=store, name=name, stage="teacher", arch=cfg.model,
-        arch_kwargs=kw, ds=ds, config={"train": cfg.to_dict()}, metrics=metrics, seed=cfg.seed,
-        extra={"training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
-    leave_processes()
-    return art
+    def finish() -> Artifact:
+        test, _ = evaluate_model(model, ds, "test")
+        metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_valid_ndcg@10": log["best_valid_ndcg@10"]}
+        from .baselines import baseline_metrics
+
+        # The floors a sequence model must clear, on the same split and protocol.
+        metrics["floors_test_ndcg@10"] = {k: v["ndcg@10"] for k, v in baseline_metrics(ds).items()}
+        return save_torch_artifact(
+            model, store=store, name=name, stage="teacher", arch=cfg.model,
+            arch_kwargs=kw, ds=ds, config={"train": cfg.to_dict()}, metrics=metrics, seed=cfg.seed,
+            extra={"training": {k: v for k, v in log.items() if k != "history"}, "history": log["history"]})
+
+    return on_rank_zero(finish)  # under torchrun, rank 0 evaluates and writes the one artifact
