@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import git_commit, machine, wrap  # noqa: E402
 
 from edgekd.artifact import load_artifact, write_json
 from edgekd.data import DataSpec, SyntheticConfig, load_data
@@ -34,30 +35,6 @@ from edgekd.targets import load_target
 from edgekd.train import TrainConfig, train_teacher
 
 TINY = {"users": 150, "items": 60, "mean_length": 12, "tastes": 4, "seed": 3}
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    import os
-
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu,
-            "cpus": os.cpu_count(), "python": platform.python_version()}
-
-
-def commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main() -> None:
@@ -76,7 +53,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="the JSON record to write")
     args = ap.parse_args()
 
-    started = {"commit": commit(), "machine": machine()}  # before anything runs: the code measured
+    started = {"commit": git_commit(), "machine": machine()}  # before anything runs: the code measured
     work = args.work or Path(tempfile.mkdtemp(prefix="edgekd-search-vs-random-"))
     store = work / "models"
     store.mkdir(parents=True, exist_ok=True)
@@ -124,31 +101,23 @@ def main() -> None:
             runs[label]["front_png"] = dest.name
     hv_s, hv_r = runs["search"]["hypervolume"], runs["random"]["hypervolume"]
     verdict = ("larger" if hv_s > hv_r else "smaller" if hv_s < hv_r else "equal")
-    m = started["machine"]
     cmd = [Path(sys.executable).name] + sys.argv
     if args.work:  # a scratch directory: not part of what the record means
         cmd = [("SCRATCH" if a == str(args.work) else a) for a in cmd]
-    record = {  # the repository's record shape: command, commit, machine, date, results
-        "command": " ".join(cmd),
-        "commit": started["commit"] or "unknown (not a git checkout)",
-        "machine": f"{m['machine']}, {m['cpu'] or 'unknown CPU'}, {m['cpus']} CPUs, {m['platform']}, "
-                   f"Python {m['python']}",
-        "date": time.strftime("%Y-%m-%d"),
-        "results": {
-            "what": "hypervolume of the search's front against random sampling, same trials and seed",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "teacher": {"name": teacher.name, "sha256": teacher.sha256, "dataset": teacher.card.get("dataset"),
-                        "arch": teacher.card.get("arch"), "arch_kwargs": teacher.card.get("arch_kwargs")},
-            "target": {"name": target.name, "threads": target.threads, "min_runs": target.min_runs,
-                       "min_seconds": target.min_seconds},
-            "settings": {"trials": args.trials, "seed": args.seed, "objective": args.objective,
-                         "min_kept": args.min_kept, "space": base.space},
-            "hypervolume_reference": "kept 0 and the teacher's cost on the target, costs divided by the teacher's",
-            "runs": runs,
-            "conclusion": f"{args.sampler} hypervolume {hv_s:.4f} vs random {hv_r:.4f}: {verdict} with "
-                          f"{args.trials} trials, seed {args.seed} (one seed: not a significance test)",
-        },
-    }
+    record = wrap(commit=started["commit"], machine_=started["machine"], command=" ".join(cmd), results={
+        "what": "hypervolume of the search's front against random sampling, same trials and seed",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "teacher": {"name": teacher.name, "sha256": teacher.sha256, "dataset": teacher.card.get("dataset"),
+                    "arch": teacher.card.get("arch"), "arch_kwargs": teacher.card.get("arch_kwargs")},
+        "target": {"name": target.name, "threads": target.threads, "min_runs": target.min_runs,
+                   "min_seconds": target.min_seconds},
+        "settings": {"trials": args.trials, "seed": args.seed, "objective": args.objective,
+                     "min_kept": args.min_kept, "space": base.space},
+        "hypervolume_reference": "kept 0 and the teacher's cost on the target, costs divided by the teacher's",
+        "runs": runs,
+        "conclusion": f"{args.sampler} hypervolume {hv_s:.4f} vs random {hv_r:.4f}: {verdict} with "
+                      f"{args.trials} trials, seed {args.seed} (one seed: not a significance test)",
+    })
     write_json(args.out, record)
     print(record["results"]["conclusion"])
     print(args.out)

@@ -343,8 +343,7 @@ TEACHER_COLOUR = "black"
 
 
 def _colour(i: int, teacher: bool):
-    """The teacher in black; the others from tab10 without its red, which read as a second
-    teacher beside the old crimson."""
+    """The teacher in black; the others from tab10 without its red (which reads as an alarm)."""
     import matplotlib.pyplot as plt
 
     if teacher:

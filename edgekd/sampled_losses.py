@@ -71,14 +71,6 @@ class SampledLoss:
         alpha = min(1.0, self.negatives / max(n_valid - 1, 1))
         self.beta = alpha * (self.gbce_t * (1 - 1 / alpha) + 1 / alpha) if alpha > 0 else 1.0
 
-    def describe(self) -> dict:
-        d = {"loss_type": self.loss_type, "negatives": self.negatives, "sampler": self.sampler}
-        if self.loss_type == "gbce":
-            d.update(gbce_t=self.gbce_t, gbce_beta=self.beta)
-        else:
-            d["in_batch_negatives"] = True
-        return d
-
     def _draw(self, n: int) -> torch.Tensor:
         return torch.multinomial(self.q_float, n, replacement=True)
 
