@@ -726,7 +726,10 @@ def serve(artifact: Path = typer.Argument(..., help="artifact to serve (a direct
                                                     help="enable POST /admin/reload with this bearer token"),
           echo: bool = typer.Option(False, "--echo-endpoint", hidden=True),
           log_level: str = typer.Option("warning")):
-    """Serve an artifact over HTTP: /v1/recommend, /healthz, /readyz, /v1/model, /metrics."""
+    """Serve an artifact over HTTP: /v1/recommend, /healthz, /readyz, /v1/model, /metrics.
+
+    Example: edgekd serve ml-100k-student-onnx-int8 --shadow ml-100k-teacher --shadow-rate 0.05
+    """
     from .extras import require_serve
 
     require_serve()
@@ -766,7 +769,10 @@ def search(teacher: Path = typer.Argument(..., help="teacher artifact directory 
                                                   "records, trials.json, the front (default: "
                                                   "benchmarks/results/search-<teacher>)"),
            allow_local_commands: bool = AllowLocalOpt):
-    """Search students, losses, pruning and export recipes for the best model on a device under an accuracy budget."""
+    """Search students, losses, pruning and export recipes for the best model on a device under an accuracy budget.
+
+    Example: edgekd search ml-100k-teacher --target local-cpu --min-kept 0.95 --min-speedup 50 --min-smaller 20
+    """
     from .artifact import load_artifact
     from .search import SearchConfig, load_space
     from .search import search as run

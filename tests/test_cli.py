@@ -127,7 +127,7 @@ import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
-MAIN = ("train", "distill", "export", "quantize", "prune", "bench", "report", "pipeline", "inspect")
+MAIN = ("train", "distill", "export", "quantize", "prune", "bench", "report", "pipeline", "inspect", "serve", "search")
 
 
 def call(monkeypatch, capsys, *args):
