@@ -146,6 +146,33 @@ def test_readyz_reports_a_model_that_failed_to_load(serve_store):
         assert r.status_code == 503 and "failed to load" in r.json()["error"]
 
 
+def test_readyz_with_several_workers_waits_for_every_live_one(serve_store, tmp_path):
+    """A load balancer that sees 200 must not then get a 503 from a worker still loading."""
+    import os
+    import sys
+
+    with _client(serve_store, control_dir=str(tmp_path), workers=2) as c:
+        end = time.monotonic() + 30
+        while not (tmp_path / "ready" / str(os.getpid())).exists():  # this worker has loaded
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["error"] == "1 of 2 workers have loaded the model"
+        assert c.post("/v1/recommend", json={"history": ["x"]}).status_code == 200  # this one answers
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
+        (tmp_path / "ready" / dead).touch()  # a worker that died after loading does not count
+        assert c.get("/readyz").status_code == 503
+        assert not (tmp_path / "ready" / dead).exists()
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            (tmp_path / "ready" / str(other.pid)).touch()
+            assert c.get("/readyz").status_code == 200
+        finally:
+            other.kill()
+            other.wait()
+
+
 # ---------------------------------------------------------------- bad requests: 4xx, one clear message
 
 BAD = [
@@ -482,13 +509,16 @@ def test_cli_serve_with_two_workers(serve_store, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
+        end, said = time.monotonic() + 120, []
+        while True:  # /readyz is 200 only once both workers have loaded the model
+            assert time.monotonic() < end, f"never ready: {said[-3:]}"
             try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                r = httpx.get(base + "/readyz", timeout=1)
+                if r.status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
+                said.append(r.text)
+            except httpx.HTTPError as e:
+                said.append(repr(e))
             time.sleep(0.2)
         with httpx.Client(base_url=base) as c:
             for _ in range(20):
@@ -499,8 +529,12 @@ def test_cli_serve_with_two_workers(serve_store, tmp_path):
             assert sum(ok) == 20  # both workers' counts, merged
             r = c.post("/admin/reload", json={"artifact": "student-copy"}, headers={"authorization": "Bearer t"})
             assert r.status_code == 200, r.text
-            time.sleep(1.5)  # the other worker follows the announcement
-            names = {c.post("/v1/recommend", json={"history": ["x"]}).json()["model"]["name"] for _ in range(20)}
+            end = time.monotonic() + 60  # the other worker follows the announcement (polls every 0.5 s)
+            while True:
+                names = {c.post("/v1/recommend", json={"history": ["x"]}).json()["model"]["name"] for _ in range(20)}
+                if names == {"student-copy"} or time.monotonic() > end:
+                    break
+                time.sleep(0.5)
             assert names == {"student-copy"}
     finally:
         proc.terminate()

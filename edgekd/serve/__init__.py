@@ -51,7 +51,7 @@ def serve(cfg, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_
     (tmp / "metrics").mkdir()
     (tmp / "control").mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-           "EDGEKD_SERVE_CONFIG": replace(cfg, control_dir=str(tmp / "control")).to_env()}
+           "EDGEKD_SERVE_CONFIG": replace(cfg, control_dir=str(tmp / "control"), workers=workers).to_env()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

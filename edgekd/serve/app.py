@@ -46,6 +46,7 @@ class ServeConfig:
     admin_token: Optional[str] = None
     echo: bool = False  # a /v1/echo endpoint on the same stack, without the model (load tests' floor)
     control_dir: Optional[str] = None  # multi-worker: where a reload is announced to the other workers
+    workers: int = 1  # worker processes sharing control_dir (/readyz waits for all of them)
     drift_window: int = 1000
 
     def to_env(self) -> str:
@@ -193,6 +194,26 @@ class State:
         m.drift_psi.clear()
         m.drift_window.set(0)
         m.ready.set(1)
+        if self.cfg.control_dir:  # this worker can answer: say so to the others' /readyz
+            ready = Path(self.cfg.control_dir) / "ready"
+            ready.mkdir(exist_ok=True)
+            (ready / str(os.getpid())).touch()
+
+    def workers_ready(self) -> int:
+        """How many live workers have a model installed (multi-worker; 1 otherwise)."""
+        if not self.cfg.control_dir:
+            return 1
+        n = 0
+        for f in (Path(self.cfg.control_dir) / "ready").glob("*"):
+            try:
+                os.kill(int(f.name), 0)
+            except ProcessLookupError:  # a worker that died: the server restarts it under a new pid
+                f.unlink(missing_ok=True)
+                continue
+            except (ValueError, PermissionError):
+                pass
+            n += 1
+        return n
 
     def load(self, path: str):
         from ..ranking import load_served
@@ -368,8 +389,10 @@ def create_app(cfg: ServeConfig, model=None) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"description": "not ready"}})
     async def readyz():
-        """200 once the model has answered its probe."""
+        """200 once the model has answered its probe (in every worker, with several)."""
         m = ready_model()
+        if cfg.workers > 1 and (n := state.workers_ready()) < cfg.workers:
+            raise HTTPException(503, f"{n} of {cfg.workers} workers have loaded the model")
         return {"status": "ready", "model": {"name": m.name, "sha256": m.sha256}}
 
     @app.get("/v1/model")
