@@ -358,6 +358,10 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
             rd_warmup: int = typer.Option(2, help="rd: epochs before discrepancy weighting starts"),
             rrd_weight: float = typer.Option(0.1, help="rrd: weight"), rrd_k: int = typer.Option(10, help="rrd: teacher top-K"),
             hint_weight: float = typer.Option(1.0, help="hint: weight"),
+            teacher_cache: int = typer.Option(0, "--teacher-cache", help="K > 0: run the teacher once before "
+                                              "training and keep each position's top-K items and scores "
+                                              "(6 K bytes a position) instead of running it in every batch; "
+                                              "soft labels over those K"),
             data: Optional[Path] = typer.Option(None, "--data", help="train the student on other data than the "
                                                 "teacher's (cross-domain: items matched by original id)"),
             format: Optional[str] = FormatOpt, synthetic: Optional[list[str]] = SynthOpt,
@@ -396,7 +400,7 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                         mse_weight=mse_weight, rd_weight=rd_weight, rd_k=rd_k, rd_lambda=rd_lambda, rd_mu=rd_mu,
                         rd_warmup=rd_warmup, rrd_weight=rrd_weight, rrd_k=rrd_k, hint_weight=hint_weight,
                         teacher_weights=tuple(teacher_weight) if teacher_weight else None,
-                        init_from_teacher=init_from_teacher, online=online, d=d,
+                        init_from_teacher=init_from_teacher, online=online, teacher_cache=teacher_cache, d=d,
                         blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
                         patience=patience, batch_size=batch_size, lr=lr, seed=seed,
                         negatives=negatives, sampler=sampler, loss_type=loss_type)

@@ -50,6 +50,7 @@ class DistillConfig(TrainConfig):
     teacher_weights: tuple[float, ...] | None = None   # one per teacher; equal when None
     init_from_teacher: bool = False
     online: bool = False        # mutual learning: a fresh teacher of the teacher's shape trains alongside
+    teacher_cache: int = 0      # K > 0: the teacher's top-K per position computed once (kd_losses.TeacherCache)
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,11 +65,24 @@ class DistillConfig(TrainConfig):
         for name in ("rd_k", "rrd_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.teacher_cache < 0:
+            raise ConfigError(f"teacher_cache must be >= 0 (0: the teacher runs in every batch), got {self.teacher_cache}")
+        if self.teacher_cache and self.kd == "on":
+            names = parse_losses(self.loss)
+            for name, k in (("rd", self.rd_k), ("rrd", self.rrd_k)):
+                if name in names and k > self.teacher_cache:
+                    raise ConfigError(f"{name} reads the teacher's top-{k}, more than --teacher-cache {self.teacher_cache} keeps")
         if not self.rd_lambda > 0:
             raise ConfigError(f"rd_lambda must be > 0, got {self.rd_lambda}")
         if self.teacher_weights is not None:
             if any(w < 0 for w in self.teacher_weights) or not sum(self.teacher_weights) > 0:
                 raise ConfigError(f"teacher weights must be >= 0 and not all 0, got {list(self.teacher_weights)}")
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if not d["teacher_cache"]:  # cards and checkpoints of runs without one read as before it existed
+            del d["teacher_cache"]
+        return d
 
     def default_name(self, ds_name: str) -> str:
         if self.kd == "off":
@@ -143,6 +157,8 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
         # A shorter student reads the most recent items only; the teacher reads the same window.
         raise ConfigError(f"student maxlen {kw['maxlen']} exceeds the teacher's {limit}")
     student = create_model(cfg.model, **kw)
+    if cfg.online and cfg.teacher_cache:
+        raise ConfigError("--online trains its teacher: there is no frozen teacher to cache")
     if cfg.online and cfg.negatives:
         raise ConfigError("--online (mutual learning) trains with the full softmax; use --negatives 0")
     # the card says which task loss (mutual learning's stays full-softmax)
@@ -172,6 +188,9 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
     log = fit(student, ds, loss_fn, cfg, progress, checkpoint=checkpoint_path(store, name), resume=resume,
               identity={"teacher": arts[0].sha256 if len(arts) == 1 else [a.sha256 for a in arts]},
               tensorboard=tensorboard)
+
+    if getattr(loss_fn, "cache", None) is not None:
+        extra["teacher_cache"] = loss_fn.cache.info
 
     def finish() -> Artifact:
         teacher_top = None

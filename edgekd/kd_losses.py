@@ -10,6 +10,11 @@ teachers are combined here, once, so that every term works with one teacher or m
 - `hint` projects the student into each teacher's space with its own learned projector.
 
 The student loss is  CE(student, next item) + sum_term weight_term * term.
+
+With a teacher cache (`--teacher-cache K`, `TeacherCache`) the frozen teacher runs once, before
+training, and keeps only each position's top-K items and logits (fp16): then `t_logits` are
+[P, K] at the columns `t_idx`, soft labels are the teacher's distribution renormalised over its
+top-K, `mse` matches those K scores, and `rd`/`rrd` read their top-K from the cache.
 """
 from __future__ import annotations
 
@@ -38,7 +43,19 @@ class KDBatch:
     # same items); None when teacher and student share the catalogue.
     s_cols: torch.Tensor | None = None
     t_cols: list | None = None
+    # A teacher cache: the catalogue columns of t_logits ([P, K], the teacher's top-K, best first).
+    t_idx: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict)
+
+    def s_logprob(self, T: float = 1.0) -> torch.Tensor:
+        """The student's log-probabilities over the catalogue at temperature T, at the teacher's
+        columns: [P, N], or [P, K] with a teacher cache."""
+        lp = F.log_softmax(self.s_logits / T, -1)
+        return lp if self.t_idx is None else lp.gather(1, self.t_idx)
+
+    def s_at_teacher(self) -> torch.Tensor:
+        """The student's scores at the teacher's columns ([P, N], or [P, K] with a cache)."""
+        return self.s_logits if self.t_idx is None else self.s_logits.gather(1, self.t_idx)
 
     def item_rows(self, which: int | None) -> torch.Tensor:
         """Item embeddings (no padding row) of the student (None) or teacher `which`, restricted
@@ -64,6 +81,8 @@ class KDBatch:
 
     def t_topk(self, k: int) -> torch.Tensor:
         """The teachers' top-k items per position, best first: [P, k] column indices."""
+        if self.t_idx is not None:  # cached sorted, best first
+            return self.t_idx[:, :k]
         key = ("topk", k)
         if key not in self._cache:
             self._cache[key] = self.t_logprob(1.0).topk(min(k, self.s_logits.shape[1]), -1).indices
@@ -126,7 +145,12 @@ class _Term(nn.Module):
 def soft_kl(s_logits: torch.Tensor, t_logprob: torch.Tensor, T: float) -> torch.Tensor:
     """T^2 * KL(p_t || softmax(s/T)), mean over positions; T^2 keeps the gradient scale
     independent of T (Hinton et al., 2015). `t_logprob` is log p_t at temperature T."""
-    return F.kl_div(F.log_softmax(s_logits / T, -1), t_logprob, log_target=True, reduction="batchmean") * (T * T)
+    return kl_logprob(F.log_softmax(s_logits / T, -1), t_logprob, T)
+
+
+def kl_logprob(s_logprob: torch.Tensor, t_logprob: torch.Tensor, T: float) -> torch.Tensor:
+    """soft_kl from the student's log-probabilities (at the teacher's columns)."""
+    return F.kl_div(s_logprob, t_logprob, log_target=True, reduction="batchmean") * (T * T)
 
 
 @register_loss("kl", "soft labels over the full catalogue at temperature T, scaled by T^2 (Hinton et al. 2015)",
@@ -134,13 +158,13 @@ def soft_kl(s_logits: torch.Tensor, t_logprob: torch.Tensor, T: float) -> torch.
 def _kl(cfg, student, teachers) -> nn.Module:
     T = cfg.temperature
 
-    return _Term(lambda b: soft_kl(b.s_logits, b.t_logprob(T), T))
+    return _Term(lambda b: kl_logprob(b.s_logprob(T), b.t_logprob(T), T))
 
 
 @register_loss("mse", "logit matching: mean squared difference of the scores over the catalogue",
                "mse_weight")
 def _mse(cfg, student, teachers) -> nn.Module:
-    return _Term(lambda b: F.mse_loss(b.s_logits, b.t_logits_mean()))
+    return _Term(lambda b: F.mse_loss(b.s_at_teacher(), b.t_logits_mean()))
 
 
 @register_loss("rd", "Ranking Distillation (Tang & Wang 2018): the teacher's top-K as weighted extra positives",
@@ -237,11 +261,28 @@ class DistillLoss(nn.Module):
         self.label_smoothing = float(cfg.label_smoothing)
         self.sampled = sampled
         self.epoch = 1
+        self.cache_k = int(getattr(cfg, "teacher_cache", 0))
+        self.cache: TeacherCache | None = None
+        if self.cache_k:
+            if len(teachers) != 1 or self.item_map is not None or getattr(teachers[0], "bidirectional", False):
+                raise ConfigError("--teacher-cache takes one next-item (causal) teacher on the student's data")
+            if "hint" in names:
+                raise ConfigError("--teacher-cache keeps the teacher's top-K scores, not the hidden states hint needs")
+
+    @property
+    def takes_rows(self) -> bool:
+        """`fit` passes each batch's window indices (the cache is looked up by them)."""
+        return self.cache_k > 0
+
+    def prepare(self, x_all: torch.Tensor, y_all: torch.Tensor) -> None:
+        """Before training (`fit`): the teacher cache over every training window."""
+        if self.cache_k:
+            self.cache = TeacherCache(self.teachers[0], x_all, y_all, self.cache_k)
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
         mask = y > 0
         s_h = student.hidden(x)[mask]
         s_logits = student.score(s_h)
@@ -249,6 +290,12 @@ class DistillLoss(nn.Module):
             task = self.sampled.from_hidden(s_h, y[mask], student.item_table())
         else:
             task = F.cross_entropy(s_logits, y[mask] - 1, label_smoothing=self.label_smoothing)
+        if self.cache is not None:
+            if rows is None:
+                raise RuntimeError("a teacher cache needs the batch's window indices (rows)")
+            t_idx, t_val = self.cache.lookup(rows)
+            b = KDBatch(s_h, s_logits, [], [t_val], self.t_weights, student, self.teachers, self.epoch, t_idx=t_idx)
+            return self._combine(task, b)
         sel = None
         if any(getattr(t, "bidirectional", False) for t in self.teachers):
             # A bidirectional teacher needs one forward per prefix: distil at a random sample
@@ -265,6 +312,9 @@ class DistillLoss(nn.Module):
             t_logits = [t[:, self.t_cols] for t in t_logits]
             cols = {"s_cols": self.s_cols, "t_cols": [self.t_cols]}
         b = KDBatch(s_h, s_logits, t_h, t_logits, self.t_weights, student, self.teachers, self.epoch, **cols)
+        return self._combine(task, b)
+
+    def _combine(self, task: torch.Tensor, b: KDBatch) -> dict:
         parts = {"task_loss": task}
         loss = task
         for n, term in self.terms.items():
@@ -294,6 +344,63 @@ class DistillLoss(nn.Module):
             return t.prefix_hidden(x, rows[sel], cols[sel], min(self.prefix_window, t.maxlen - 1))
         h = t.hidden(x)[mask]
         return h if sel is None else h[sel]
+
+
+class TeacherCache:
+    """A frozen teacher's top-K items and logits at every training position, computed once
+    before training instead of in every batch of every epoch: K int32 indices and K fp16 logits
+    per position (6 K bytes; e.g. 100k positions at K=100: 60 MB), in memory.
+
+    Positions are the windows' targets (y > 0) in row-major order, as the loss sees them; a
+    batch's are found from its window indices."""
+
+    MAX_BYTES = 4 << 30
+    CHUNK = 2 << 20  # logits computed per chunk of positions: at most this many [P, N] entries
+
+    def __init__(self, teacher: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, k: int,
+                 batch_size: int = 256):
+        import time
+
+        t0 = time.perf_counter()
+        mask = y_all > 0
+        counts = mask.sum(1)
+        self.counts = counts
+        self.starts = torch.cumsum(counts, 0) - counts
+        n_pos = int(counts.sum())
+        n_items = teacher.item_table().shape[0] - 1
+        k = min(k, n_items)
+        need = n_pos * k * 6
+        if need > self.MAX_BYTES:
+            raise ConfigError(f"--teacher-cache {k}: {n_pos:,} training positions x {k} would take "
+                              f"{need / 2**30:.1f} GiB (the limit is {self.MAX_BYTES / 2**30:.0f} GiB)",
+                              hint=f"use a smaller K, e.g. --teacher-cache {max(1, self.MAX_BYTES // (n_pos * 6))}")
+        self.idx = torch.empty(n_pos, k, dtype=torch.int32)
+        self.val = torch.empty(n_pos, k, dtype=torch.float16)
+        per = max(1, self.CHUNK // max(1, n_items))
+        was_training = teacher.training
+        teacher.eval()
+        at = 0
+        with torch.no_grad():
+            for r in range(0, len(x_all), batch_size):
+                h = teacher.hidden(x_all[r:r + batch_size])[mask[r:r + batch_size]]
+                for j in range(0, len(h), per):
+                    v, i = teacher.score(h[j:j + per]).topk(k, -1)
+                    self.idx[at:at + len(i)] = i.to(torch.int32)
+                    self.val[at:at + len(v)] = v.to(torch.float16)
+                    at += len(i)
+        teacher.train(was_training)
+        self.k = k
+        self.info = {"k": k, "positions": n_pos, "bytes": need, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached columns [P, K] (int64) and logits [P, K] (float32) of windows `rows`, their
+        positions in the loss's order."""
+        c = self.counts[rows]
+        total = int(c.sum())
+        first = torch.repeat_interleave(self.starts[rows], c)
+        within = torch.arange(total) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
+        at = first + within
+        return self.idx[at].long(), self.val[at].float()
 
 
 class MutualLoss(nn.Module):

@@ -212,6 +212,9 @@ def _fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
         y_all[y_all == ds.oov_index] = 0
     # A loss with parameters of its own (a distillation projector) trains beside the model.
     loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
+    if hasattr(loss_fn, "prepare"):  # e.g. a distillation's teacher cache, over every training window
+        loss_fn.prepare(x_all, y_all)
+    takes_rows = bool(getattr(loss_fn, "takes_rows", False))
     params = list(model.parameters()) + (list(loss_module.parameters()) if loss_module is not None else [])
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -269,7 +272,7 @@ def _fit(model: nn.Module, ds: Dataset, loss_fn: LossFn, cfg: TrainConfig,
             if cfg.bucket:
                 width = int(lengths[b].max())
                 xb, yb = xb[:, xb.shape[1] - width:], yb[:, yb.shape[1] - width:]
-            parts = step(xb, yb)
+            parts = step(xb, yb, b) if takes_rows else step(xb, yb)
             if not torch.isfinite(parts["loss"].detach()):
                 raise _diverged(epoch, f"the loss became {float(parts['loss'].detach())}", cfg)
             opt.zero_grad(set_to_none=True)
@@ -351,8 +354,10 @@ class _Step(nn.Module):
         self.model = model
         self.loss_fn = loss_fn  # a module loss (projector, online teacher) is trained too
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return self.loss_fn(self.model, x, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+        if rows is None:
+            return self.loss_fn(self.model, x, y)
+        return self.loss_fn(self.model, x, y, rows=rows)  # the batch's window indices (a teacher cache)
 
 
 def distributed() -> tuple[int, int]:

@@ -283,3 +283,93 @@ def test_online_distillation_trains_a_fresh_teacher_alongside(tiny_ds, tiny_teac
     assert 0 <= a.metrics["online_teacher_test_ndcg@10"] <= 1
     assert "teacher_task_loss" in a.card["history"][0]
     assert a.card["history"][1]["teacher_task_loss"] < a.card["history"][0]["teacher_task_loss"]
+
+
+# ---------------------------------------------------------------- the teacher cache
+
+def _cached_and_live(tiny_ds, tiny_teacher, loss, k, student=None, **kw):
+    """The same batch through a live-teacher loss and a cached one (window indices as fit passes them)."""
+    from edgekd.data import training_pairs
+    from edgekd.torch_io import load_torch_model
+
+    teacher = load_torch_model(tiny_teacher).eval()
+    x_all, y_all = (torch.from_numpy(a) for a in training_pairs(tiny_ds.train_sequences(), teacher.maxlen))
+    student = (load_torch_model(student) if student is not None else  # a trained student: distinct scores
+               create_model("sasrec-student", **DistillConfig(d=8, maxlen=teacher.maxlen).arch_kwargs(tiny_ds.num_items)))
+    student.eval()
+    live = DistillLoss(DistillConfig(loss=loss, **kw), student, [teacher], [1.0])
+    cached = DistillLoss(DistillConfig(loss=loss, teacher_cache=k, **kw), student, [teacher], [1.0])
+    cached.prepare(x_all, y_all)
+    rows = torch.tensor([5, 0, 17, 3, 9])  # any order, as a shuffled batch gives them
+    lengths = ((x_all[rows] > 0) | (y_all[rows] > 0)).sum(1)
+    width = int(lengths.max())  # cut to the batch's longest window, as fit's length buckets do
+    xb, yb = x_all[rows][:, -width:], y_all[rows][:, -width:]
+    return live(student, xb, yb), cached(student, xb, yb, rows=rows), cached
+
+
+@pytest.mark.parametrize("loss", ["kl", "mse", "rd", "rrd"])
+def test_a_full_width_teacher_cache_gives_the_live_teachers_loss(tiny_ds, tiny_teacher, tiny_student, loss):
+    """K = the whole catalogue: the cached terms are the live ones (fp16 logits aside)."""
+    live, cached, _ = _cached_and_live(tiny_ds, tiny_teacher, loss, tiny_ds.num_items, tiny_student, rd_warmup=5)
+    tol = 2e-3 if loss in ("kl", "mse") else 1e-6  # kl and mse read the fp16 logits; rd and rrd the columns only
+    assert cached[f"{loss}_loss"].item() == pytest.approx(live[f"{loss}_loss"].item(), rel=tol, abs=1e-6)
+    assert cached["task_loss"].item() == live["task_loss"].item()
+
+
+def test_a_small_teacher_cache_keeps_each_positions_top_k_in_order(tiny_ds, tiny_teacher):
+    from edgekd.data import training_pairs
+    from edgekd.torch_io import load_torch_model
+
+    _, cached, loss = _cached_and_live(tiny_ds, tiny_teacher, "kl", 7)
+    c = loss.cache
+    assert c.idx.shape[1] == 7 and c.idx.dtype == torch.int32 and c.val.dtype == torch.float16
+    assert c.info["bytes"] == c.info["positions"] * 7 * 6
+    teacher = load_torch_model(tiny_teacher).eval()
+    x_all, y_all = (torch.from_numpy(a) for a in training_pairs(tiny_ds.train_sequences(), teacher.maxlen))
+    row = 11
+    idx, val = c.lookup(torch.tensor([row]))
+    with torch.no_grad():
+        logits = teacher.score(teacher.hidden(x_all[row:row + 1])[y_all[row:row + 1] > 0])
+    assert torch.equal(idx, logits.topk(7, -1).indices)
+    assert torch.allclose(val, logits.topk(7, -1).values, rtol=1e-2, atol=1e-2)
+    assert 0 < cached["kl_loss"].item() < float("inf")
+
+
+def test_teacher_cache_settings_are_checked(tiny_ds, tiny_teacher):
+    from edgekd.torch_io import load_torch_model
+
+    with pytest.raises(ConfigError, match="top-10, more than --teacher-cache 5"):
+        DistillConfig(loss="rd", teacher_cache=5)
+    with pytest.raises(ConfigError, match=">= 0"):
+        DistillConfig(teacher_cache=-1)
+    t = load_torch_model(tiny_teacher)
+    s = create_model("sasrec-student", **DistillConfig(d=8, maxlen=t.maxlen).arch_kwargs(tiny_ds.num_items))
+    with pytest.raises(ConfigError, match="hidden states hint needs"):
+        DistillLoss(DistillConfig(loss="kl+hint", teacher_cache=20), s, [t], [1.0])
+    with pytest.raises(ConfigError, match="one next-item"):
+        DistillLoss(DistillConfig(teacher_cache=20), s, [t, t], [1.0, 1.0])
+
+
+def test_distillation_from_a_teacher_cache_end_to_end(tiny_ds, tiny_teacher, store, monkeypatch):
+    """The teacher runs once, before training (not in the epochs), and the card says what was kept."""
+    from edgekd.distill import distill
+    from edgekd.torch_io import load_torch_model
+
+    calls = []
+    real = load_torch_model
+
+    def counted(a):
+        m = real(a)
+        orig = m.hidden
+        m.hidden = lambda x: (calls.append(len(x)), orig(x))[1]
+        return m
+
+    monkeypatch.setattr("edgekd.distill.load_torch_model", counted)
+    cfg = DistillConfig(d=8, maxlen=20, epochs=2, patience=2, loss="kl+rd", teacher_cache=20, rd_warmup=1)
+    a = distill(tiny_teacher, tiny_ds, cfg, store=store, name="tiny-cached")
+    info = a.card["teacher_cache"]
+    assert info["k"] == 20 and info["positions"] > 0 and info["bytes"] == info["positions"] * 120
+    from edgekd.data import training_pairs
+    assert sum(calls) == len(training_pairs(tiny_ds.train_sequences(), 20)[0])  # each window once, for 2 epochs
+    assert a.card["config"]["distill"]["teacher_cache"] == 20
+    assert all(math.isfinite(r["kl_loss"]) and math.isfinite(r["rd_loss"]) for r in a.card["history"])
