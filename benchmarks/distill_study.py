@@ -45,6 +45,9 @@ def grid(small_only: bool = False) -> list[tuple[str, dict, dict, tuple, str | N
         # is distillation more than the regularisation label smoothing also gives?
         ("sasrec d8 no-KD, label smoothing 0.2", SMALL, {"kd": "off", "label_smoothing": 0.2}, ("sasrec",), None),
         ("sasrec d8 kl init-from-teacher", SMALL, {"loss": "kl", "init_from_teacher": True}, ("sasrec",), None),
+        # the teacher run once before training, its top-100 per position kept (--teacher-cache)
+        ("sasrec d8 rd, teacher cache 100", SMALL, {"loss": "rd", "teacher_cache": 100}, ("sasrec",), None),
+        ("sasrec d8 kl, teacher cache 100", SMALL, {"loss": "kl", "teacher_cache": 100}, ("sasrec",), None),
         ("sasrec d8 kl sasrec+bert4rec", SMALL, {"loss": "kl"}, ("sasrec", "bert4rec"), None),
         ("sasrec d8 kl bert4rec", SMALL, {"loss": "kl"}, ("bert4rec",), None),
         ("sasrec d8 online (mutual)", SMALL, {"loss": "kl", "online": True}, ("sasrec",), None),
