@@ -89,6 +89,22 @@ def _json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _bytes_ok(value: Optional[str]) -> Optional[int]:
+    """'2MB', '1.5MiB', '500000' -> bytes (a usage error otherwise)."""
+    if value is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+    unit = m and m.group(2).lower()
+    if not m or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        raise typer.BadParameter(f"{value!r} is not a size: a number of bytes, or with kB, MB, GB, KiB, MiB or GiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
 def _name_ok(value: Optional[str]) -> Optional[str]:
     """--name is checked before any work: one safe path component, else exit 2."""
     if value is not None:
@@ -477,6 +493,11 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
           coverage: float = typer.Option(0.95, help="vocabulary: keep the fewest items covering this share of "
                                          "the training interactions (or of the teacher's mass, --by teacher)"),
           keep_items: Optional[int] = typer.Option(None, help="vocabulary: keep exactly this many items instead"),
+          max_bytes: Optional[str] = typer.Option(None, "--max-bytes", help="vocabulary: keep the most items whose "
+                                                  "weights fit this size at --budget-precision (e.g. 2MB, 1.5MiB, "
+                                                  "500000): a phone's download limit", callback=_bytes_ok),
+          budget_precision: str = typer.Option("int8", help="vocabulary: the export precision --max-bytes is "
+                                               "for: int8 or fp32"),
           by: str = typer.Option("interactions", help="vocabulary: rank items by 'interactions' or 'teacher' "
                                  "(its probability mass on validation users)"),
           unknown: str = typer.Option("skip", help="vocabulary: what the model's input does with a pruned "
@@ -494,7 +515,7 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
     from .compress import PruneConfig, prune as run
 
     cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
-                      by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed,
+                      max_bytes=max_bytes, budget_precision=budget_precision, by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed,
                       rounds=rounds)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
@@ -504,7 +525,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
             "structured": f"non-embedding parameters {m['non_embedding_params']:,} (parent "
                           f"{m['parent_non_embedding_params']:,})",
             "vocabulary": f"{p.card['pruning'].get('items_kept')} of {p.card['pruning'].get('items_before')} items "
-                          f"kept"}[method]
+                          f"kept" + (f" (weights {b['estimated_bytes']:,} bytes at {b['precision']}, budget "
+                                     f"{b['max_bytes']:,})" if (b := p.card['pruning'].get('size_budget')) else "")}[method]
     console.print(f"pruned {p.name}: {what}, test NDCG@10 {m['test_ndcg@10']:.4f} "
                   f"({m['test_ndcg@10_vs_parent'] * 100:.1f}% of the parent), file {m['size']['size_bytes']} bytes "
                   f"(parent {m['size']['parent_size_bytes']}), gzip {m['size']['gzip_bytes']} "

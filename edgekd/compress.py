@@ -35,6 +35,8 @@ class PruneConfig:
     dims: float = 0.0
     coverage: float = 0.95
     keep_items: int | None = None
+    max_bytes: int | None = None      # vocabulary: keep the most items whose weights fit (pruning.items_for_budget)
+    budget_precision: str = "int8"    # ... at this export precision
     by: str = "interactions"
     unknown: str = "skip"
     recover_epochs: int = 0
@@ -58,6 +60,17 @@ class PruneConfig:
             raise ConfigError(f"coverage must be in (0, 1], got {self.coverage}")
         if self.keep_items is not None and self.keep_items < 1:
             raise ConfigError(f"keep_items must be >= 1, got {self.keep_items}")
+        if self.max_bytes is not None:
+            if self.max_bytes < 1:
+                raise ConfigError(f"max_bytes must be >= 1, got {self.max_bytes}")
+            if self.method != "vocabulary" or self.keep_items is not None:
+                raise ConfigError("--max-bytes chooses how many items vocabulary pruning keeps: use it with "
+                                  "--method vocabulary and without --keep-items")
+        from .pruning import BUDGET_PRECISIONS
+
+        if self.budget_precision not in BUDGET_PRECISIONS:
+            raise ConfigError(f"budget precision must be one of {', '.join(BUDGET_PRECISIONS)}, "
+                              f"got {self.budget_precision!r}")
         if self.by not in ("interactions", "teacher"):
             raise ConfigError(f"by must be 'interactions' or 'teacher', got {self.by!r}")
         if self.unknown not in UNKNOWN_ITEMS:
@@ -74,6 +87,8 @@ class PruneConfig:
             return f"pruned{int(round(self.sparsity * 100))}"
         if self.method == "structured":
             return f"slim{int(round(self.sparsity * 100))}" + (f"d{int(round(self.dims * 100))}" if self.dims else "")
+        if self.max_bytes:
+            return f"vocab-{self.max_bytes}B-{self.budget_precision}"
         return f"vocab{self.keep_items}" if self.keep_items else f"vocab{int(round(self.coverage * 100))}"
 
 
@@ -108,7 +123,8 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     from .evaluation import evaluate_model
     from .kd_losses import DistillLoss
     from .metrics import topk_overlap
-    from .pruning import items_to_keep, non_embedding_params, structured_prune, vocabulary_prune
+    from .pruning import (estimated_bytes, items_for_budget, items_to_keep, non_embedding_params,
+                          structured_prune, vocabulary_prune)
     from .runner import _latency_gate, _time_files
     from .torch_io import dataset_for, load_torch_model, save_torch_artifact
     from .train import fit, seed_everything
@@ -137,8 +153,18 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     elif cfg.method == "structured":
         model, kwargs, info = structured_prune(model, kwargs, cfg.sparsity, cfg.dims)
     else:
-        keep = items_to_keep(ds, cfg.coverage, cfg.keep_items, teacher if cfg.by == "teacher" else None)
+        count = cfg.keep_items
+        if cfg.max_bytes:
+            count = items_for_budget(model, ds, cfg.max_bytes, cfg.budget_precision)
+        keep = items_to_keep(ds, cfg.coverage, count, teacher if cfg.by == "teacher" else None)
         model, kwargs, new_ds, info = vocabulary_prune(model, a.card["arch"], kwargs, ds, keep, cfg.unknown)
+        if cfg.max_bytes:
+            est = estimated_bytes(model, cfg.budget_precision)
+            if est > cfg.max_bytes:  # items_for_budget's arithmetic is wrong for this model
+                raise RuntimeError(f"vocabulary pruning to {count} items gives {est:,} bytes at "
+                                  f"{cfg.budget_precision}, over --max-bytes {cfg.max_bytes:,}")
+            info["size_budget"] = {"max_bytes": cfg.max_bytes, "precision": cfg.budget_precision,
+                                   "estimated_bytes": est, "note": "weights only; the file's container adds tens of kB"}
     log = None
     if cfg.recover_epochs:
         tcfg = DistillConfig(model=a.card["arch"], epochs=cfg.recover_epochs, patience=cfg.recover_epochs,

@@ -137,6 +137,44 @@ def items_to_keep(ds: Dataset, coverage: float | None = None, keep_items: int | 
     return [ds.items[j] for j in sorted(order[:k].tolist())]
 
 
+BUDGET_PRECISIONS = ("fp32", "int8")
+
+
+def estimated_bytes(model: nn.Module, precision: str = "int8") -> int:
+    """The weights' bytes in an export at `precision`: fp32, 4 bytes a parameter; int8 (edgekd's
+    int8 exports), 1 byte a matrix or table entry plus a 1-byte scale code per table row, and 4
+    per bias or norm entry. The file adds its container (graph, names): tens of kB."""
+    if precision not in BUDGET_PRECISIONS:
+        raise ConfigError(f"size budget precision must be one of {', '.join(BUDGET_PRECISIONS)}, got {precision!r}")
+    total = 0
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if precision == "fp32":
+                total += 4 * p.numel()
+            elif p.dim() >= 2:
+                total += p.numel() + (p.shape[0] if isinstance(m, nn.Embedding) else 0)
+            else:
+                total += 4 * p.numel()
+    return total
+
+
+def items_for_budget(model: nn.Module, ds: Dataset, max_bytes: int, precision: str = "int8") -> int:
+    """The most items a vocabulary-pruned `model` can keep with its weights within `max_bytes`
+    (estimated_bytes) at `precision`. The pruned table has a padding row and an
+    out-of-vocabulary row besides the kept items'."""
+    table = model.item_emb.weight
+    d = table.shape[1]
+    per_row = 4 * d if precision == "fp32" else d + 1
+    fixed = estimated_bytes(model, precision) - per_row * table.shape[0]
+    k = (max_bytes - fixed) // per_row - 2
+    if k < 1:
+        raise ConfigError(f"--max-bytes {max_bytes:,}: the model without its item table already takes "
+                          f"{fixed:,} bytes at {precision}, with {per_row} more for each item kept",
+                          hint=f"allow at least {fixed + 3 * per_row:,} bytes, or slim the model first "
+                               "(--method structured)")
+    return int(min(k, ds.num_items - (ds.oov_index is not None)))
+
+
 def vocabulary_prune(model: nn.Module, arch: str, kwargs: dict, ds: Dataset, keep: list[str],
                      unknown: str = "skip") -> tuple[nn.Module, dict, Dataset, dict]:
     """The model on a catalogue of `keep` plus one out-of-vocabulary item (the last index,

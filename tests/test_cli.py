@@ -269,3 +269,20 @@ def test_pipeline_recipe_holds_every_setting_and_options_override_it(monkeypatch
     recipe.write_text("colour = 'blue'\n" + recipe.read_text())
     rc, _, err = call(monkeypatch, capsys, "pipeline", "--config", str(recipe))
     assert rc == 2 and "'colour' is not a pipeline setting" in one_clean_line(err)
+
+
+
+
+@pytest.mark.slow
+def test_prune_max_bytes_takes_a_size_and_says_what_it_kept(tiny_student, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_student.path, tmp_path / "s")
+    rc, _, err = run("prune", str(tmp_path / "s"), "--method", "vocabulary", "--max-bytes", "lots")
+    assert rc == 2 and "'lots' is not a size" in err and "Traceback" not in err
+    rc, _, err = run("prune", str(tmp_path / "s"), "--max-bytes", "1MB")
+    assert rc == 2 and "--method vocabulary" in one_clean_line(err)
+    rc, out, err = run("prune", str(tmp_path / "s"), "--method", "vocabulary", "--max-bytes", "1.2kB",
+                       "--budget-precision", "int8", "--out", str(tmp_path), "--rounds", "2")
+    assert rc == 0, err
+    assert "at int8, budget 1,200)" in out + err and out.strip().endswith("tiny-student-vocab-1200B-int8")

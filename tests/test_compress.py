@@ -255,3 +255,67 @@ def test_vocabulary_pruning_keeps_the_covering_items_and_never_recommends_oov(ti
     _, recs = bench([p], load_target(str(fast_target)), out=tmp_path)
     assert [r["status"] for r in recs] == ["ok", "ok"]
     assert recs[1]["accuracy"]["ndcg@10"] == pytest.approx(p.metrics["test_ndcg@10"], abs=1e-6)
+
+
+def test_vocabulary_pruning_to_a_size_budget_keeps_the_most_items_that_fit(tiny_student, tiny_ds, store):
+    """--max-bytes: the most items whose weights fit, at the precision the app ships; the
+    int8 export then weighs what the estimate said, plus its container."""
+    from edgekd.compress import PruneConfig, prune
+    from edgekd.export import export
+    from edgekd.pruning import estimated_bytes, items_for_budget
+    from edgekd.torch_io import dataset_for, load_torch_model
+
+    model = load_torch_model(tiny_student)
+    params = sum(p.numel() for p in model.parameters())
+    assert estimated_bytes(model, "fp32") == 4 * params
+    d = model.item_emb.weight.shape[1]
+    full = estimated_bytes(model, "int8")
+    fixed = full - (d + 1) * model.item_emb.weight.shape[0]
+    budget = fixed + (d + 1) * (20 + 2)  # 20 items, the padding row and the out-of-vocabulary row
+    assert items_for_budget(model, tiny_ds, budget, "int8") == 20
+    assert items_for_budget(model, tiny_ds, budget - 1, "int8") == 19
+    assert items_for_budget(model, tiny_ds, 10 * full, "int8") == tiny_ds.num_items  # nothing to prune
+
+    p = prune(tiny_student, PruneConfig(method="vocabulary", max_bytes=budget), store=store)
+    b = p.card["pruning"]["size_budget"]
+    assert p.card["pruning"]["items_kept"] == 20 and b["estimated_bytes"] <= budget == b["max_bytes"]
+    assert p.name.endswith(f"-vocab-{budget}B-int8")
+    e = export(p, "onnx-int8", store=store, ds=dataset_for(p))
+    assert b["estimated_bytes"] <= e.card["size_bytes"] <= b["estimated_bytes"] + 64_000
+
+    budget32 = 4 * params - 4 * d * (model.item_emb.weight.shape[0] - 32)  # 30 items and the two rows
+    p32 = prune(tiny_student, PruneConfig(method="vocabulary", max_bytes=budget32, budget_precision="fp32"),
+                store=store)
+    assert p32.card["pruning"]["items_kept"] == 30
+    assert p32.card["pruning"]["size_budget"]["estimated_bytes"] <= budget32
+    assert p32.metrics["size"]["size_bytes"] <= budget32 + 4096  # safetensors: the weights and a header
+
+
+def test_size_budget_errors(tiny_student, tiny_ds):
+    from edgekd.compress import PruneConfig
+    from edgekd.pruning import items_for_budget
+    from edgekd.torch_io import load_torch_model
+
+    with pytest.raises(ConfigError, match="--method vocabulary"):
+        PruneConfig(method="unstructured", max_bytes=1000)
+    with pytest.raises(ConfigError, match="without --keep-items"):
+        PruneConfig(method="vocabulary", max_bytes=1000, keep_items=3)
+    with pytest.raises(ConfigError, match="one of fp32, int8"):
+        PruneConfig(method="vocabulary", max_bytes=1000, budget_precision="int4")
+    with pytest.raises(ConfigError, match="without its item table already takes") as e:
+        items_for_budget(load_torch_model(tiny_student), tiny_ds, 100, "int8")
+    assert "allow at least" in e.value.hint
+
+
+@pytest.mark.parametrize("text,expect", [("2MB", 2_000_000), ("1.5MiB", 1_572_864), ("500000", 500_000),
+                                         ("64 kB", 64_000), ("abc", None), ("2 parsecs", None), ("0", None)])
+def test_max_bytes_reads_sizes(text, expect):
+    import typer
+
+    from edgekd.cli import _bytes_ok
+
+    if expect is None:
+        with pytest.raises(typer.BadParameter):
+            _bytes_ok(text)
+    else:
+        assert _bytes_ok(text) == expect
