@@ -182,3 +182,55 @@ def test_long_histories_are_trained_on_in_windows_covering_every_transition_once
     assert pairs == [(i, i + 1) for i in range(1, 11)]
     x1, _ = training_pairs([seq], 4, windows=False)
     assert x1.tolist() == [[7, 8, 9, 10]]  # the most recent window only
+
+
+def _synthetic_with_choice(cfg):
+    """The generator as first written, one numpy `choice(a, p=p)` per draw (slow: every draw
+    rebuilds a table over the catalogue): what the fast one must reproduce event for event."""
+    import numpy as np
+
+    from edgekd.data import MIN_EVENTS
+
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.items
+    popularity = 1.0 / np.arange(1, n + 1) ** cfg.zipf
+    popularity = popularity[rng.permutation(n)]
+    taste_of = rng.integers(0, cfg.tastes, size=n)
+    taste_of[rng.permutation(n)[: cfg.tastes]] = np.arange(cfg.tastes)
+    members = [np.flatnonzero(taste_of == t) for t in range(cfg.tastes)]
+    taste_p = [popularity[m] / popularity[m].sum() for m in members]
+    succ = np.empty((n, cfg.successors), dtype=np.int64)
+    for i in range(n):
+        succ[i] = rng.choice(members[taste_of[i]], size=cfg.successors, replace=True, p=taste_p[taste_of[i]])
+    succ_w = 0.5 ** np.arange(cfg.successors)
+    succ_w /= succ_w.sum()
+    global_p = popularity / popularity.sum()
+    events = []
+    for u in range(cfg.users):
+        length = min(max(MIN_EVENTS, int(rng.geometric(1.0 / cfg.mean_length))), 8 * cfg.mean_length)
+        tastes = rng.choice(cfg.tastes, size=cfg.tastes_per_user, replace=False)
+        mix = rng.dirichlet(np.ones(cfg.tastes_per_user))
+        cur = -1
+        for t in range(length):
+            r = rng.random()
+            if cur >= 0 and r < cfg.p_markov:
+                nxt = succ[cur, rng.choice(cfg.successors, p=succ_w)]
+            elif r < cfg.p_markov + (1 - cfg.p_markov) * 0.8:
+                k = tastes[rng.choice(cfg.tastes_per_user, p=mix)]
+                nxt = rng.choice(members[k], p=taste_p[k])
+            else:
+                nxt = rng.choice(n, p=global_p)
+            cur = int(nxt)
+            events.append((f"u{u + 1}", f"i{cur + 1}", float(t)))
+    return events
+
+
+@pytest.mark.parametrize("kw", [{}, {"users": 300, "items": 2000, "mean_length": 9},
+                                {"users": 120, "items": 300, "tastes": 7, "tastes_per_user": 3, "successors": 4,
+                                 "p_markov": 0.3, "seed": 5}])
+def test_synthetic_data_is_the_same_as_drawing_with_numpy_choice(kw):
+    """Tables built once must not change a seed's data (every synthetic result was made with it)."""
+    from edgekd.data import SyntheticConfig, generate_synthetic
+
+    cfg = SyntheticConfig(**kw)
+    assert generate_synthetic(cfg) == _synthetic_with_choice(cfg)
