@@ -8,6 +8,7 @@ where it stopped.
 """
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ class PipelineConfig:
 
 
 RECIPE_FILE = "pipeline.toml"
+MEMORY_FILE = "pipeline-memory.json"  # each stage's peak RSS (StagePeaks)
 NOT_RECIPE = ("resume", "allow_local_commands")  # how to run, not what: left out of the recipe
 
 
@@ -109,6 +111,54 @@ def _reusable(store: Path, name: str, *, fingerprint: str, parent: Artifact | No
     return a if same else None
 
 
+class StagePeaks:
+    """Each stage's peak resident memory in this process (Linux: the kernel's high-water mark,
+    reset when a stage starts; elsewhere the process's peak so far). The bench's runner
+    processes measure their own, in the bench records."""
+
+    def __init__(self):
+        self.peaks: dict[str, dict] = {}
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _peak_mb() -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+    def stage(self, name: str):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def run():
+            exact = self._reset()
+            try:
+                yield
+            finally:
+                self.peaks[name] = {"peak_rss_mb": round(self._peak_mb(), 1),
+                                    "measured": "this stage" if exact else "the process so far"}
+        return run()
+
+    def line(self) -> str:
+        return "peak memory by stage (RSS): " + ", ".join(
+            f"{k} {v['peak_rss_mb'] / 1024:.2f} GB" for k, v in self.peaks.items())
+
+
 def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=None) -> dict:
     from contextlib import nullcontext
 
@@ -133,7 +183,9 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         target = replace(target, allow_local_commands=True)
     target.check_local_commands()  # before any training, not after it
     say(f"target {target.name}: {target.source}")
-    ds: Dataset = load_data(cfg.data)
+    peaks = StagePeaks()
+    with peaks.stage("data"):
+        ds: Dataset = load_data(cfg.data)
     say(f"data: {ds.name}: {ds.num_users} users, {ds.num_items} items, {ds.num_events} events"
         + (f" ({ds.dropped_users} users dropped: fewer than {cfg.data.min_events} events)" if ds.dropped_users else ""))
     fp = ds.fingerprint()
@@ -149,7 +201,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     if teacher:
         say(f"reusing {teacher.path}")
     else:
-        with bar("1/5 train teacher", epochs) as progress:
+        with bar("1/5 train teacher", epochs) as progress, peaks.stage("teacher"):
             teacher = train_teacher(ds, tcfg, store=cfg.store, name=name, progress=progress,
                                         resume=cfg.resume)
     say(f"teacher: test NDCG@10 {teacher.metrics['test_ndcg@10']:.4f} -> {teacher.path}")
@@ -165,7 +217,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
         if s:
             say(f"reusing {s.path}")
         else:
-            with bar(f"2/5 distill (kd {kd})", epochs) as progress:
+            with bar(f"2/5 distill (kd {kd})", epochs) as progress, peaks.stage(f"student (kd {kd})"):
                 s = distill(teacher, ds, dcfg, store=cfg.store, name=name, progress=progress,
                             resume=cfg.resume)
         say(f"student (kd {kd}): test NDCG@10 {s.metrics['test_ndcg@10']:.4f} -> {s.path}")
@@ -180,7 +232,8 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
             say(f"reusing {e.path}")
         else:
             say(f"3/5 export {fmt} ...")
-            e = export(students["on"], fmt, store=cfg.store, name=name, ds=ds)
+            with peaks.stage(f"export {fmt}"):
+                e = export(students["on"], fmt, store=cfg.store, name=name, ds=ds)
         p = e.metrics["parity"]
         say(f"export {fmt}: {e.card['size_bytes']} bytes, top-10 overlap {p['top10_overlap']:.4f}, "
             f"valid NDCG@10 change {p['ndcg@10_rel_change'] * 100:+.2f}% -> {e.path}")
@@ -188,18 +241,22 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
 
     # 4. bench everything on the target, the teacher first as the baseline
     say(f"4/5 bench on {target.name} ({target.threads} thread(s)) ...")
-    run_dir, records = bench([students["on"], students["off"], *exported], target, out=cfg.results,
-                             teacher=teacher, on_result=on_result)
+    with peaks.stage("bench"):
+        run_dir, records = bench([students["on"], students["off"], *exported], target, out=cfg.results,
+                                 teacher=teacher, on_result=on_result)
     # the settings as they ran: the formats actually exported, the epochs and window resolved
     write_recipe(replace(cfg, exports=tuple(exports), epochs=epochs, maxlen=maxlen), run_dir / RECIPE_FILE)
 
     # 5. report
-    rep = build_report(run_dir)
+    with peaks.stage("report"):
+        rep = build_report(run_dir)
+    (run_dir / MEMORY_FILE).write_text(json.dumps(peaks.peaks, indent=1) + "\n")
     if console is not None:
         console.print(rep["text"], markup=False, highlight=False)
     else:
         print(rep["text"])
+    say(peaks.line())
     say(f"artifacts: {cfg.store}/  bench records: {run_dir}/  report: {rep['markdown']}  "
         f"recipe: {run_dir / RECIPE_FILE}")
     return {"teacher": teacher, "students": students, "exports": exported, "run_dir": run_dir,
-            "records": records, "report": rep}
+            "records": records, "report": rep, "memory": peaks.peaks}

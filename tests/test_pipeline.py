@@ -28,6 +28,36 @@ def test_every_stage_produced_its_output(result):
     assert len(list(r["run_dir"].glob("*__*.json"))) == 7
 
 
+def test_every_stage_reports_its_peak_memory(result):
+    from edgekd.pipeline import MEMORY_FILE
+
+    cfg, r = result
+    saved = json.loads((r["run_dir"] / MEMORY_FILE).read_text())
+    assert saved == r["memory"]
+    assert list(saved) == ["data", "teacher", "student (kd on)", "student (kd off)",
+                           *(f"export {f}" for f in ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")),
+                           "bench", "report"]
+    assert all(v["measured"] == "this stage" and 10 < v["peak_rss_mb"] < 8192 for v in saved.values())
+
+
+def test_a_stage_peak_is_its_own_not_the_processs(tmp_path):
+    """The high-water mark is reset per stage: a small stage after a big one reads small."""
+    import numpy as np
+
+    from edgekd.pipeline import StagePeaks
+
+    p = StagePeaks()
+    with p.stage("big"):
+        a = np.ones(300 * 2**20 // 8)  # 300 MB touched
+        del a
+    with p.stage("small"):
+        pass
+    if p.peaks["small"]["measured"] != "this stage":
+        pytest.skip("no per-stage peak on this OS (no /proc/self/clear_refs)")
+    assert p.peaks["big"]["peak_rss_mb"] > p.peaks["small"]["peak_rss_mb"] + 250
+    assert "big" in p.line() and "GB" in p.line()
+
+
 def test_bench_records_have_latency_memory_size_accuracy_and_deltas(result):
     _, r = result
     teacher = next(rec for rec in r["records"] if rec["artifact"]["stage"] == "teacher")
