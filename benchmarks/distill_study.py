@@ -244,9 +244,13 @@ def write(args, teacher_rows, results, grid_rows) -> None:
             "'% of teacher NDCG' is against the SASRec teacher (the late-half rows: against the late-half teacher's "
             "own data, the SASRec teacher trained there). 'vs no-KD': the same student trained alone, same seeds.\n")
     (args.out / "study.md").write_text("\n".join(lines) + "\n" + note)
-    (args.out / "study.json").write_text(json.dumps({"teachers": teachers, "students": students,
-                                                     "config": {k: str(v) for k, v in vars(args).items()}},
-                                                    indent=2))
+    from record import machine, wrap  # benchmarks/record.py: the standard record shape
+
+    rec = wrap({"teachers": teachers, "students": students, "per_seed_test_ndcg@10": per_seed,
+                "config": {k: str(v) for k, v in vars(args).items()}},
+               " ".join(["python", "benchmarks/distill_study.py", *sys.argv[1:]]),
+               machine_=machine() + "; runs may have shared the CPUs with other work (train s is not a clean timing)")
+    (args.out / "study.json").write_text(json.dumps(rec, indent=2))
     print("\n".join(lines) + "\n" + note, flush=True)
 
 
