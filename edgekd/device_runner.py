@@ -235,6 +235,26 @@ def run_batched(model, ids: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
+# Scores held at once by topk_batched (64 MB of float32), whatever the catalogue: metrics.py's
+# MAX_CHUNK_SCORES, restated because this file runs alone on devices.
+SCORE_CHUNK = 1 << 24
+
+
+def topk_batched(model, ids: np.ndarray, seen: np.ndarray, k: int, batch: int = 256) -> np.ndarray:
+    """masked_topk of every row's scores, computed a chunk of rows at a time: memory for one
+    chunk's scores (SCORE_CHUNK entries), never users x items (31k users x 15k items would be
+    1.9 GB of scores and several times that to sort)."""
+    if not len(ids):
+        return np.zeros((0, k), dtype=np.int64)
+    step = model.fixed_batch or batch
+    first = run_batched(model, ids[:step])
+    rows = max(step, SCORE_CHUNK // max(1, first.shape[1]) // step * step)
+    tops = [masked_topk(first, seen[:step], k)]
+    for i in range(step, len(ids), rows):
+        tops.append(masked_topk(run_batched(model, ids[i:i + rows]), seen[i:i + rows], k))
+    return np.concatenate(tops)
+
+
 def masked_topk(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
     """1-based item indices of the k best items not in `seen` (0-padded), best first."""
     s = np.array(scores, dtype=np.float32, copy=True)
@@ -391,9 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                          args.min_runs, args.min_seconds, args.max_runs)
 
     t2 = time.perf_counter()
-    scores = run_batched(model, inputs)
+    top = topk_batched(model, inputs, seen, args.topk)
     eval_s = time.perf_counter() - t2
-    top = masked_topk(scores, seen, args.topk)
 
     result = {
         "runner_version": RUNNER_VERSION,
