@@ -82,6 +82,14 @@ class PruneConfig:
         if self.rounds < 2:
             raise ConfigError(f"rounds must be >= 2 (an interval needs rounds), got {self.rounds}")
 
+    def to_dict(self) -> dict:
+        """The settings as the card records them (without a budget: as before budgets existed,
+        so that earlier pruned artifacts still match, e.g. for a resumed search)."""
+        d = asdict(self)
+        if d["max_bytes"] is None:
+            del d["max_bytes"], d["budget_precision"]
+        return d
+
     def default_suffix(self) -> str:
         if self.method == "unstructured":
             return f"pruned{int(round(self.sparsity * 100))}"
@@ -214,6 +222,6 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     return save_torch_artifact(
         model, store=store, name=name or f"{a.name}-{cfg.default_suffix()}", stage="pruned",
         arch=a.card["arch"], arch_kwargs=kwargs, ds=new_ds,
-        config={"prune": asdict(cfg)}, metrics=metrics, parent=[a.lineage()], seed=cfg.seed,
+        config={"prune": cfg.to_dict()}, metrics=metrics, parent=[a.lineage()], seed=cfg.seed,
         extra={"pruning": info, "training": {k: v for k, v in (log or {}).items() if k != "history"}},
         finish=measure)

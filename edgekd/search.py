@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -420,7 +420,7 @@ class Search:
         name = f"{a.name}-{cfg.default_suffix()}" + ("-oov" if method == "vocabulary" and cfg.unknown == "oov" else "")
         if pr["recover_epochs"]:
             name += f"-r{pr['recover_epochs']}"
-        settings = json.loads(json.dumps(asdict(cfg)))
+        settings = json.loads(json.dumps(cfg.to_dict()))
         got = _reuse(self.store, name, lambda p: p.card.get("config", {}).get("prune") == settings
                      and p.card["parent"][0]["sha256"] == a.sha256)
         return got or prune(a, cfg, store=self.store, name=name)

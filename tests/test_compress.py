@@ -291,6 +291,15 @@ def test_vocabulary_pruning_to_a_size_budget_keeps_the_most_items_that_fit(tiny_
     assert p32.metrics["size"]["size_bytes"] <= budget32 + 4096  # safetensors: the weights and a header
 
 
+def test_a_prune_without_a_budget_records_its_settings_as_before_budgets_existed():
+    """Earlier pruned artifacts keep matching their settings (a resumed search reuses them)."""
+    from edgekd.compress import PruneConfig
+
+    d = PruneConfig(method="vocabulary", coverage=0.9).to_dict()
+    assert "max_bytes" not in d and "budget_precision" not in d and d["coverage"] == 0.9
+    assert PruneConfig(method="vocabulary", max_bytes=5000).to_dict()["max_bytes"] == 5000
+
+
 def test_size_budget_errors(tiny_student, tiny_ds):
     from edgekd.compress import PruneConfig
     from edgekd.pruning import items_for_budget
