@@ -41,7 +41,10 @@ def test_every_stage_reports_its_peak_memory(result):
     assert list(saved) == ["data", "teacher", "student (kd on)", "student (kd off)",
                            *(f"export {f}" for f in ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")),
                            "bench", "report"]
-    assert all(v["measured"] == "this stage" and 10 < v["peak_rss_mb"] < 8192 for v in saved.values())
+    from edgekd.pipeline import StagePeaks
+
+    how = "this stage" if StagePeaks._reset() else "the process so far"  # no /proc/self/clear_refs: so far
+    assert all(v["measured"] == how and 10 < v["peak_rss_mb"] < 8192 for v in saved.values())
 
 
 def test_a_stage_peak_is_its_own_not_the_processs(tmp_path):
