@@ -515,8 +515,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
     from .compress import PruneConfig, prune as run
 
     cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
-                      max_bytes=max_bytes, budget_precision=budget_precision, by=by, unknown=unknown, recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed,
-                      rounds=rounds)
+                      max_bytes=max_bytes, budget_precision=budget_precision, by=by, unknown=unknown,
+                      recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed, rounds=rounds)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
         p = run(a, cfg, store=store, name=name, progress=progress)

@@ -389,7 +389,6 @@ class TeacherCache:
                     self.val[at:at + len(v)] = v.to(torch.float16)
                     at += len(i)
         teacher.train(was_training)
-        self.k = k
         self.info = {"k": k, "positions": n_pos, "bytes": need, "seconds": round(time.perf_counter() - t0, 3)}
 
     def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

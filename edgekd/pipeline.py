@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -111,10 +112,20 @@ def _reusable(store: Path, name: str, *, fingerprint: str, parent: Artifact | No
     return a if same else None
 
 
+def _children_peak_bytes() -> int:
+    """The largest finished child process's peak RSS (the bench's runners, a converter)."""
+    import resource
+    import sys
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
+
+
 class StagePeaks:
     """Each stage's peak resident memory in this process (Linux: the kernel's high-water mark,
-    reset when a stage starts; elsewhere the process's peak so far). The bench's runner
-    processes measure their own, in the bench records."""
+    reset when a stage starts; elsewhere the process's peak so far), and the child processes'.
+    Resetting the mark also lowers what getrusage and `time -v` report for this process: the
+    stage peaks are the figures to read."""
 
     def __init__(self):
         self.peaks: dict[str, dict] = {}
@@ -127,48 +138,21 @@ class StagePeaks:
         except OSError:
             return False
 
-    @staticmethod
-    def _peak_mb() -> float:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
+    @contextmanager
     def stage(self, name: str):
-        from contextlib import contextmanager
+        from .device_runner import peak_rss_bytes
 
-        @contextmanager
-        def run():
-            exact = self._reset()
-            try:
-                yield
-            finally:
-                self.peaks[name] = {"peak_rss_mb": round(self._peak_mb(), 1),
-                                    "measured": "this stage" if exact else "the process so far"}
-        return run()
-
-    @staticmethod
-    def children_peak_mb() -> float:
-        """The largest finished child process's peak (the bench's runners, a converter). Note
-        that resetting this process's mark (above) also lowers what getrusage and `time -v`
-        report for it: the stage peaks are the figures to read."""
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+        exact = self._reset()
+        try:
+            yield
+        finally:
+            self.peaks[name] = {"peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+                                "measured": "this stage" if exact else "the process so far"}
 
     def summary(self) -> dict:
-        return {"stages": self.peaks, "child_processes_peak_rss_mb": round(self.children_peak_mb(), 1),
-                "peak_rss_mb": round(max([v["peak_rss_mb"] for v in self.peaks.values()]
-                                         + [self.children_peak_mb()]), 1)}
+        children = round(_children_peak_bytes() / 2**20, 1)
+        return {"stages": self.peaks, "child_processes_peak_rss_mb": children,
+                "peak_rss_mb": max([v["peak_rss_mb"] for v in self.peaks.values()] + [children])}
 
     def line(self) -> str:
         s = self.summary()
