@@ -190,7 +190,9 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
               tensorboard=tensorboard)
 
     if getattr(loss_fn, "cache", None) is not None:
-        extra["teacher_cache"] = loss_fn.cache.info
+        extra["teacher_cache"] = dict(loss_fn.cache.info)
+        if loss_fn.sampled is not None:  # bounded: the student scored at the cached columns and these draws
+            extra["teacher_cache"]["student_outside_draws"] = loss_fn.sampled.negatives
 
     def finish() -> Artifact:
         teacher_top = None

@@ -15,6 +15,13 @@ With a teacher cache (`--teacher-cache K`, `TeacherCache`) the frozen teacher ru
 training, and keeps only each position's top-K items and logits (fp16): then `t_logits` are
 [P, K] at the columns `t_idx`, soft labels are the teacher's distribution renormalised over its
 top-K, `mse` matches those K scores, and `rd`/`rrd` read their top-K from the cache.
+
+A teacher cache with a sampled task loss (`--negatives N`, the default above 20,000 items) never
+scores the whole catalogue for the student either (`s_logits` is None): the student is scored
+at the cached columns, and what a term needs from the rest of the catalogue (the log-partition
+of `rd`, the "rest" of `rrd`) is estimated from N uniform draws outside them, each weighted by
+(catalogue size / N). A batch then costs P x (K + N) scores instead of P x catalogue, and with K
+equal to the catalogue the terms are exactly the full ones.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from .errors import ConfigError
 @dataclass
 class KDBatch:
     s_hidden: torch.Tensor           # [P, d_s] student hidden states at the target positions
-    s_logits: torch.Tensor           # [P, N] student scores over the catalogue
+    s_logits: torch.Tensor | None    # [P, N] student scores over the catalogue; None: bounded (see the module doc)
     t_hidden: list[torch.Tensor]     # per teacher [P, d_t]
     t_logits: list[torch.Tensor]     # per teacher [P, N]
     t_weights: list[float]           # sum to 1
@@ -45,17 +52,80 @@ class KDBatch:
     t_cols: list | None = None
     # A teacher cache: the catalogue columns of t_logits ([P, K], the teacher's top-K, best first).
     t_idx: torch.Tensor | None = None
+    negatives: int = 0               # bounded: uniform draws standing for the columns outside t_idx
     _cache: dict = field(default_factory=dict)
 
+    @property
+    def num_cols(self) -> int:
+        """The catalogue's columns (the student's scores' width)."""
+        return self.s_logits.shape[1] if self.s_logits is not None else self.student.item_table().shape[0] - 1
+
+    def s_scores(self, cols: torch.Tensor) -> torch.Tensor:
+        """The student's scores at columns `cols` [P, C] (computed there alone when bounded)."""
+        if self.s_logits is not None:
+            return self.s_logits.gather(1, cols)
+        rows = self.student.item_table()[cols + 1]                           # [P, C, d]
+        return self._pin(torch.einsum("pcd,pd->pc", rows, self.s_hidden), cols)
+
+    def _pin(self, scores: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The student's out-of-vocabulary column (the last) scores OOV_SCORE, as in `score`."""
+        if not getattr(self.student, "oov", False):
+            return scores
+        from .models import OOV_SCORE
+        return scores.masked_fill(cols == self.num_cols - 1, OOV_SCORE)
+
     def s_logprob(self, T: float = 1.0) -> torch.Tensor:
-        """The student's log-probabilities over the catalogue at temperature T, at the teacher's
-        columns: [P, N], or [P, K] with a teacher cache."""
-        lp = F.log_softmax(self.s_logits / T, -1)
-        return lp if self.t_idx is None else lp.gather(1, self.t_idx)
+        """The student's log-probabilities at temperature T at the teacher's columns: over the
+        catalogue [P, N], or with a teacher cache over its top-K, renormalised [P, K]."""
+        if self.t_idx is None:
+            return F.log_softmax(self.s_logits / T, -1)
+        return F.log_softmax(self.s_at_teacher() / T, -1)
 
     def s_at_teacher(self) -> torch.Tensor:
         """The student's scores at the teacher's columns ([P, N], or [P, K] with a cache)."""
-        return self.s_logits if self.t_idx is None else self.s_logits.gather(1, self.t_idx)
+        if self.t_idx is None:
+            return self.s_logits
+        if "s_at_teacher" not in self._cache:
+            self._cache["s_at_teacher"] = self.s_scores(self.t_idx)
+        return self._cache["s_at_teacher"]
+
+    def s_topk_scores(self, k: int) -> torch.Tensor:
+        """The student's scores at the teachers' top-k columns [P, k], best first."""
+        return self.s_at_teacher()[:, :k] if self.t_idx is not None else self.s_logits.gather(1, self.t_topk(k))
+
+    def s_logz(self) -> torch.Tensor:
+        """log of the student's softmax normaliser over the catalogue [P, 1] (estimated when bounded)."""
+        if "logz" not in self._cache:
+            if self.s_logits is not None:
+                self._cache["logz"] = torch.logsumexp(self.s_logits, -1, keepdim=True)
+            else:
+                inside = torch.logsumexp(self.s_at_teacher(), -1, keepdim=True)
+                self._cache["logz"] = torch.logaddexp(inside, self._outside_lse())
+        return self._cache["logz"]
+
+    def s_lse_below(self, k: int) -> torch.Tensor:
+        """log-sum-exp of the student's scores outside the teachers' top-k [P, 1] (estimated when bounded)."""
+        if self.s_logits is not None:
+            return torch.logsumexp(self.s_logits.scatter(1, self.t_topk(k), float("-inf")), -1, keepdim=True)
+        rest = self._outside_lse()
+        if self.t_idx.shape[1] > k:
+            rest = torch.logaddexp(rest, torch.logsumexp(self.s_at_teacher()[:, k:], -1, keepdim=True))
+        return rest
+
+    def _outside_lse(self) -> torch.Tensor:
+        """Bounded: log of the sum of exp(score) over the columns outside t_idx [P, 1], estimated
+        from `negatives` uniform draws over the catalogue (a draw inside t_idx counts 0, each
+        other one num_cols / negatives: an unbiased estimate of the sum)."""
+        if "outside" not in self._cache:
+            n, m = self.num_cols - int(bool(getattr(self.student, "oov", False))), max(1, self.negatives)
+            neg = torch.randint(0, n, (m,), device=self.s_hidden.device)
+            s = self.s_hidden @ self.student.item_table()[neg + 1].T                      # [P, m]
+            srt = self.t_idx.sort(-1).values
+            at = torch.searchsorted(srt, neg.expand(len(srt), m).contiguous()).clamp_max(srt.shape[1] - 1)
+            hit = srt.gather(1, at) == neg                                                # [P, m]: inside t_idx
+            s = s.masked_fill(hit, -1e30)
+            self._cache["outside"] = torch.logsumexp(s, -1, keepdim=True) + math.log(n / m)
+        return self._cache["outside"]
 
     def item_rows(self, which: int | None) -> torch.Tensor:
         """Item embeddings (no padding row) of the student (None) or teacher `which`, restricted
@@ -85,7 +155,7 @@ class KDBatch:
             return self.t_idx[:, :k]
         key = ("topk", k)
         if key not in self._cache:
-            self._cache[key] = self.t_logprob(1.0).topk(min(k, self.s_logits.shape[1]), -1).indices
+            self._cache[key] = self.t_logprob(1.0).topk(min(k, self.num_cols), -1).indices
         return self._cache[key]
 
 
@@ -175,18 +245,19 @@ def _rd(cfg, student, teachers) -> nn.Module:
     def rd(b: KDBatch) -> torch.Tensor:
         idx = b.t_topk(K)                                                    # [P, K]
         k = idx.shape[1]
-        r = torch.arange(k, dtype=b.s_logits.dtype, device=idx.device)
+        top = b.s_topk_scores(K)                                             # [P, K]
+        r = torch.arange(k, dtype=top.dtype, device=idx.device)
         w = torch.exp(-(r + 1) / lam)
         w = (w / w.sum()).expand(idx.shape[0], k)                            # position importance
-        logp = F.log_softmax(b.s_logits, -1).gather(1, idx)                  # [P, K]
+        logp = top - b.s_logz()                                              # [P, K] log-softmax
         if b.epoch > warmup:
             # Ranking discrepancy: push hardest where the student ranks the teacher's r-th item
             # far below r. The student's rank is estimated from m uniformly sampled items, as in
             # the paper (an exact rank over the catalogue would compare P*K*N scores).
             with torch.no_grad():
-                n = b.s_logits.shape[1]
-                probe = torch.randint(0, n, (b.s_logits.shape[0], m), device=idx.device)
-                higher = (b.s_logits.gather(1, probe).unsqueeze(1) > b.s_logits.gather(1, idx).unsqueeze(2))
+                n = b.num_cols
+                probe = torch.randint(0, n, (idx.shape[0], m), device=idx.device)
+                higher = (b.s_scores(probe).unsqueeze(1) > top.unsqueeze(2))
                 s_rank = higher.float().mean(-1) * (n - 1)                   # [P, K], 0-based
                 wd = torch.tanh(torch.clamp(mu * (s_rank - r), min=0.0))
                 wd = wd / wd.sum(-1, keepdim=True).clamp_min(1e-12)
@@ -201,10 +272,8 @@ def _rrd(cfg, student, teachers) -> nn.Module:
     K = cfg.rrd_k
 
     def rrd(b: KDBatch) -> torch.Tensor:
-        idx = b.t_topk(K)                                                    # [P, K]
-        s = b.s_logits
-        top = s.gather(1, idx)
-        rest = torch.logsumexp(s.scatter(1, idx, float("-inf")), -1, keepdim=True)   # [P, 1]
+        top = b.s_topk_scores(K)                                             # [P, K]
+        rest = b.s_lse_below(top.shape[1])                                   # [P, 1]
         # log( sum_{l >= k} exp s_l + sum_rest exp s_j ) for each k, by a reversed cumulative LSE
         tail = torch.logcumsumexp(top.flip(-1), -1).flip(-1)
         return -(top - torch.logaddexp(tail, rest)).sum(-1).mean()
@@ -285,8 +354,11 @@ class DistillLoss(nn.Module):
     def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
         mask = y > 0
         s_h = student.hidden(x)[mask]
-        s_logits = student.score(s_h)
-        if self.sampled is not None:  # the task term sampled like the teacher's (the KD terms need every logit)
+        # A teacher cache with a sampled task loss scores the student at the columns the terms
+        # read only (bounded); otherwise the terms read the student's whole catalogue.
+        bounded = self.cache is not None and self.sampled is not None
+        s_logits = None if bounded else student.score(s_h)
+        if self.sampled is not None:  # the task term sampled like the teacher's
             task = self.sampled.from_hidden(s_h, y[mask], student.item_table())
         else:
             task = F.cross_entropy(s_logits, y[mask] - 1, label_smoothing=self.label_smoothing)
@@ -294,7 +366,8 @@ class DistillLoss(nn.Module):
             if rows is None:
                 raise RuntimeError("a teacher cache needs the batch's window indices (rows)")
             t_idx, t_val = self.cache.lookup(rows)
-            b = KDBatch(s_h, s_logits, [], [t_val], self.t_weights, student, self.teachers, self.epoch, t_idx=t_idx)
+            b = KDBatch(s_h, s_logits, [], [t_val], self.t_weights, student, self.teachers, self.epoch, t_idx=t_idx,
+                        negatives=self.sampled.negatives if bounded else 0)
             return self._combine(task, b)
         sel = None
         if any(getattr(t, "bidirectional", False) for t in self.teachers):

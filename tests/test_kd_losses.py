@@ -373,3 +373,82 @@ def test_distillation_from_a_teacher_cache_end_to_end(tiny_ds, tiny_teacher, sto
     assert sum(calls) == len(training_pairs(tiny_ds.train_sequences(), 20)[0])  # each window once, for 2 epochs
     assert a.card["config"]["distill"]["teacher_cache"] == 20
     assert all(math.isfinite(r["kl_loss"]) and math.isfinite(r["rd_loss"]) for r in a.card["history"])
+
+
+def _bounded_and_full(tiny_ds, tiny_teacher, tiny_student, loss, k, negatives, **kw):
+    """The same batch through a cached loss that scores the student's whole catalogue and one
+    that is bounded (a sampled task loss: the student scored at the cached columns only)."""
+    from edgekd.train import task_loss
+
+    from edgekd.torch_io import load_torch_model
+
+    _, _, full = _cached_and_live(tiny_ds, tiny_teacher, loss, k, tiny_student, **kw)
+    student = load_torch_model(tiny_student).eval()
+    cfg = DistillConfig(loss=loss, teacher_cache=k, negatives=negatives, **kw)
+    bounded = DistillLoss(cfg, student, full.teachers, [1.0], sampled=task_loss(student, 0.0, cfg, tiny_ds))
+    bounded.cache = full.cache
+    return full, bounded, student
+
+
+def _batch(loss_fn, tiny_ds, maxlen, rows=(5, 0, 17, 3, 9)):
+    from edgekd.data import training_pairs
+
+    x_all, y_all = (torch.from_numpy(a) for a in training_pairs(tiny_ds.train_sequences(), maxlen))
+    rows = torch.tensor(rows)
+    return x_all[rows], y_all[rows], rows
+
+
+@pytest.mark.parametrize("loss", ["kl", "mse", "rd", "rrd"])
+def test_a_bounded_batch_never_scores_the_whole_catalogue_and_equals_the_full_one_at_full_width(
+        tiny_ds, tiny_teacher, tiny_student, loss, monkeypatch):
+    """Cache + sampled task loss: the student is scored at the cached columns only; with K = the
+    catalogue nothing is left to estimate, so every term is the full-catalogue one."""
+    n = tiny_ds.num_items
+    # (rd's discrepancy weights off: they compare against random probes, drawn after the task's negatives here)
+    full, bounded, student = _bounded_and_full(tiny_ds, tiny_teacher, tiny_student, loss, n, 64, rd_warmup=5)
+    x, y, rows = _batch(full, tiny_ds, student.maxlen)
+    torch.manual_seed(3)
+    want = full(student, x, y, rows=rows)[f"{loss}_loss"]
+
+    def whole_catalogue(*a, **k):
+        raise AssertionError("the bounded loss scored the whole catalogue")
+
+    monkeypatch.setattr(student, "score", whole_catalogue)
+    torch.manual_seed(3)
+    out = bounded(student, x, y, rows=rows)
+    assert out[f"{loss}_loss"].item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    out["loss"].backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_the_bounded_normaliser_estimates_the_catalogues(tiny_ds, tiny_teacher, tiny_student):
+    """With a small cache the rest of the catalogue is estimated from uniform draws: unbiased, so
+    many draws give the exact log-partition and the exact rrd 'rest'."""
+    from edgekd.kd_losses import KDBatch
+
+    full, bounded, student = _bounded_and_full(tiny_ds, tiny_teacher, tiny_student, "rd", 10, 64)
+    x, y, rows = _batch(full, tiny_ds, student.maxlen)
+    with torch.no_grad():
+        h = student.hidden(x)[y > 0]
+        s = student.score(h)
+        t_idx, t_val = full.cache.lookup(rows)
+        exact = KDBatch(h, s, [], [t_val], [1.0], student, [], t_idx=t_idx)
+        torch.manual_seed(0)
+        few = KDBatch(h, None, [], [t_val], [1.0], student, [], t_idx=t_idx, negatives=8)
+        many = KDBatch(h, None, [], [t_val], [1.0], student, [], t_idx=t_idx, negatives=200_000)
+        assert torch.allclose(many.s_logz(), exact.s_logz(), atol=0.02)
+        assert torch.allclose(many.s_lse_below(5), exact.s_lse_below(5), atol=0.02)
+        assert not torch.allclose(few.s_logz(), exact.s_logz(), atol=0.02)   # the check can tell
+        assert torch.allclose(few.s_at_teacher(), s.gather(1, t_idx), atol=1e-6)
+
+
+def test_bounded_distillation_end_to_end(tiny_ds, tiny_teacher, store):
+    """A teacher cache with sampled negatives trains (rd's discrepancy included) and the card says
+    how the rest of the catalogue was estimated."""
+    from edgekd.distill import distill
+
+    cfg = DistillConfig(d=8, maxlen=20, epochs=2, patience=2, loss="kl+rd+rrd", teacher_cache=20, rd_warmup=1,
+                        negatives=16)
+    a = distill(tiny_teacher, tiny_ds, cfg, store=store, name="tiny-bounded")
+    assert a.card["teacher_cache"]["student_outside_draws"] == 16
+    assert all(math.isfinite(r[f"{n}_loss"]) for r in a.card["history"] for n in ("kl", "rd", "rrd"))
