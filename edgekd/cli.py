@@ -776,6 +776,9 @@ def search(teacher: Path = typer.Argument(..., help="teacher artifact directory 
                                       "(edgekd list targets)"),
            min_kept: float = typer.Option(0.95, "--min-kept", help="budget: the share of the teacher's VALIDATION "
                                           "NDCG@10 a candidate must keep"),
+           confidence: float = typer.Option(0.9, "--confidence", help="the budget holds for kept's lower bound at "
+                                            "this one-sided confidence (paired bootstrap over validation users); "
+                                            "0: for the point figure"),
            objective: str = typer.Option("p50", "--objective", help="what to minimise on the target: p50 "
                                          "(latency at batch 1), size (file) or memory (peak RSS)"),
            trials: int = typer.Option(20, "--trials", help="finished trials (completed or pruned) to reach; "
@@ -804,7 +807,7 @@ def search(teacher: Path = typer.Argument(..., help="teacher artifact directory 
     from .search import search as run
 
     t = load_artifact(teacher, store)
-    cfg = SearchConfig(target=target, min_kept=min_kept, objective=objective, trials=trials, timeout=timeout,
+    cfg = SearchConfig(target=target, min_kept=min_kept, confidence=confidence, objective=objective, trials=trials, timeout=timeout,
                        sampler=sampler, seed=seed, space=load_space(space), min_speedup=min_speedup,
                        min_smaller=min_smaller)
     run_dir = results or Path("benchmarks/results") / f"search-{t.name}"

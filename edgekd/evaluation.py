@@ -34,7 +34,8 @@ def eval_inputs(ds: Dataset, split: str, maxlen: int, users: int | None = None, 
 
 
 def evaluate_model(model: nn.Module, ds: Dataset, split: str, *, sampled: bool = True,
-                   reference_topk: np.ndarray | None = None, users: int | None = None):
+                   reference_topk: np.ndarray | None = None, users: int | None = None, ranks: list | None = None):
     x, t, h = eval_inputs(ds, split, model.maxlen, users)
     return evaluate_scores(lambda b: model_scores(model, b), x, t, h, sampled=sampled, never=ds.oov_index,
-                           reference_topk=reference_topk, num_items=ds.num_items)
+                           reference_topk=reference_topk, num_items=ds.num_items, ranks=ranks)
+

@@ -110,13 +110,15 @@ def evaluate_scores(score_fn: Callable[[np.ndarray], np.ndarray], inputs: np.nda
                     targets: np.ndarray, histories: list[np.ndarray], *, batch: int = 256,
                     sampled: bool = True, reference_topk: np.ndarray | None = None,
                     seed: int = 0, never: int | None = None,
-                    num_items: int | None = None) -> tuple[dict[str, float], np.ndarray]:
+                    num_items: int | None = None, ranks: list | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Run `score_fn` over `inputs` [U, maxlen] in chunks of users and compute every metric; no
     users x items score matrix is held whole (a chunk holds at most MAX_CHUNK_SCORES scores).
     Returns (metrics, top-10 lists); with `reference_topk`, adds the overlap with it.
     `never`: an index that is not an item (the out-of-vocabulary item): it is never ranked, and
     a target that is it counts as a miss. `num_items`: the catalogue's size, to size the chunks
-    from the first (else the first chunk is `batch` users whatever the catalogue)."""
+    from the first (else the first chunk is `batch` users whatever the catalogue). `ranks`: a
+    list that receives each user's full-ranking rank (0-based; `ndcg_gains` turns them into
+    per-user NDCG@10, whose mean is the metrics')."""
     full, samp, tops = [], [], []
     if num_items:
         batch = chunk_users(num_items, batch)
@@ -133,6 +135,8 @@ def evaluate_scores(score_fn: Callable[[np.ndarray], np.ndarray], inputs: np.nda
         if sampled:
             samp.append(sampled_ranks(s, t, h, seed=seed + start))
         tops.append(topk(s, h, K))
+    if ranks is not None:
+        ranks.extend(np.concatenate(full).tolist())
     out = ranking_metrics(np.concatenate(full))
     if sampled:
         out.update(ranking_metrics(np.concatenate(samp), prefix="sampled_"))

@@ -12,6 +12,12 @@ min_smaller: so many times faster and smaller than the teacher on the target), w
 model meets too. The budget is on VALIDATION NDCG@10 only; the
 chosen model's test figures are read once, at the end.
 
+"kept" is the candidate's validation NDCG@10 over the teacher's on the same users. Chosen from
+many candidates by that one noisy figure, the winner's is optimistic (a few hundred users move
+it by points), so by default the budget applies to its lower confidence bound: kept_low, the
+(1 - confidence) quantile of a paired bootstrap over the validation users (each resample scores
+teacher and candidate on the same users). `confidence` 0 uses the point figure.
+
 Work is reused: a student is trained once per training setting (its artifact name carries a
 key of those settings and the store is looked up first), so every pruning, format and recipe
 tried on it starts from the same file; pruned and exported artifacts are reused the same way,
@@ -51,6 +57,7 @@ OBJECTIVES = {"p50": ("latency p50 ms", "p50_ms"), "size": ("size bytes", "size_
               "memory": ("peak memory bytes", "peak_rss_bytes")}
 SAMPLERS = ("tpe", "nsga2", "random")
 PARITY_USERS = 1000  # export parity's validation users: the teacher is scored on the same ones
+BOOTSTRAP = 2000     # paired bootstrap resamples for kept_low
 BENCH_RUN = "bench"
 
 DEFAULT_SPACE: dict = {
@@ -181,6 +188,7 @@ def _structured_ok(model: str) -> bool:
 class SearchConfig:
     target: str = "local-cpu"
     min_kept: float = 0.95
+    confidence: float = 0.9      # the budget applies to kept's lower bound at this confidence (0: to kept)
     objective: str = "p50"
     # optional caps beside the accuracy budget: at least this many times faster (p50) and
     # smaller (file size) than the teacher on the target, as constraints the chosen model meets
@@ -199,6 +207,9 @@ class SearchConfig:
             raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if not 0 < self.min_kept <= 2:
             raise ConfigError(f"--min-kept is a share of the teacher's validation NDCG@10 (0.95: 95%), got {self.min_kept}")
+        if not 0 <= self.confidence < 1:
+            raise ConfigError(f"--confidence is the budget's one-sided confidence (0.9), or 0 for the point "
+                              f"figure, got {self.confidence}")
         if self.trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {self.trials}")
         for flag, v in (("--min-speedup", self.min_speedup), ("--min-smaller", self.min_smaller)):
@@ -210,13 +221,20 @@ class SearchConfig:
     def identity(self, teacher: Artifact, target_name: str) -> dict:
         """What a resumed search must share with the one that made the run directory."""
         caps = {k: v for k, v in (("min_speedup", self.min_speedup), ("min_smaller", self.min_smaller)) if v is not None}
+        if self.confidence:  # (searches made before the bound existed resume with --confidence 0)
+            caps["confidence"] = self.confidence
         return {"teacher": teacher.sha256, "target": target_name, "min_kept": self.min_kept,
                 "objective": self.objective, "sampler": self.sampler, "seed": self.seed, "space": self.space, **caps}
+
+    @property
+    def kept_key(self) -> str:
+        """The trial figure the budget applies to."""
+        return "kept_low" if self.confidence else "kept"
 
     def violations(self, attrs: dict) -> list[float]:
         """How far a trial is from each constraint, relative to it (<= 0: met): the accuracy
         budget, then each cap that is set. A trial without figures (failed, pruned) misses all."""
-        out = [(self.min_kept - float(attrs.get("kept", 0.0))) / self.min_kept]
+        out = [(self.min_kept - float(attrs.get(self.kept_key, 0.0))) / self.min_kept]
         for cap, key in ((self.min_speedup, "speedup_p50"), (self.min_smaller, "size_ratio")):
             if cap is not None:
                 out.append((cap - float(attrs.get(key) or 0.0)) / cap)
@@ -226,7 +244,8 @@ class SearchConfig:
         return all(v <= 0 for v in self.violations(attrs))
 
     def constraints_text(self) -> str:
-        return ", ".join([f"{self.min_kept:.0%} of the teacher's validation NDCG@10"]
+        bound = f" (lower {self.confidence:.0%} bound)" if self.confidence else ""
+        return ", ".join([f"{self.min_kept:.0%} of the teacher's validation NDCG@10{bound}"]
                          + ([f"{self.min_speedup:g}x faster"] if self.min_speedup is not None else [])
                          + ([f"{self.min_smaller:g}x smaller"] if self.min_smaller is not None else []))
 
@@ -268,6 +287,7 @@ class Search:
     def __init__(self, teacher: Artifact, cfg: SearchConfig, target, *, store: Path = DEFAULT_STORE,
                  run_dir: Path, say: Callable[[str], None] = print):
         from .evaluation import evaluate_model
+        from .metrics import ndcg_gains
         from .torch_io import dataset_for, load_torch_model
 
         optuna = require_optuna()
@@ -279,7 +299,11 @@ class Search:
         self.space = cfg.space
         self.maxlen = int(teacher.card["arch_kwargs"]["maxlen"])
         t = load_torch_model(teacher)
-        self.teacher_valid = evaluate_model(t, self.ds, "valid", sampled=False, users=PARITY_USERS)[0]["ndcg@10"]
+        ranks: list = []
+        self.teacher_valid = evaluate_model(t, self.ds, "valid", sampled=False, users=PARITY_USERS,
+                                            ranks=ranks)[0]["ndcg@10"]
+        self.teacher_gains = ndcg_gains(ranks)
+        self._datasets = {self.ds.fingerprint(): self.ds}
         if not self.teacher_valid > 0:
             raise ConfigError(f"{teacher.name}: validation NDCG@10 is {self.teacher_valid}; nothing to keep a share of")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -443,6 +467,29 @@ class Search:
             raise EdgeKDError(f"bench of {a.name} on {self.target.name} {rec['status']}: {rec.get('error')}")
         return rec
 
+    def _valid_gains(self, a: Artifact) -> "np.ndarray":
+        """The exported file's NDCG@10 per validation user (the users the teacher's were on),
+        from its own outputs on its own dataset (a pruned vocabulary keeps every user)."""
+        from .data import DataSpec, load_data
+        from .device_runner import load_model, run_batched
+        from .evaluation import eval_inputs
+        from .metrics import evaluate_scores, ndcg_gains
+
+        spec = DataSpec(**a.card["dataset"]["spec"])
+        fp = a.card["dataset"]["fingerprint"]
+        if fp not in self._datasets:
+            self._datasets[fp] = load_data(spec)
+            a.check_dataset(self._datasets[fp].fingerprint())
+        ds = self._datasets[fp]
+        if ds.users != self.ds.users:
+            raise EdgeKDError(f"{a.name}: its dataset's users are not the teacher's; kept cannot be paired by user")
+        x, targets, hist = eval_inputs(ds, "valid", int(a.card["arch_kwargs"]["maxlen"]), PARITY_USERS)
+        m = load_model(str(a.file), "auto", threads=1)
+        ranks: list = []
+        evaluate_scores(lambda b: run_batched(m, b), x, targets, hist, sampled=False, never=ds.oov_index,
+                        num_items=ds.num_items, ranks=ranks)
+        return ndcg_gains(ranks)
+
     def objective(self, trial) -> tuple[float, float]:
         trial.set_user_attr("pid", os.getpid())
         sp = self.space
@@ -464,8 +511,16 @@ class Search:
             raise
         valid = float(exported.metrics["parity"]["ndcg@10"])
         base = self._teacher_record()
+        kept_low = None
+        if self.cfg.confidence:
+            gains = self._valid_gains(exported)
+            if abs(float(gains.mean()) - valid) > 1e-6:  # the same users and file as the export's parity
+                raise EdgeKDError(f"{exported.name}: per-user validation NDCG@10 averages {gains.mean():.6f}, "
+                                  f"its parity says {valid:.6f}")
+            kept_low = paired_ratio_bound(gains, self.teacher_gains, self.cfg.confidence, seed=self.cfg.seed)
         figures = {
-            "kept": valid / self.teacher_valid, "valid_ndcg@10": valid, "teacher_valid_ndcg@10": self.teacher_valid,
+            "kept": valid / self.teacher_valid, "kept_low": kept_low, "confidence": self.cfg.confidence or None,
+            "valid_ndcg@10": valid, "teacher_valid_ndcg@10": self.teacher_valid,
             "p50_ms": rec["latency_ms"]["p50_ms"], "size_bytes": rec["size_bytes"],
             "peak_rss_bytes": rec["peak_rss_bytes"], "model_rss_bytes": rec.get("model_rss_bytes"),
             "speedup_p50": base["latency_ms"]["p50_ms"] / rec["latency_ms"]["p50_ms"],
@@ -476,7 +531,8 @@ class Search:
         }
         for k, v in figures.items():
             trial.set_user_attr(k, v)
-        self.say(f"trial {trial.number}: {describe(trial.params)}: kept {figures['kept']:.1%} of the teacher's "
+        low = f" (>= {kept_low:.1%} at {self.cfg.confidence:.0%})" if kept_low is not None else ""
+        self.say(f"trial {trial.number}: {describe(trial.params)}: kept {figures['kept']:.1%}{low} of the teacher's "
                  f"valid NDCG@10, p50 {figures['p50_ms']:.3f} ms ({figures['speedup_p50']:.1f}x), "
                  f"{figures['size_bytes'] / 1024:.0f} KiB ({figures['size_ratio']:.1f}x smaller)")
         return figures["kept"], float(figures[OBJECTIVES[self.cfg.objective][1]])
@@ -517,6 +573,23 @@ class Search:
             attempts += 1
         if self.finished() < self.cfg.trials and attempts >= 3 * self.cfg.trials:
             self.say(f"stopped after {attempts} attempts: too many trials failed")
+
+
+def paired_ratio_bound(student: "np.ndarray", teacher: "np.ndarray", confidence: float, seed: int = 0,
+                       resamples: int = BOOTSTRAP) -> float:
+    """Lower one-sided bound at `confidence` of sum(student) / sum(teacher) over users, by a
+    paired bootstrap: each resample draws users with replacement and keeps both figures of each."""
+    import numpy as np
+
+    s, t = np.asarray(student, dtype=np.float64), np.asarray(teacher, dtype=np.float64)
+    if s.shape != t.shape or not len(s):
+        raise ValueError(f"paired figures of different users: {s.shape} and {t.shape}")
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for start in range(0, resamples, 250):  # [250, users] index draws at a time
+        idx = rng.integers(0, len(s), size=(min(250, resamples - start), len(s)))
+        ratios.append(s[idx].sum(1) / np.maximum(t[idx].sum(1), 1e-12))
+    return float(np.quantile(np.concatenate(ratios), 1.0 - confidence))
 
 
 def describe(params: dict) -> str:
@@ -669,7 +742,8 @@ def finish(s: Search, console=None) -> dict:
     base = s._teacher_record() if any(r["state"] == "COMPLETE" for r in rows) else None
     summary = {
         "teacher": s.teacher.name, "teacher_sha256": s.teacher.sha256, "target": s.target.name,
-        "objective": s.cfg.objective, "min_kept": s.cfg.min_kept, "min_speedup": s.cfg.min_speedup,
+        "objective": s.cfg.objective, "min_kept": s.cfg.min_kept, "confidence": s.cfg.confidence,
+        "min_speedup": s.cfg.min_speedup,
         "min_smaller": s.cfg.min_smaller, "sampler": s.cfg.sampler, "seed": s.cfg.seed,
         "teacher_valid_ndcg@10": s.teacher_valid,
         "trials": {state: sum(r["state"] == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
@@ -694,7 +768,9 @@ def finish(s: Search, console=None) -> dict:
         u = chosen["user_attrs"]
         summary["conclusion"] = (
             f"trial {chosen['number']} ({describe(chosen['params'])}) keeps {u['kept']:.1%} of the teacher's "
-            f"validation NDCG@10 (budget {s.cfg.min_kept:.0%}) at {u['speedup_p50']:.1f}x the teacher's speed and "
+            f"validation NDCG@10"
+            + (f" (at least {u['kept_low']:.1%} at {s.cfg.confidence:.0%} confidence)" if u.get("kept_low") is not None else "")
+            + f" (budget {s.cfg.min_kept:.0%}) at {u['speedup_p50']:.1f}x the teacher's speed and "
             f"{u['size_ratio']:.1f}x smaller on {s.target.name}; on test (read once, now): "
             f"{test['kept']:.1%} of the teacher's NDCG@10")
     else:
@@ -708,7 +784,7 @@ def finish(s: Search, console=None) -> dict:
     summary["front_png"] = str(png) if png else None
     summary["html"] = str(_html(front, chosen, summary, png, s.run_dir / "search.html"))
     write_json(s.run_dir / "front.json", [{"number": r["number"], "params": r["params"], **{
-        k: r["user_attrs"].get(k) for k in ("kept", "p50_ms", "size_bytes", "peak_rss_bytes", "speedup_p50",
+        k: r["user_attrs"].get(k) for k in ("kept", "kept_low", "p50_ms", "size_bytes", "peak_rss_bytes", "speedup_p50",
                                             "size_ratio", "artifact")}} for r in front])
     write_json(s.run_dir / "search.json", summary)
     if console is not None:  # wide enough for the candidate column in a log file too

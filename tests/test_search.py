@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("optuna")
@@ -84,6 +85,35 @@ def test_bad_settings_are_refused():
         SearchConfig(min_speedup=0)
     with pytest.raises(ConfigError, match="min-smaller"):
         SearchConfig(min_smaller=float("inf"))
+    with pytest.raises(ConfigError, match="confidence"):
+        SearchConfig(confidence=95)
+
+
+def test_the_budget_applies_to_kepts_lower_bound_by_default():
+    """A candidate whose point figure clears the budget but whose lower bound does not is not
+    feasible, unless --confidence 0 asks for the point figure."""
+    lucky = {"kept": 0.97, "kept_low": 0.93}
+    assert not SearchConfig().feasible(lucky) and SearchConfig(confidence=0).feasible(lucky)
+    assert SearchConfig().feasible({"kept": 0.99, "kept_low": 0.96})
+    assert SearchConfig().identity(_teacher_stub(), "local-cpu")["confidence"] == 0.9
+    assert "confidence" not in SearchConfig(confidence=0).identity(_teacher_stub(), "local-cpu")
+
+
+def test_paired_ratio_bound():
+    from edgekd.search import paired_ratio_bound
+
+    rng = np.random.default_rng(0)
+    t = rng.random(900) * (rng.random(900) < 0.3)          # NDCG-like: mostly zeros
+    assert paired_ratio_bound(t, t, 0.9) == pytest.approx(1.0)
+    assert paired_ratio_bound(0.9 * t, t, 0.9) == pytest.approx(0.9)   # a fixed share: no spread
+    noisy = np.where(rng.random(900) < 0.5, t, np.roll(t, 1))      # the same total share, user by user noise
+    point = noisy.sum() / t.sum()
+    b90, b99 = paired_ratio_bound(noisy, t, 0.9), paired_ratio_bound(noisy, t, 0.99)
+    assert b99 < b90 < point
+    few = paired_ratio_bound(noisy[:100], t[:100], 0.9)
+    assert point - b90 < (noisy[:100].sum() / t[:100].sum()) - few   # more users: a tighter bound
+    with pytest.raises(ValueError):
+        paired_ratio_bound(t[:5], t, 0.9)
 
 
 def test_caps_beside_the_budget_decide_what_can_be_chosen():
@@ -91,7 +121,7 @@ def test_caps_beside_the_budget_decide_what_can_be_chosen():
     (the MovieLens-100k case: the fastest model within the budget was 15x smaller, not 20x)."""
     fast_big = {"kept": 0.999, "speedup_p50": 109.8, "size_ratio": 15.1}
     goal = {"kept": 0.965, "speedup_p50": 98.6, "size_ratio": 25.6}
-    plain, capped = SearchConfig(), SearchConfig(min_speedup=50, min_smaller=20)
+    plain, capped = SearchConfig(confidence=0), SearchConfig(confidence=0, min_speedup=50, min_smaller=20)
     assert plain.feasible(fast_big) and plain.feasible(goal)
     assert not capped.feasible(fast_big) and capped.feasible(goal)
     assert capped.violations(fast_big)[2] == pytest.approx((20 - 15.1) / 20)
@@ -152,6 +182,7 @@ def test_tiny_search_completes_reuses_its_student_and_chooses_under_the_budget(t
     for r in rows:
         u = r["user_attrs"]
         assert u["kept"] > 0 and u["p50_ms"] > 0 and u["size_bytes"] > 0 and u["peak_rss_bytes"] > 0
+        assert 0 <= u["kept_low"] <= u["kept"] + 1e-9 and u["confidence"] == 0.9
         assert u["teacher_valid_ndcg@10"] == pytest.approx(summary["teacher_valid_ndcg@10"])
     # one student setting: trained in the first trial, looked up in the store by the second
     assert [r["user_attrs"]["student_reused"] for r in rows] == [False, True]
