@@ -165,7 +165,10 @@ def make_record(a: Artifact, target: Target, raw: dict, targets: np.ndarray, run
         "peak_rss_bytes": raw["peak_rss_bytes"], "baseline_rss_bytes": raw["baseline_rss_bytes"],
         "model_rss_bytes": raw["peak_rss_bytes"] - raw["baseline_rss_bytes"],
         "size_bytes": a.file.stat().st_size,
-        "accuracy": accuracy_block(acc, raw["eval_users"], "this file's own outputs on the target"),
+        "accuracy": accuracy_block(acc, raw["eval_users"], "this file's own outputs on the target"
+                                   + (": its in-graph top-K, seen items removed from it (the history can take "
+                                      "places in it, so this is at most the full ranking's figure)"
+                                      if raw.get("topk_graph") else "")),
         "device": raw["device"],
         "edgekd_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

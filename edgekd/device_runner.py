@@ -124,13 +124,19 @@ class OnnxModel:
         # session.run copies outputs to host memory before it returns: timings include the sync
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        # A top-K graph (export --topk) returns item indices (integers) beside their scores: the
+        # indices are what it is run for.
+        outs = self.session.get_outputs()
+        ints = [i for i, o in enumerate(outs) if "int" in o.type]
+        self.topk_graph = bool(ints)
+        self.out_index = ints[0] if ints else 0
         self.dtype = np.int64 if "int64" in inp.type else np.int32
         batch = inp.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
         self.version = ort.__version__
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: ids.astype(self.dtype, copy=False)})[0]
+        return self.session.run(None, {self.input_name: ids.astype(self.dtype, copy=False)})[self.out_index]
 
 
 class TFLiteModel:
@@ -139,7 +145,10 @@ class TFLiteModel:
         self.interp = interp_cls(model_path=path, num_threads=threads)
         self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
+        outs = self.interp.get_output_details()
+        ints = [o for o in outs if np.issubdtype(o["dtype"], np.integer)]
+        self.topk_graph = bool(ints)   # a top-K graph: its item indices (see OnnxModel)
+        self.out = ints[0] if ints else outs[0]
         self.dtype = self.inp["dtype"]
         self.fixed_batch = int(self.inp["shape"][0])
 
@@ -246,6 +255,8 @@ def topk_batched(model, ids: np.ndarray, seen: np.ndarray, k: int, batch: int = 
     1.9 GB of scores and several times that to sort)."""
     if not len(ids):
         return np.zeros((0, k), dtype=np.int64)
+    if getattr(model, "topk_graph", False):  # the graph ranked already: its lists, seen items left out
+        return unseen_of(run_batched(model, ids).astype(np.int64) + 1, seen, k)
     step = model.fixed_batch or batch
     first = run_batched(model, ids[:step])
     rows = max(step, SCORE_CHUNK // max(1, first.shape[1]) // step * step)
@@ -253,6 +264,18 @@ def topk_batched(model, ids: np.ndarray, seen: np.ndarray, k: int, batch: int = 
     for i in range(step, len(ids), rows):
         tops.append(masked_topk(run_batched(model, ids[i:i + rows]), seen[i:i + rows], k))
     return np.concatenate(tops)
+
+
+def unseen_of(items: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
+    """A top-K graph's lists (1-based items, best first) without each row's seen items, cut to
+    k and 0-padded: what an app shows from them (a graph of K items leaves fewer than k unseen
+    when the history takes places in its top-K)."""
+    out = np.zeros((len(items), k), dtype=np.int64)
+    for r, (row, s) in enumerate(zip(items, seen)):
+        drop = set(int(i) for i in s if i > 0)
+        keep = [int(i) for i in row if int(i) not in drop][:k]
+        out[r, :len(keep)] = keep
+    return out
 
 
 def masked_topk(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
@@ -422,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "cold_start_ms": load_ms + first_ms, "load_ms": load_ms, "first_inference_ms": first_ms,
         "peak_rss_bytes": peak, "baseline_rss_bytes": baseline, "python_start_rss_bytes": rss_start,
         "eval_users": int(len(inputs)), "eval_seconds": eval_s,
-        "topk": top.astype(int).tolist(),
+        "topk": top.astype(int).tolist(), "topk_graph": bool(getattr(model, "topk_graph", False)),
         "device": device_state(),
     }
     text = json.dumps(result)

@@ -292,3 +292,29 @@ def test_the_runners_top_k_is_computed_a_chunk_of_users_at_a_time(monkeypatch):
     got = dr.topk_batched(m, ids, seen, 7, batch=32)
     assert np.array_equal(got, whole)
     assert max(r for r, _ in held) <= 96 and sum(r for r, _ in held) == 1000 and sum(m.calls) == 1000
+
+
+@pytest.mark.parametrize("fmt", ["onnx-fp32", "tflite-fp32"])
+def test_the_device_runner_ranks_with_a_topk_graphs_items(fmt, tiny_student, tiny_ds, store, exports):
+    """bench's accuracy pass on a top-K file reads its item indices (not its scores as if they
+    were the catalogue's), seen items removed: with K = the catalogue, the full file's lists."""
+    from edgekd import device_runner as dr
+    from edgekd.data import pad_left
+    from edgekd.evaluation import eval_inputs
+
+    n = tiny_ds.num_items
+    a = export(tiny_student, fmt, store=store, ds=tiny_ds, topk=n, name=f"all-{fmt}")
+    x, _, hist = eval_inputs(tiny_ds, "test", 20)
+    seen = pad_left([np.unique(h) for h in hist], max(len(h) for h in hist))
+    graph, full = dr.load_model(str(a.file), "auto", 1), dr.load_model(str(exports[fmt].file), "auto", 1)
+    assert graph.topk_graph and not full.topk_graph
+    got, want = dr.topk_batched(graph, x, seen, 10), dr.topk_batched(full, x, seen, 10)
+    assert (got == want).all(1).mean() >= 0.98
+
+
+def test_unseen_of_keeps_the_order_and_pads():
+    from edgekd.device_runner import unseen_of
+
+    got = unseen_of(np.array([[5, 3, 9, 1], [2, 4, 6, 8]]), np.array([[0, 3], [0, 0]]), 3)
+    assert got.tolist() == [[5, 9, 1], [2, 4, 6]]
+    assert unseen_of(np.array([[5, 3]]), np.array([[3, 5]]), 2).tolist() == [[0, 0]]
