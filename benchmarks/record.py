@@ -69,6 +69,21 @@ def save(script: str, results, out: Path | None, note: str = "") -> dict:
     return rec
 
 
+def timed(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` under GNU time (/usr/bin/time): its wall seconds, peak RSS and exit status;
+    its output goes to `log` (the last lines of which are kept when it fails)."""
+    import subprocess
+
+    tfile = log.with_suffix(".time")
+    with open(log, "w") as f:
+        rc = subprocess.call(["/usr/bin/time", "-f", "%e %M", "-o", str(tfile), *cmd], stdout=f, stderr=subprocess.STDOUT)
+    wall, kb = tfile.read_text().strip().splitlines()[-1].split()
+    out = {"rc": rc, "seconds": float(wall), "peak_rss_mb": round(int(kb) / 1024, 1)}
+    if rc:
+        out["error"] = log.read_text()[-600:]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("output", type=Path, help="the benchmark's JSON output")
