@@ -374,10 +374,11 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
             rd_warmup: int = typer.Option(2, help="rd: epochs before discrepancy weighting starts"),
             rrd_weight: float = typer.Option(0.1, help="rrd: weight"), rrd_k: int = typer.Option(10, help="rrd: teacher top-K"),
             hint_weight: float = typer.Option(1.0, help="hint: weight"),
-            teacher_cache: int = typer.Option(0, "--teacher-cache", help="K > 0: run the teacher once before "
-                                              "training and keep each position's top-K items and scores "
-                                              "(6 K bytes a position) instead of running it in every batch; "
-                                              "soft labels over those K"),
+            teacher_cache: Optional[int] = typer.Option(None, "--teacher-cache", help="K > 0: run the teacher "
+                                                        "once before training and keep each position's top-K items "
+                                                        "and scores (6 K bytes a position) instead of running it in "
+                                                        "every batch; soft labels over those K. 0: the live teacher. "
+                                                        "Default: K=100 above 50,000 items, else 0"),
             data: Optional[Path] = typer.Option(None, "--data", help="train the student on other data than the "
                                                 "teacher's (cross-domain: items matched by original id)"),
             format: Optional[str] = FormatOpt, synthetic: Optional[list[str]] = SynthOpt,

@@ -10,6 +10,7 @@ same student with the task loss alone: the baseline distillation must beat.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,12 @@ from .torch_io import load_torch_model, save_torch_artifact
 from .train import TrainConfig, checkpoint_path, fit, on_rank_zero, seed_everything, task_loss
 
 KD_MODES = ("on", "off")
+# Above this many items a live teacher's and the student's logits of one batch (128 windows x 50
+# positions x 50k items x 4 bytes, twice) are 2.6 GB, held several times over (softmax,
+# gradient): distillation then reads a teacher cache of AUTO_CACHE_K items a position instead,
+# where the run allows one (one next-item teacher on the student's data, no hint, not online).
+CACHE_ABOVE = 50_000
+AUTO_CACHE_K = 100
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,9 @@ class DistillConfig(TrainConfig):
     teacher_weights: tuple[float, ...] | None = None   # one per teacher; equal when None
     init_from_teacher: bool = False
     online: bool = False        # mutual learning: a fresh teacher of the teacher's shape trains alongside
-    teacher_cache: int = 0      # K > 0: the teacher's top-K per position computed once (kd_losses.TeacherCache)
+    # K > 0: the teacher's top-K per position computed once (kd_losses.TeacherCache); None: K =
+    # AUTO_CACHE_K above CACHE_ABOVE items when the run can use one, else 0 (the card records which)
+    teacher_cache: int | None = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -65,7 +74,7 @@ class DistillConfig(TrainConfig):
         for name in ("rd_k", "rrd_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.teacher_cache < 0:
+        if self.teacher_cache is not None and self.teacher_cache < 0:
             raise ConfigError(f"teacher_cache must be >= 0 (0: the teacher runs in every batch), got {self.teacher_cache}")
         if self.teacher_cache and self.kd == "on":
             names = parse_losses(self.loss)
@@ -77,6 +86,17 @@ class DistillConfig(TrainConfig):
         if self.teacher_weights is not None:
             if any(w < 0 for w in self.teacher_weights) or not sum(self.teacher_weights) > 0:
                 raise ConfigError(f"teacher weights must be >= 0 and not all 0, got {list(self.teacher_weights)}")
+
+    def resolved(self, num_items: int, bidirectional: bool = False, cache_ok: bool = True) -> "DistillConfig":
+        """As TrainConfig's, and an automatic teacher cache (None) decided: K = AUTO_CACHE_K above
+        CACHE_ABOVE items where the run can use one (`cache_ok`: one next-item teacher on the
+        student's data), else 0."""
+        cfg = super().resolved(num_items, bidirectional)
+        if cfg.teacher_cache is None:
+            can = (cache_ok and cfg.kd == "on" and not cfg.online and "hint" not in parse_losses(cfg.loss)
+                   and max(cfg.rd_k, cfg.rrd_k) <= AUTO_CACHE_K)
+            cfg = dataclasses.replace(cfg, teacher_cache=AUTO_CACHE_K if can and num_items > CACHE_ABOVE else 0)
+        return cfg
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -162,7 +182,8 @@ def distill(teacher_artifacts: Artifact | list[Artifact], ds: Dataset, cfg: Dist
     if cfg.online and cfg.negatives:
         raise ConfigError("--online (mutual learning) trains with the full softmax; use --negatives 0")
     # the card says which task loss (mutual learning's stays full-softmax)
-    cfg = cfg.resolved(ds.num_items, getattr(student, "bidirectional", False) or cfg.online)
+    cfg = cfg.resolved(ds.num_items, getattr(student, "bidirectional", False) or cfg.online,
+                       cache_ok=len(teachers) == 1 and maps[0] is None and not getattr(teachers[0], "bidirectional", False))
     extra: dict = {}
     if any(m is not None for m in maps):
         extra["cross_domain"] = [None if m is None else {"teacher": a.name, "matched_items": int((m > 0).sum()),

@@ -212,7 +212,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     students = {}
     for kd in ("on", "off"):
         dcfg = DistillConfig(model="sasrec-student", kd=kd, maxlen=teacher.card["arch_kwargs"]["maxlen"],
-                             epochs=epochs, seed=cfg.seed, **({"patience": cfg.patience} if cfg.patience else {}))
+                             epochs=epochs, seed=cfg.seed, teacher_cache=None, **({"patience": cfg.patience} if cfg.patience else {}))
         name = f"{ds.name}-student-{'kd' if kd == 'on' else 'nokd'}"
         s = cfg.resume and _reusable(cfg.store, name, fingerprint=fp, parent=teacher,
                                      config={"distill": dcfg.resolved(ds.num_items).to_dict()})

@@ -452,3 +452,17 @@ def test_bounded_distillation_end_to_end(tiny_ds, tiny_teacher, store):
     a = distill(tiny_teacher, tiny_ds, cfg, store=store, name="tiny-bounded")
     assert a.card["teacher_cache"]["student_outside_draws"] == 16
     assert all(math.isfinite(r[f"{n}_loss"]) for r in a.card["history"] for n in ("kl", "rd", "rrd"))
+
+
+def test_an_automatic_teacher_cache_above_fifty_thousand_items_where_the_run_can_use_one():
+    from edgekd.distill import AUTO_CACHE_K, CACHE_ABOVE
+
+    auto = DistillConfig(teacher_cache=None)
+    assert auto.resolved(CACHE_ABOVE + 1).teacher_cache == AUTO_CACHE_K
+    assert auto.resolved(CACHE_ABOVE + 1).negatives > 0          # and sampled: the student is bounded too
+    assert auto.resolved(CACHE_ABOVE).teacher_cache == 0
+    assert auto.resolved(CACHE_ABOVE + 1, cache_ok=False).teacher_cache == 0      # e.g. several teachers
+    assert DistillConfig(teacher_cache=None, loss="kl+hint").resolved(10**6).teacher_cache == 0
+    assert DistillConfig(teacher_cache=None, kd="off").resolved(10**6).teacher_cache == 0
+    assert DistillConfig(teacher_cache=0).resolved(10**6).teacher_cache == 0      # asked for the live teacher
+    assert DistillConfig(teacher_cache=7).resolved(10).teacher_cache == 7
