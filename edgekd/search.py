@@ -303,7 +303,7 @@ class Search:
         self.teacher_valid = evaluate_model(t, self.ds, "valid", sampled=False, users=PARITY_USERS,
                                             ranks=ranks)[0]["ndcg@10"]
         self.teacher_gains = ndcg_gains(ranks)
-        self._datasets = {self.ds.fingerprint(): self.ds}
+        self._datasets: dict = {}
         if not self.teacher_valid > 0:
             raise ConfigError(f"{teacher.name}: validation NDCG@10 is {self.teacher_valid}; nothing to keep a share of")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -475,12 +475,12 @@ class Search:
         from .evaluation import eval_inputs
         from .metrics import evaluate_scores, ndcg_gains
 
-        spec = DataSpec(**a.card["dataset"]["spec"])
-        fp = a.card["dataset"]["fingerprint"]
-        if fp not in self._datasets:
-            self._datasets[fp] = load_data(spec)
-            a.check_dataset(self._datasets[fp].fingerprint())
-        ds = self._datasets[fp]
+        raw = a.card["dataset"]["spec"]
+        key = json.dumps(raw, sort_keys=True)  # the spec, not the fingerprint: `unknown_items` changes the inputs only
+        if key not in self._datasets:
+            self._datasets[key] = load_data(DataSpec(**raw))
+            a.check_dataset(self._datasets[key].fingerprint())
+        ds = self._datasets[key]
         if ds.users != self.ds.users:
             raise EdgeKDError(f"{a.name}: its dataset's users are not the teacher's; kept cannot be paired by user")
         x, targets, hist = eval_inputs(ds, "valid", int(a.card["arch_kwargs"]["maxlen"]), PARITY_USERS)
@@ -506,18 +506,18 @@ class Search:
             pruned = self._prune(trial, student, method, model)
             exported = self._export(pruned, fmt)
             rec = self._bench(exported)
+            valid = float(exported.metrics["parity"]["ndcg@10"])
+            kept_low = None
+            if self.cfg.confidence:
+                gains = self._valid_gains(exported)
+                if abs(float(gains.mean()) - valid) > 1e-6:  # the same users and file as the export's parity
+                    raise EdgeKDError(f"{exported.name}: per-user validation NDCG@10 averages {gains.mean():.6f}, "
+                                      f"its parity says {valid:.6f}")
+                kept_low = paired_ratio_bound(gains, self.teacher_gains, self.cfg.confidence, seed=self.cfg.seed)
         except EdgeKDError as e:
             trial.set_user_attr("error", str(e))
             raise
-        valid = float(exported.metrics["parity"]["ndcg@10"])
         base = self._teacher_record()
-        kept_low = None
-        if self.cfg.confidence:
-            gains = self._valid_gains(exported)
-            if abs(float(gains.mean()) - valid) > 1e-6:  # the same users and file as the export's parity
-                raise EdgeKDError(f"{exported.name}: per-user validation NDCG@10 averages {gains.mean():.6f}, "
-                                  f"its parity says {valid:.6f}")
-            kept_low = paired_ratio_bound(gains, self.teacher_gains, self.cfg.confidence, seed=self.cfg.seed)
         figures = {
             "kept": valid / self.teacher_valid, "kept_low": kept_low, "confidence": self.cfg.confidence or None,
             "valid_ndcg@10": valid, "teacher_valid_ndcg@10": self.teacher_valid,

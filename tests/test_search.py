@@ -286,3 +286,24 @@ def test_reopening_fails_trials_a_dead_process_left_running_and_refuses_other_se
     other = Search(tiny_teacher, SearchConfig(trials=3, objective="size"), target, store=tmp_path / "m", run_dir=run)
     with pytest.raises(ConfigError, match=r"other settings \(objective\)"):
         other.open()
+
+
+@pytest.mark.slow
+def test_per_user_validation_figures_are_each_files_own(tiny_teacher, tiny_student, store, fast_target, tmp_path):
+    """kept_low pairs each candidate's per-user NDCG@10 with the teacher's: for vocabulary-pruned
+    students that differ only in how their input treats pruned items ('skip' or 'oov': the same
+    data fingerprint), each file is scored on its own inputs, and averages to its own parity."""
+    from edgekd.compress import PruneConfig, prune
+    from edgekd.export import export
+    from edgekd.search import Search
+    from edgekd.targets import load_target
+
+    s = Search(tiny_teacher, SearchConfig(), load_target(str(fast_target)), store=store, run_dir=tmp_path / "run")
+    assert s.teacher_gains.mean() == pytest.approx(s.teacher_valid)
+    for unknown in ("oov", "skip"):
+        p = prune(tiny_student, PruneConfig(method="vocabulary", coverage=0.9, unknown=unknown, recover_epochs=0),
+                  store=store, name=f"tiny-v90-{unknown}")
+        e = export(p, "onnx-fp32", store=store, name=f"tiny-v90-{unknown}-onnx")
+        g = s._valid_gains(e)
+        assert len(g) == len(s.teacher_gains)
+        assert g.mean() == pytest.approx(e.metrics["parity"]["ndcg@10"], abs=1e-9)
