@@ -428,7 +428,7 @@ class TeacherCache:
     batch's are found from its window indices."""
 
     MAX_BYTES = 4 << 30
-    CHUNK = 2 << 20  # logits computed per chunk of positions: at most this many [P, N] entries
+    CHUNK = 1 << 24  # teacher scores held at once while the cache is built (TiedItemModel.topk_scores)
 
     def __init__(self, teacher: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, k: int,
                  batch_size: int = 256):
@@ -449,18 +449,16 @@ class TeacherCache:
                               hint=f"use a smaller K, e.g. --teacher-cache {max(1, self.MAX_BYTES // (n_pos * 6))}")
         self.idx = torch.empty(n_pos, k, dtype=torch.int32)
         self.val = torch.empty(n_pos, k, dtype=torch.float16)
-        per = max(1, self.CHUNK // max(1, n_items))
         was_training = teacher.training
         teacher.eval()
         at = 0
         with torch.no_grad():
             for r in range(0, len(x_all), batch_size):
                 h = teacher.hidden(x_all[r:r + batch_size])[mask[r:r + batch_size]]
-                for j in range(0, len(h), per):
-                    v, i = teacher.score(h[j:j + per]).topk(k, -1)
-                    self.idx[at:at + len(i)] = i.to(torch.int32)
-                    self.val[at:at + len(v)] = v.to(torch.float16)
-                    at += len(i)
+                v, i = teacher.topk_scores(h, k, max_scores=self.CHUNK)
+                self.idx[at:at + len(i)] = i.to(torch.int32)
+                self.val[at:at + len(v)] = v.to(torch.float16)
+                at += len(i)
         teacher.train(was_training)
         self.info = {"k": k, "positions": n_pos, "bytes": need, "seconds": round(time.perf_counter() - t0, 3)}
 

@@ -242,6 +242,34 @@ class TiedItemModel(nn.Module):
         transposed copy of it."""
         return pin_oov(nn.functional.linear(h, self.item_table())[..., 1:], self.oov)
 
+    def topk_scores(self, h: torch.Tensor, k: int, max_scores: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best (scores, columns) of `score(h)` for hidden states [P, d], best first,
+        computed over blocks of items and merged, so that at most about `max_scores` scores are
+        held at once however large the catalogue and however many the positions (each block is
+        a matrix product over many positions, not one pass over the table per few positions)."""
+        table = self.item_table()
+        n = table.shape[0] - 1
+        k = min(k, n)
+        rows = max(1, min(len(h), 1024))
+        block = max(k, max_scores // rows)
+        vals, idx = [], []
+        for r in range(0, len(h), rows):
+            hr = h[r:r + rows]
+            best_v = best_i = None
+            for c in range(0, n, block):
+                s = nn.functional.linear(hr, table[1 + c:1 + min(n, c + block)])        # [rows, block]
+                if self.oov and c + block >= n:
+                    s[:, n - 1 - c] = OOV_SCORE
+                v, i = s.topk(min(k, s.shape[1]), -1)
+                i = i + c
+                if best_v is not None:
+                    v, j = torch.cat([best_v, v], 1).topk(k, -1)
+                    i = torch.cat([best_i, i], 1).gather(1, j)
+                best_v, best_i = v, i
+            vals.append(best_v)
+            idx.append(best_i)
+        return torch.cat(vals), torch.cat(idx)
+
     def last_hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """The next-item state [batch, d] after each history: the last row of `hidden`. A
         subclass may compute it without the other rows (inference and export only need it)."""

@@ -139,3 +139,16 @@ def test_last_position_path_equals_the_full_forward(name, kw):
     full = m.score(m.hidden(ids)[:, -1])
     assert torch.allclose(m(ids), full, atol=1e-5)
     assert m.last_hidden(ids).shape == (5, 16)
+
+
+@pytest.mark.parametrize("oov", [False, True])
+def test_topk_scores_in_item_blocks_is_the_full_topk(oov):
+    """Blocks of items merged: the same top-k as scoring the whole catalogue, whatever the block size."""
+    torch.manual_seed(0)
+    m = create_model("sasrec-student", num_items=1000, d=8, maxlen=10, oov=oov).eval()
+    h = torch.randn(37, 8)
+    want_v, want_i = m.score(h).topk(25, -1)
+    for max_scores in (1 << 24, 37 * 30, 1):   # one block, 30-item blocks, k-item blocks
+        v, i = m.topk_scores(h, 25, max_scores=max_scores)
+        assert torch.equal(i, want_i) and torch.allclose(v, want_v)
+    assert m.topk_scores(h, 5000)[1].shape == (37, 1000)
