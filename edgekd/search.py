@@ -28,10 +28,10 @@ The study lives in SQLite in the run directory under a fixed name, so an interru
 still RUNNING when a new process takes the lock was left by a dead one and is marked FAIL
 (it does not count), and the search goes on until --trials trials have finished.
 
-Student trainings are trials of a second, single-objective study in the same storage that
-reports validation NDCG@10 every epoch to an Optuna pruner (Optuna's multi-objective trials
-cannot report intermediate values): a training clearly worse than the others at the same
-epoch stops, and the search trial that asked for it ends PRUNED.
+Student trainings are trials of single-objective studies in the same storage, one per student
+model, that report validation NDCG@10 every epoch to an Optuna pruner (Optuna's multi-objective
+trials cannot report intermediate values): a training clearly worse than the others of its
+model at the same epoch stops, and the search trial that asked for it ends PRUNED.
 """
 from __future__ import annotations
 
@@ -347,20 +347,33 @@ class Search:
         n = len(self.study.get_trials(deepcopy=False))
         if n:
             self.study.sampler = self._sampler(self.cfg.seed + n)
-        p = self.space["pruner"]
-        self.students = optuna.create_study(
-            storage=self.storage, study_name=STUDENTS, direction="maximize", load_if_exists=True,
-            pruner=optuna.pruners.PercentilePruner(float(p["percentile"]), n_startup_trials=int(p["startup"]),
-                                                   n_warmup_steps=int(p["warmup"])))
+        self._families: dict = {}
         self.abandoned = self._fail_abandoned()
+
+    def students(self, model: str):
+        """The student trainings of one model family, in a study of their own, so that the pruner
+        compares a training with its own kind only: an MLP student learns faster in its first
+        epochs than a SASRec one, and one pruner over both stopped nearly every SASRec student."""
+        import optuna
+
+        if model not in self._families:
+            p = self.space["pruner"]
+            self._families[model] = optuna.create_study(
+                storage=self.storage, study_name=f"{STUDENTS}.{model}", direction="maximize", load_if_exists=True,
+                pruner=optuna.pruners.PercentilePruner(float(p["percentile"]), n_startup_trials=int(p["startup"]),
+                                                       n_warmup_steps=int(p["warmup"])))
+        return self._families[model]
 
     def _fail_abandoned(self) -> int:
         """Trials left RUNNING by a process that died (we hold the run directory's lock, so no
         live process runs them): FAIL, so they do not count and are not resumed as finished."""
+        import optuna
         from optuna.trial import TrialState
 
         n = 0
-        for study in (self.study, self.students):
+        studies = [self.study] + [optuna.load_study(study_name=name, storage=self.storage)
+                                  for name in optuna.get_all_study_names(self.storage) if name.startswith(STUDENTS)]
+        for study in studies:
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 study._storage.set_trial_user_attr(t._trial_id, "failed", "its process ended while it ran")
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -399,11 +412,12 @@ class Search:
             return a
         from optuna.trial import TrialState
 
-        for t in self.students.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        family = self.students(model)
+        for t in family.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
             if t.user_attrs.get("key") == key:
                 trial.set_user_attr("pruned", f"student {name} stopped early in an earlier trial")
                 raise optuna.TrialPruned()
-        st = self.students.ask()
+        st = family.ask()
         st.set_user_attr("key", key)
         st.set_user_attr("name", name)
         st.set_user_attr("search_trial", trial.number)
@@ -417,14 +431,14 @@ class Search:
             # resume: a training interrupted with its trial (kill -9) goes on from its last epoch
             a = distill(self.teacher, self.ds, cfg, store=self.store, name=name, progress=progress, resume=True)
         except optuna.TrialPruned:
-            self.students.tell(st, state=TrialState.PRUNED)
+            family.tell(st, state=TrialState.PRUNED)
             checkpoint_path(self.store, name).unlink(missing_ok=True)
             trial.set_user_attr("pruned", f"student {name} stopped early: worse than the others at the same epoch")
             raise
         except BaseException:
-            self.students.tell(st, state=TrialState.FAIL)
+            family.tell(st, state=TrialState.FAIL)
             raise
-        self.students.tell(st, float(a.metrics["best_valid_ndcg@10"]))
+        family.tell(st, float(a.metrics["best_valid_ndcg@10"]))
         trial.set_user_attr("student_reused", False)
         return a
 

@@ -208,7 +208,7 @@ def _study_states(db: Path) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{db}"
     out = {}
-    for name in ("edgekd-search", "edgekd-search.students"):
+    for name in ("edgekd-search", "edgekd-search.students.gru4rec"):
         try:
             out[name] = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         except KeyError:
@@ -257,7 +257,7 @@ def test_kill_9_mid_trial_then_the_same_command_finishes_without_counting_twice(
     # the killed training continued from its checkpoint under the same name and is reused after
     names = {t.user_attrs.get("student") for t in trials}
     assert len(names) == 1
-    assert [t.state.name for t in st["edgekd-search.students"]] == ["FAIL", "COMPLETE"]
+    assert [t.state.name for t in st["edgekd-search.students.gru4rec"]] == ["FAIL", "COMPLETE"]
     summary = json.loads((run / "search.json").read_text())
     assert summary["trials"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 1, "RUNNING": 0}
 
@@ -275,11 +275,13 @@ def test_reopening_fails_trials_a_dead_process_left_running_and_refuses_other_se
     s.open()
     assert s.abandoned == 0
     s.study.ask()  # as a process killed mid-trial leaves it: RUNNING, never told
-    s.students.ask()
+    s.students("gru4rec").ask()
+    assert s.students("mlp") is not s.students("gru4rec")   # each student model is pruned against its own kind
     again = Search(tiny_teacher, SearchConfig(trials=3), target, store=tmp_path / "m", run_dir=run, say=lambda m: None)
     again.open()
     assert again.abandoned == 2
-    for study in (again.study, again.students):
+    assert again.students("mlp").get_trials() == []
+    for study in (again.study, again.students("gru4rec")):
         (t,) = study.get_trials()
         assert t.state == TrialState.FAIL and t.user_attrs["failed"] == "its process ended while it ran"
     assert again.finished() == 0  # a failed trial does not count towards --trials
@@ -307,3 +309,26 @@ def test_per_user_validation_figures_are_each_files_own(tiny_teacher, tiny_stude
         g = s._valid_gains(e)
         assert len(g) == len(s.teacher_gains)
         assert g.mean() == pytest.approx(e.metrics["parity"]["ndcg@10"], abs=1e-9)
+
+
+def test_a_student_is_pruned_against_its_own_model_only(tiny_teacher, tmp_path):
+    """Two MLP trainings at a high validation NDCG@10 do not stop a SASRec one that starts lower."""
+    from edgekd.search import Search
+    from edgekd.targets import load_target
+
+    space = load_space(None)
+    space["pruner"] = {"percentile": 25.0, "startup": 1, "warmup": 0}
+    run = tmp_path / "run"
+    run.mkdir()
+    s = Search(tiny_teacher, SearchConfig(space=space), load_target("local-cpu"), store=tmp_path / "m", run_dir=run)
+    s.open()
+    for v in (0.30, 0.32):
+        t = s.students("mlp").ask()
+        t.report(v, 1)
+        s.students("mlp").tell(t, v)
+    late = s.students("sasrec-student").ask()
+    late.report(0.05, 1)
+    assert not late.should_prune()
+    slow_mlp = s.students("mlp").ask()
+    slow_mlp.report(0.05, 1)
+    assert slow_mlp.should_prune()
