@@ -57,12 +57,6 @@ def runtime_for(a: Artifact, target: Target) -> str:
     return runtime
 
 
-def _check_full_scores(a: Artifact) -> None:
-    if a.card.get("topk"):
-        raise BenchError(f"{a.name}: a top-{a.card['topk']} export returns no full scores, so accuracy with "
-                         "seen items excluded cannot be computed from it; bench the full-score export")
-
-
 def _stage(a: Artifact, target: Target, tr, wd: str, inputs: Path, threads: int) -> tuple[list[str], str]:
     """Ship the device runner, the model and the inputs into `wd`; the runner's argv and where
     its result will be."""
@@ -97,7 +91,6 @@ def run_runner(a: Artifact, target: Target, inputs: Path, threads: int, transpor
     """Ship the device runner, the model and the inputs to the target, run once, bring the JSON
     back. The local CPU goes through the same steps, so every target measures the same way.
     (A fresh process, one measurement: bench and the gates time in rounds, `time_artifacts`.)"""
-    _check_full_scores(a)
     tr = transport or target.transport()
     with tr.workdir() as wd:
         argv, result = _stage(a, target, tr, wd, inputs, threads)
@@ -133,7 +126,6 @@ def time_artifacts(cells: list[tuple[Artifact, Path]], target: Target, threads: 
         try:
             for name, (a, npz) in zip(names, cells):
                 try:
-                    _check_full_scores(a)
                     wd = stack.enter_context(tr.workdir())
                     argv, where[name] = _stage(a, target, tr, wd, npz, threads)
                     procs[name] = timing.RunnerProcess(tr._cmd(argv + ["--serve"]), f"{a.name} on {target.name}",

@@ -318,3 +318,19 @@ def test_unseen_of_keeps_the_order_and_pads():
     got = unseen_of(np.array([[5, 3, 9, 1], [2, 4, 6, 8]]), np.array([[0, 3], [0, 0]]), 3)
     assert got.tolist() == [[5, 9, 1], [2, 4, 6]]
     assert unseen_of(np.array([[5, 3]]), np.array([[3, 5]]), 2).tolist() == [[0, 0]]
+
+
+def test_bench_times_a_topk_export_and_scores_it_from_its_lists(tiny_student, tiny_ds, store, fast_target):
+    """A top-K file is benched (it used to be refused): with K = the catalogue its accuracy is
+    the full-score export's, and the record says where the figure comes from."""
+    from edgekd.bench import bench
+    from edgekd.targets import load_target
+
+    n = tiny_ds.num_items
+    full = export(tiny_student, "onnx-fp32", store=store, ds=tiny_ds, name="b-full")
+    top = export(tiny_student, "onnx-fp32", store=store, ds=tiny_ds, topk=n, name="b-top")
+    _, recs = bench([full, top], load_target(str(fast_target)), out=store / "results", rounds=1)
+    by = {r["artifact"]["name"]: r for r in recs}
+    assert by["b-top"]["status"] == "ok" and by["b-top"]["latency_ms"]["p50_ms"] > 0
+    assert by["b-top"]["accuracy"]["ndcg@10"] == pytest.approx(by["b-full"]["accuracy"]["ndcg@10"], abs=0.01)
+    assert "in-graph top-K" in by["b-top"]["accuracy"]["note"]
