@@ -127,9 +127,9 @@ class OnnxModel:
         # A top-K graph (export --topk) returns item indices (integers) beside their scores: the
         # indices are what it is run for.
         outs = self.session.get_outputs()
-        ints = [i for i, o in enumerate(outs) if "int" in o.type]
-        self.topk_graph = bool(ints)
-        self.out_index = ints[0] if ints else 0
+        ints = [i for i, o in enumerate(outs) if o.type in ("tensor(int32)", "tensor(int64)")]
+        self.topk_graph = len(outs) == 2 and len(ints) == 1
+        self.out_index = ints[0] if self.topk_graph else 0
         self.dtype = np.int64 if "int64" in inp.type else np.int32
         batch = inp.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
@@ -146,9 +146,10 @@ class TFLiteModel:
         self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]
         outs = self.interp.get_output_details()
-        ints = [o for o in outs if np.issubdtype(o["dtype"], np.integer)]
-        self.topk_graph = bool(ints)   # a top-K graph: its item indices (see OnnxModel)
-        self.out = ints[0] if ints else outs[0]
+        # a top-K graph: its item indices (see OnnxModel); int8 scores of a quantised model are not
+        ints = [o for o in outs if o["dtype"] in (np.int32, np.int64)]
+        self.topk_graph = len(outs) == 2 and len(ints) == 1
+        self.out = ints[0] if self.topk_graph else outs[0]
         self.dtype = self.inp["dtype"]
         self.fixed_batch = int(self.inp["shape"][0])
 
