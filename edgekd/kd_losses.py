@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .models import OOV_SCORE
 
 
 @dataclass
@@ -71,7 +72,6 @@ class KDBatch:
         """The student's out-of-vocabulary column (the last) scores OOV_SCORE, as in `score`."""
         if not getattr(self.student, "oov", False):
             return scores
-        from .models import OOV_SCORE
         return scores.masked_fill(cols == self.num_cols - 1, OOV_SCORE)
 
     def s_logprob(self, T: float = 1.0) -> torch.Tensor:
@@ -428,7 +428,6 @@ class TeacherCache:
     batch's are found from its window indices."""
 
     MAX_BYTES = 4 << 30
-    CHUNK = 1 << 24  # teacher scores held at once while the cache is built (TiedItemModel.topk_scores)
 
     def __init__(self, teacher: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, k: int,
                  batch_size: int = 256):
@@ -455,7 +454,7 @@ class TeacherCache:
         with torch.no_grad():
             for r in range(0, len(x_all), batch_size):
                 h = teacher.hidden(x_all[r:r + batch_size])[mask[r:r + batch_size]]
-                v, i = teacher.topk_scores(h, k, max_scores=self.CHUNK)
+                v, i = teacher.topk_scores(h, k)  # a block of items at a time
                 self.idx[at:at + len(i)] = i.to(torch.int32)
                 self.val[at:at + len(v)] = v.to(torch.float16)
                 at += len(i)

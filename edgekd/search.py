@@ -484,16 +484,15 @@ class Search:
     def _valid_gains(self, a: Artifact) -> "np.ndarray":
         """The exported file's NDCG@10 per validation user (the users the teacher's were on),
         from its own outputs on its own dataset (a pruned vocabulary keeps every user)."""
-        from .data import DataSpec, load_data
         from .device_runner import load_model, run_batched
         from .evaluation import eval_inputs
         from .metrics import evaluate_scores, ndcg_gains
+        from .torch_io import dataset_for
 
-        raw = a.card["dataset"]["spec"]
-        key = json.dumps(raw, sort_keys=True)  # the spec, not the fingerprint: `unknown_items` changes the inputs only
+        # keyed by the spec, not the fingerprint: `unknown_items` changes the inputs only
+        key = json.dumps(a.card["dataset"]["spec"], sort_keys=True)
         if key not in self._datasets:
-            self._datasets[key] = load_data(DataSpec(**raw))
-            a.check_dataset(self._datasets[key].fingerprint())
+            self._datasets[key] = dataset_for(a)
         ds = self._datasets[key]
         if ds.users != self.ds.users:
             raise EdgeKDError(f"{a.name}: its dataset's users are not the teacher's; kept cannot be paired by user")
