@@ -89,20 +89,14 @@ def _json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
 def _bytes_ok(value: Optional[str]) -> Optional[int]:
     """'2MB', '1.5MiB', '500000' -> bytes (a usage error otherwise)."""
-    if value is None:
-        return None
-    import re
+    from .compress import parse_bytes
 
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
-    unit = m and m.group(2).lower()
-    if not m or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
-        raise typer.BadParameter(f"{value!r} is not a size: a number of bytes, or with kB, MB, GB, KiB, MiB or GiB")
-    return int(float(m.group(1)) * _UNITS[unit])
+    try:
+        return None if value is None else parse_bytes(value)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def _name_ok(value: Optional[str]) -> Optional[str]:

@@ -100,6 +100,20 @@ class PruneConfig:
         return f"vocab{self.keep_items}" if self.keep_items else f"vocab{int(round(self.coverage * 100))}"
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(value) -> int:
+    """'2MB', '1.5MiB', '500000' or 500000 -> bytes; a ConfigError for anything else."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    unit = m and m.group(2).lower()
+    if isinstance(value, bool) or not m or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        raise ConfigError(f"{value!r} is not a size: a number of bytes, or with kB, MB, GB, KiB, MiB or GiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
 def prunable(model) -> list[tuple]:
     """(module, "weight") for every matrix: linear layers and the embedding tables. LayerNorms and
     biases stay dense: they are a sliver of the parameters and pruning them hurts most."""

@@ -69,7 +69,7 @@ DEFAULT_SPACE: dict = {
     },
     "distill": {"loss": ["none", "kl", "rd", "rrd", "kl+rd"]},
     "prune": {"methods": ["none", "structured", "vocabulary"], "sparsity": [0.25, 0.5],
-              "coverage": [0.9, 0.95, 0.99], "unknown": ["skip"], "recover_epochs": 0},
+              "coverage": [0.9, 0.95, 0.99], "max_bytes": [], "unknown": ["skip"], "recover_epochs": 0},
     "export": {"formats": ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"]},
     "train": {"epochs": 30, "patience": 5, "lr": 2e-3, "batch_size": 128},
     "pruner": {"percentile": 25.0, "startup": 3, "warmup": 2},
@@ -117,6 +117,7 @@ def _choices(space: dict, where: str, values) -> list:
 
 
 def check_space(space: dict) -> None:
+    from .compress import parse_bytes
     from .export import get_format, get_recipe
     from .kd_losses import parse_losses
     from .models import create_model, model_kwargs
@@ -145,9 +146,20 @@ def check_space(space: dict) -> None:
     for s in _choices(space, "prune.sparsity", pr["sparsity"]):
         if not 0 < float(s) < 1:
             raise ConfigError(f"search space prune.sparsity: {s} is not in (0, 1)")
-    for c in _choices(space, "prune.coverage", pr["coverage"]):
+    # vocabulary pruning keeps the items covering a share of the interactions, or the most that
+    # fit a byte budget (an app's download limit); either list may be empty, not both
+    if not isinstance(pr["max_bytes"], list) or not isinstance(pr["coverage"], list) \
+            or not (pr["coverage"] or pr["max_bytes"]):
+        raise ConfigError("search space prune.coverage and prune.max_bytes: lists of choices, at least one "
+                          f"non-empty, got {pr['coverage']!r} and {pr['max_bytes']!r}")
+    for c in _choices(space, "prune.coverage", pr["coverage"]) if pr["coverage"] else []:
         if not 0 < float(c) <= 1:
             raise ConfigError(f"search space prune.coverage: {c} is not in (0, 1]")
+    for b in _choices(space, "prune.max_bytes", pr["max_bytes"]) if pr["max_bytes"] else []:
+        try:
+            parse_bytes(b)
+        except ConfigError as e:
+            raise ConfigError(f"search space prune.max_bytes: {e}") from None
     for u in _choices(space, "prune.unknown", pr["unknown"]):
         if u not in ("skip", "oov"):
             raise ConfigError(f"search space prune.unknown: {u!r} is not skip or oov")
@@ -443,7 +455,7 @@ class Search:
         return a
 
     def _prune(self, trial, a: Artifact, method: str, model: str) -> Artifact:
-        from .compress import PruneConfig, prune
+        from .compress import PruneConfig, parse_bytes, prune
 
         if method == "none":
             return a
@@ -452,9 +464,12 @@ class Search:
             cfg = PruneConfig(method="structured", sparsity=float(trial.suggest_categorical(
                 "prune.sparsity", pr["sparsity"])), recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
         else:
-            cfg = PruneConfig(method="vocabulary", coverage=float(trial.suggest_categorical(
-                "prune.coverage", pr["coverage"])), unknown=trial.suggest_categorical("prune.unknown", pr["unknown"]),
-                recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
+            by = ("coverage" if pr["coverage"] else "max_bytes") if not (pr["coverage"] and pr["max_bytes"]) \
+                else trial.suggest_categorical("prune.by", ["coverage", "max_bytes"])
+            amount = ({"coverage": float(trial.suggest_categorical("prune.coverage", pr["coverage"]))} if by == "coverage"
+                      else {"max_bytes": parse_bytes(trial.suggest_categorical("prune.max_bytes", pr["max_bytes"]))})
+            cfg = PruneConfig(method="vocabulary", **amount, unknown=trial.suggest_categorical(
+                "prune.unknown", pr["unknown"]), recover_epochs=int(pr["recover_epochs"]), seed=self.cfg.seed)
         name = f"{a.name}-{cfg.default_suffix()}" + ("-oov" if method == "vocabulary" and cfg.unknown == "oov" else "")
         if pr["recover_epochs"]:
             name += f"-r{pr['recover_epochs']}"
@@ -611,7 +626,7 @@ def describe(params: dict) -> str:
                       and not k.endswith(".prune")]
     bits.append(f"kd={params.get('kd_loss')}")
     pm = params.get(f"{model}.prune", "none")
-    amount = params.get("prune.sparsity", params.get("prune.coverage"))
+    amount = params.get("prune.sparsity", params.get("prune.coverage", params.get("prune.max_bytes")))
     bits.append(f"prune={pm}" + (f":{amount}" if pm != "none" and amount is not None else ""))
     bits.append(str(params.get("export")))
     return " ".join(bits)

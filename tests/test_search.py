@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("optuna")
 
 from edgekd.errors import ConfigError  # noqa: E402
-from edgekd.search import DEFAULT_SPACE, SearchConfig, hypervolume, load_space, pareto  # noqa: E402
+from edgekd.search import DEFAULT_SPACE, SearchConfig, describe, hypervolume, load_space, pareto  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,8 @@ def test_default_space_is_valid_and_a_toml_file_replaces_its_keys(tmp_path):
     ("[export]\nformats = ['onnx-fp32:dynamic']\n", "takes no recipe"),
     ("[export]\nformats = []\n", "non-empty"),
     ("[prune]\nsparsity = [1.5]\n", "sparsity"),
+    ("[prune]\nmax_bytes = ['lots']\n", "max_bytes: 'lots' is not a size"),
+    ("[prune]\ncoverage = []\n", "at least one"),
     ("[train]\nepochs = 0\n", "epochs"),
     ("[train\n", "not valid TOML"),
 ])
@@ -332,3 +334,33 @@ def test_a_student_is_pruned_against_its_own_model_only(tiny_teacher, tmp_path):
     slow_mlp = s.students("mlp").ask()
     slow_mlp.report(0.05, 1)
     assert slow_mlp.should_prune()
+
+
+def test_vocabulary_pruning_to_a_byte_budget(tiny_teacher, tiny_student, store, tmp_path):
+    """prune.max_bytes: a trial keeps the most items whose int8 weights fit the budget it drew;
+    with both lists given, the trial draws which one applies."""
+    import optuna
+
+    from edgekd.pruning import estimated_bytes
+    from edgekd.search import Search
+    from edgekd.targets import load_target
+    from edgekd.torch_io import load_torch_model
+
+    p = tmp_path / "s.toml"
+    p.write_text('[prune]\ncoverage = []\nmax_bytes = ["6KB", 7000]\n')
+    space = load_space(p)
+    s = Search(tiny_teacher, SearchConfig(space=space), load_target("local-cpu"), store=store, run_dir=tmp_path)
+    for budget in ("6KB", 7000):
+        pruned = s._prune(optuna.trial.FixedTrial({"prune.max_bytes": budget, "prune.unknown": "skip"}),
+                          tiny_student, "vocabulary", "sasrec-student")
+        limit = {"6KB": 6000, 7000: 7000}[budget]
+        assert pruned.card["pruning"]["size_budget"]["max_bytes"] == limit
+        assert estimated_bytes(load_torch_model(pruned), "int8") <= limit
+    assert describe({"student": "mlp", "mlp.prune": "vocabulary", "prune.max_bytes": "6KB",
+                     "kd_loss": "kl", "export": "tflite-int8"}) == "mlp kd=kl prune=vocabulary:6KB tflite-int8"
+    space["prune"]["coverage"] = [0.9]
+    both = Search(tiny_teacher, SearchConfig(space=space), load_target("local-cpu"), store=store, run_dir=tmp_path)
+    by_coverage = both._prune(optuna.trial.FixedTrial({"prune.by": "coverage", "prune.coverage": 0.9,
+                                                         "prune.unknown": "skip"}),
+                              tiny_student, "vocabulary", "sasrec-student")
+    assert "size_budget" not in by_coverage.card["pruning"]
