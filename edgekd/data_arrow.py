@@ -159,19 +159,19 @@ def build_arrays(users: pa.DictionaryArray, items: pa.DictionaryArray, ts: np.nd
     users, dropped). Each user's events in time order (stable: ties keep file order), users and
     items in `key` order of their ids, the out-of-vocabulary item last. A dictionary may hold
     ids no event uses (after a period filter) and, for items, the OOV id more than once."""
-    ucode, uvals = users.indices.to_numpy().astype(np.int64), users.dictionary
+    ucode, uvals = users.indices.to_numpy(), users.dictionary
     counts = np.bincount(ucode, minlength=len(uvals))
     keep_u = counts >= min_events
     dropped = int(((counts > 0) & ~keep_u).sum())
     if not keep_u.any():
         return None, dropped
-    ev = keep_u[ucode]
+    ev = slice(None) if keep_u.all() else keep_u[ucode]  # a slice: no copies when every user stays
     kept_users = np.flatnonzero(keep_u)
     uorder = kept_users[sort_order(uvals.take(pa.array(kept_users)), key)]
     urank = np.full(len(uvals), -1, dtype=np.int64)
     urank[uorder] = np.arange(len(uorder))
 
-    icode, ivals = items.indices.to_numpy().astype(np.int64), items.dictionary
+    icode, ivals = items.indices.to_numpy(), items.dictionary
     present = np.zeros(len(ivals), dtype=bool)
     present[icode[ev]] = True
     oov = pc.equal(ivals, oov_id).to_numpy(zero_copy_only=False)
@@ -186,20 +186,36 @@ def build_arrays(users: pa.DictionaryArray, items: pa.DictionaryArray, ts: np.nd
         item_list.append(oov_id)
 
     r, c, t = urank[ucode[ev]], icode[ev], ts[ev]
-    seq = index[c[_user_time_order(r, t, len(uorder))]]
+    seq = index[c[_user_time_order(r, t)]]
     lengths = np.bincount(r, minlength=len(uorder))
     sequences = np.split(seq, np.cumsum(lengths)[:-1])
     return (sequences, item_list, uvals.take(pa.array(uorder)).to_pylist()), dropped
 
 
-def _user_time_order(r: np.ndarray, t: np.ndarray, users: int) -> np.ndarray:
-    """Event order by user, then time, then file position (a stable sort of each key)."""
-    if not len(t):
+def _user_time_order(r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Event order by user, then time, then file position: two plain sorts of packed int64 keys
+    (time rank, then user, each shifted above the position's bits), several times faster than a
+    stable argsort of n keys."""
+    n = len(t)
+    if not n:
         return np.zeros(0, dtype=np.int64)
+    bits = max(1, (n - 1).bit_length())
+    if 2 * bits > 62:
+        raise Fallback("too many events to pack a rank and a position in 63 bits")
+    low = np.int64((1 << bits) - 1)
     lo, hi = float(t.min()), float(t.max())
-    span = hi - lo + 1
-    if (t == np.floor(t)).all() and span * users < 2.0 ** 62:
-        # whole-number times: one stable sort of user * span + time
-        return np.argsort(r * np.int64(span) + (t - lo).astype(np.int64), kind="stable")
-    o = np.argsort(t, kind="stable")
-    return o[np.argsort(r[o], kind="stable")]
+    if hi - lo < 2.0 ** (62 - bits) and (t == np.floor(t)).all():
+        key = (t - lo).astype(np.int64)            # whole-number times: their offsets
+    else:
+        key = np.unique(t, return_inverse=True)[1].astype(np.int64, copy=False).reshape(-1)  # their ranks
+    pos = np.arange(n, dtype=np.int64)
+    key <<= bits
+    key |= pos
+    key.sort()
+    key &= low                                     # positions by time, then file position
+    order = r[key].astype(np.int64, copy=False)
+    order <<= bits
+    order |= pos
+    order.sort()
+    order &= low                                   # ... then by user (a stable sort again)
+    return key[order]

@@ -149,3 +149,17 @@ def test_any_file_loads_the_same_or_fails_the_same_either_way(tmp_path, rows, fm
         assert out[0] == out[1]
     else:
         same(out[0], out[1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 5), st.one_of(
+    st.integers(-3, 3).map(float), st.sampled_from([-0.0, 0.5, 1e300, -1e300, 2.0 ** 62])
+)), max_size=60))
+def test_events_order_by_user_then_time_then_file_position(events):
+    """The packed-key sorts give a stable sort's order: ties in time keep file order, whole or
+    fractional times, wide or narrow spans."""
+    r = np.array([u for u, _ in events], dtype=np.int64)
+    t = np.array([x for _, x in events], dtype=np.float64)
+    by_time = np.argsort(t, kind="stable")
+    expected = by_time[np.argsort(r[by_time], kind="stable")]
+    assert data_arrow._user_time_order(r, t).tolist() == expected.tolist()
