@@ -255,6 +255,12 @@ class SearchConfig:
     def feasible(self, attrs: dict) -> bool:
         return all(v <= 0 for v in self.violations(attrs))
 
+    def missed(self, attrs: dict) -> list[str]:
+        """The constraints a trial misses, by name, in violations' order."""
+        names = ["kept bound" if self.confidence else "kept"] + (["speed-up"] if self.min_speedup is not None else []) \
+            + (["size"] if self.min_smaller is not None else [])
+        return [n for n, v in zip(names, self.violations(attrs)) if v > 0]
+
     def constraints_text(self) -> str:
         bound = f" (lower {self.confidence:.0%} bound)" if self.confidence else ""
         return ", ".join([f"{self.min_kept:.0%} of the teacher's validation NDCG@10{bound}"]
@@ -724,14 +730,18 @@ def _table(front: list[dict], chosen: dict | None, cfg: SearchConfig):
     from rich.table import Table
 
     t = Table(title=f"Pareto front ({len(front)} trials): validation NDCG@10 kept vs the target's cost")
-    for col in ("trial", "candidate", "kept", "p50 ms", "speed-up", "size KiB", "smaller", "peak MB", "budget"):
-        t.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=col != "candidate")
+    bound = f"kept, {cfg.confidence:.0%} bound" if cfg.confidence else None
+    for col in ("trial", "candidate", "kept", bound, "p50 ms", "speed-up", "size KiB", "smaller", "peak MB", "misses"):
+        if col:
+            t.add_column(col, justify="left" if col in ("candidate", "misses") else "right",
+                         no_wrap=col not in ("candidate", "misses"))
     for r in front:
         u = r["user_attrs"]
+        low = [f"{u['kept_low']:.1%}" if u.get("kept_low") is not None else "-"] if bound else []
         t.add_row(str(r["number"]) + (" *" if chosen and chosen["number"] == r["number"] else ""),
-                  describe(r["params"]), f"{u['kept']:.1%}", f"{u['p50_ms']:.3f}", f"{u['speedup_p50']:.1f}x",
+                  describe(r["params"]), f"{u['kept']:.1%}", *low, f"{u['p50_ms']:.3f}", f"{u['speedup_p50']:.1f}x",
                   f"{u['size_bytes'] / 1024:.0f}", f"{u['size_ratio']:.1f}x", f"{u['peak_rss_bytes'] / 1e6:.0f}",
-                  "ok" if cfg.feasible(u) else "misses")
+                  ", ".join(cfg.missed(u)) or "none")
     return t
 
 
@@ -742,6 +752,7 @@ def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | Non
     rows = "".join(
         f"<tr><td>{r['number']}{' *' if chosen and chosen['number'] == r['number'] else ''}</td>"
         f"<td>{html.escape(describe(r['params']))}</td><td>{r['user_attrs']['kept']:.1%}</td>"
+        f"<td>{'-' if r['user_attrs'].get('kept_low') is None else format(r['user_attrs']['kept_low'], '.1%')}</td>"
         f"<td>{r['user_attrs']['p50_ms']:.3f}</td><td>{r['user_attrs']['size_bytes'] / 1024:.0f}</td>"
         f"<td>{r['user_attrs']['peak_rss_bytes'] / 1e6:.0f}</td></tr>" for r in front)
     img = (f"<p><img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'></p>" if png
@@ -751,7 +762,7 @@ def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | Non
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
         f"<h1>edgekd search on {html.escape(summary['target'])}</h1>"
         f"<p>{html.escape(summary['conclusion'])}</p>"
-        "<table><tr><th>trial</th><th>candidate</th><th>kept (valid)</th><th>p50 ms</th><th>KiB</th><th>peak MB</th></tr>"
+        "<table><tr><th>trial</th><th>candidate</th><th>kept (valid)</th><th>lower bound</th><th>p50 ms</th><th>KiB</th><th>peak MB</th></tr>"
         f"{rows}</table>{img}")
     return path
 

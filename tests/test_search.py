@@ -129,6 +129,9 @@ def test_caps_beside_the_budget_decide_what_can_be_chosen():
     assert capped.violations(fast_big)[2] == pytest.approx((20 - 15.1) / 20)
     assert capped.violations({}) == [1.0, 1.0, 1.0]            # a failed trial misses every constraint
     assert len(plain.violations(goal)) == 1                      # no caps: the budget alone, as before
+    assert capped.missed(fast_big) == ["size"] and capped.missed(goal) == []
+    assert SearchConfig(min_smaller=20).missed({"kept": 0.99, "kept_low": 0.92, "size_ratio": 19}) == \
+        ["kept bound", "size"]
     t = _teacher_stub()
     assert "min_smaller" not in plain.identity(t, "local-cpu")   # old run directories resume unchanged
     assert capped.identity(t, "local-cpu")["min_smaller"] == 20
