@@ -127,10 +127,11 @@ def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str
     return DataSpec(format=fmt, path=str(data) if data else None, synthetic=synth, period=period)
 
 
-def _load(spec):
-    from .data import load_data
+def _load(spec, store: Optional[Path] = None):
+    """The dataset, built once per file and store (cached under the store: data.DATASET_CACHE)."""
+    from .data import DATASET_CACHE, load_data
 
-    ds = load_data(spec)
+    ds = load_data(spec, cache=store / DATASET_CACHE if store is not None else None)
     st = ds.stats()
     console.print(f"data: {st['name']}: {st['users']} users, {st['items']} items, {st['events']} events"
                   + (f" ({st['dropped_users']} users with fewer than {spec.min_events} events dropped)"
@@ -341,7 +342,7 @@ def train(data: Optional[Path] = DataOpt, format: Optional[str] = FormatOpt,
                       label_smoothing=label_smoothing, bucket=bucket,
                       negatives=negatives, sampler=sampler, loss_type=loss_type,
                       epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed)
-    ds = _load(_spec(data, format, synthetic, period))
+    ds = _load(_spec(data, format, synthetic, period), store)
     with _epochs("train teacher", epochs) as progress:
         a = train_teacher(ds, cfg, store=store, name=name, progress=progress, resume=resume,
                           tensorboard=tensorboard)
@@ -419,9 +420,9 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
         if period and not (data or format or synthetic):  # the teacher's data, another period
             from .data import DataSpec
 
-            ds = _load(DataSpec(**{**ts[0].card["dataset"]["spec"], "period": period}))
+            ds = _load(DataSpec(**{**ts[0].card["dataset"]["spec"], "period": period}), store)
         else:
-            ds = _load(_spec(data, format, synthetic, period))
+            ds = _load(_spec(data, format, synthetic, period), store)
     else:
         ds = dataset_for(ts[0])
     with _epochs(f"distill ({loss if kd == 'on' else 'kd off'})", epochs) as progress:

@@ -502,11 +502,85 @@ def _suggest_large(path: Path) -> None:
                       EdgeKDWarning, stacklevel=3)
 
 
-def load_data(spec: DataSpec, fast: bool = True) -> Dataset:
+DATASET_CACHE = ".datasets"  # built datasets, under an artifact store (load_data's `cache`)
+
+
+def load_data(spec: DataSpec, fast: bool = True, cache: Path | None = None) -> Dataset:
     """The dataset a spec names. Files in the movielens, sasrec and csv formats are read
     vectorised (pyarrow, numpy) when pyarrow (the [large] extra) is installed and they are
     plainly well formed, else (and with fast=False) line by line in Python, which names the line
-    of anything wrong; both give the same dataset."""
+    of anything wrong; both give the same dataset.
+
+    With `cache` (a directory: an artifact store's DATASET_CACHE), a file's built dataset is
+    kept there, keyed by the file's sha256 and the spec, so that later stages do not parse the
+    file again; an entry that cannot be read or does not match its fingerprint is rebuilt."""
+    entry = _cache_entry(spec, Path(cache)) if cache is not None else None
+    if entry is not None and entry.is_file():
+        ds = _read_cached(entry, spec)
+        if ds is not None:
+            return ds
+    ds = _load_uncached(spec, fast)
+    if entry is not None:
+        _write_cached(entry, ds)
+    return ds
+
+
+def _cache_entry(spec: DataSpec, cache: Path) -> Path | None:
+    """Where the built dataset of a file spec is cached: a name from the file's bytes, the spec
+    and edgekd's version. None for synthetic data (generated, not parsed) or a file that cannot
+    be read (the parser reports it)."""
+    from . import __version__
+
+    if spec.format == "synthetic" or not spec.path:
+        return None
+    h = hashlib.sha256(json.dumps([__version__, spec.to_dict()], sort_keys=True, default=str).encode())
+    try:
+        with open(spec.path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    except OSError:
+        return None
+    return cache / f"{h.hexdigest()[:40]}.npz"
+
+
+def _read_cached(entry: Path, spec: DataSpec) -> Dataset | None:
+    """The dataset in a cache entry (no pickles), or None when it is unreadable or its
+    sequences and items do not give the fingerprint stored with them."""
+    import zipfile
+
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            flat, offsets = z["sequences"].astype(np.int64), z["offsets"]
+            items, users = z["items"].tolist(), z["users"].tolist()
+            dropped, fp = int(z["dropped"]), str(z["fingerprint"])
+        ds = Dataset(name=spec.name, sequences=np.split(flat, offsets[1:-1]), items=items, users=users,
+                     dropped_users=dropped, spec=spec)
+        if len(ds.sequences) == len(users) and ds.fingerprint() == fp:
+            return ds
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    warnings.warn(f"{entry}: a damaged dataset cache entry; reading {spec.path} again", EdgeKDWarning, stacklevel=3)
+    return None
+
+
+def _write_cached(entry: Path, ds: Dataset) -> None:
+    """Write the entry whole or not at all (a temporary file, then a rename)."""
+    items, users = np.array(ds.items, dtype=str), np.array(ds.users, dtype=str)
+    if items.tolist() != ds.items or users.tolist() != ds.users:
+        return  # ids numpy's strings do not keep as they are (trailing NULs): not cached
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, sequences=np.concatenate(ds.sequences).astype(np.int32),
+                     offsets=np.concatenate([[0], np.cumsum([len(s) for s in ds.sequences])]).astype(np.int64),
+                     items=items, users=users, dropped=np.int64(ds.dropped_users), fingerprint=np.array(ds.fingerprint()))
+        os.replace(tmp, entry)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"{entry}: the dataset was not cached ({e})", EdgeKDWarning, stacklevel=3)
+
+
+def _load_uncached(spec: DataSpec, fast: bool) -> Dataset:
     if fast and spec.format in ("movielens", "sasrec", "csv"):
         if arrow_available():
             from .data_arrow import Fallback

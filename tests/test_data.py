@@ -234,3 +234,67 @@ def test_synthetic_data_is_the_same_as_drawing_with_numpy_choice(kw):
 
     cfg = SyntheticConfig(**kw)
     assert generate_synthetic(cfg) == _synthetic_with_choice(cfg)
+
+
+def test_a_files_built_dataset_is_cached_and_checked(tmp_path, monkeypatch):
+    """load_data(cache=DIR): the first load builds and keeps the dataset under DIR; the next
+    loads it without parsing; a changed file is parsed again; a damaged or tampered entry is
+    detected (a warning), rebuilt and replaced."""
+    import edgekd.data as data
+    from edgekd.data import DataSpec, load_data
+    from edgekd.errors import EdgeKDWarning
+
+    f = tmp_path / "u.data"
+    f.write_text("".join(f"{u}\t{i}\t5\t{t}\n" for t, (u, i) in enumerate(
+        [(1, 10), (1, 11), (1, 12), (2, 10), (2, 13), (2, 11), (2, 14), (3, 12), (3, 10), (3, 15)])))
+    spec, cache = DataSpec(format="movielens", path=str(f)), tmp_path / "store" / ".datasets"
+    first = load_data(spec, cache=cache)
+    (entry,) = cache.glob("*.npz")
+    parsed = []
+    real = data._load_uncached
+    monkeypatch.setattr(data, "_load_uncached", lambda *a: parsed.append(1) or real(*a))
+    again = load_data(spec, cache=cache)
+    assert not parsed and again.fingerprint() == first.fingerprint()
+    assert (again.items, again.users, again.dropped_users, again.name) == \
+        (first.items, first.users, first.dropped_users, first.name)
+    assert all(s.dtype == np.int64 for s in again.sequences)
+
+    with open(f, "a") as fh:
+        fh.write("3\t16\t5\t99\n")
+    changed = load_data(spec, cache=cache)
+    assert parsed == [1] and "16" in changed.items
+    (entry,) = set(cache.glob("*.npz")) - {entry}  # the changed file's own entry
+
+    for damage in (b"not a zip", None):
+        if damage is None:  # a readable entry whose sequences were altered
+            with np.load(entry) as z:
+                fields = dict(z)
+            fields["sequences"] = fields["sequences"][::-1].copy()
+            with open(entry, "wb") as fh:
+                np.savez(fh, **fields)
+        else:
+            entry.write_bytes(damage)
+        with pytest.warns(EdgeKDWarning, match="damaged dataset cache entry"):
+            rebuilt = load_data(DataSpec(format="movielens", path=str(f)), cache=cache)
+        assert rebuilt.fingerprint() == changed.fingerprint()
+
+
+def test_stages_share_the_stores_dataset_cache(tmp_path):
+    """dataset_for (every stage after training) keeps an artifact's dataset in its store."""
+    from edgekd.data import DATASET_CACHE
+    from edgekd.torch_io import dataset_for
+
+    f = tmp_path / "u.data"
+    f.write_text("".join(f"{u}\t{i}\t5\t{u * 10 + i}\n" for u in (1, 2) for i in (1, 2, 3, 4)))
+    checked = []
+
+    class Stub:  # what dataset_for reads of an artifact
+        path = tmp_path / "store" / "some-model"
+        card = {"dataset": {"spec": DataSpec(format="movielens", path=str(f)).to_dict()}}
+
+        def check_dataset(self, fp):
+            checked.append(fp)
+
+    ds = dataset_for(Stub())
+    assert checked == [ds.fingerprint()]
+    assert len(list((tmp_path / "store" / DATASET_CACHE).glob("*.npz"))) == 1
