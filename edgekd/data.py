@@ -7,11 +7,13 @@ indices (0 = padding) and keeps the mapping, which travels with every artifact a
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
 import os
 import re
+import stat
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -512,72 +514,115 @@ def load_data(spec: DataSpec, fast: bool = True, cache: Path | None = None) -> D
     of anything wrong; both give the same dataset.
 
     With `cache` (a directory: an artifact store's DATASET_CACHE), a file's built dataset is
-    kept there, keyed by the file's sha256 and the spec, so that later stages do not parse the
-    file again; an entry that cannot be read or does not match its fingerprint is rebuilt."""
-    entry = _cache_entry(spec, Path(cache)) if cache is not None else None
+    kept there, keyed by the file's sha256, the spec and the loaders' own source, so that later
+    stages do not parse the file again; an entry that cannot be read is rebuilt."""
+    key = _cache_key(spec) if cache is not None else None
+    entry = Path(cache) / f"{key[0]}.npz" if key else None
     if entry is not None and entry.is_file():
         ds = _read_cached(entry, spec)
         if ds is not None:
             return ds
     ds = _load_uncached(spec, fast)
-    if entry is not None:
+    if entry is not None and _file_state(spec.path) == key[1]:  # not if the file changed meanwhile
         _write_cached(entry, ds)
     return ds
 
 
-def _cache_entry(spec: DataSpec, cache: Path) -> Path | None:
-    """Where the built dataset of a file spec is cached: a name from the file's bytes, the spec
-    and edgekd's version. None for synthetic data (generated, not parsed) or a file that cannot
-    be read (the parser reports it)."""
-    from . import __version__
+@functools.lru_cache(maxsize=1)
+def _loaders_digest() -> str:
+    """The source of the code that builds datasets: a cache entry from other code is not used."""
+    h = hashlib.sha256()
+    for name in ("data.py", "data_arrow.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
 
-    if spec.format == "synthetic" or not spec.path:
+
+def _file_state(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
         return None
-    h = hashlib.sha256(json.dumps([__version__, spec.to_dict()], sort_keys=True, default=str).encode())
+    return (st.st_size, st.st_mtime_ns, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def _cache_key(spec: DataSpec) -> tuple[str, tuple] | None:
+    """(entry name, the file's state when hashed) for a file spec: from the file's bytes, the
+    spec (but `unknown_items`, which the built dataset does not depend on) and the loaders'
+    source. None for synthetic data (generated, not parsed), a vocabulary-pruned spec (one per
+    pruned model: not worth a full copy each), or anything but a regular, readable file."""
+    if spec.format == "synthetic" or not spec.path or spec.keep_items is not None:
+        return None
+    state = _file_state(spec.path)
+    if state is None:
+        return None
+    fields = {k: v for k, v in spec.to_dict().items() if k != "unknown_items"}
+    h = hashlib.sha256(json.dumps([_loaders_digest(), fields], sort_keys=True, default=str).encode())
     try:
         with open(spec.path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     except OSError:
         return None
-    return cache / f"{h.hexdigest()[:40]}.npz"
+    return h.hexdigest()[:40], state
+
+
+def _ids_blob(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids as one UTF-8 byte array and their byte offsets (a fixed-width string array would
+    take 4 x the longest id for every id)."""
+    encoded = [i.encode("utf-8") for i in ids]
+    return (np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            np.concatenate([[0], np.cumsum([len(e) for e in encoded], dtype=np.int64)]).astype(np.int64))
+
+
+def _ids_from(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = blob.tobytes()
+    return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
 def _read_cached(entry: Path, spec: DataSpec) -> Dataset | None:
-    """The dataset in a cache entry (no pickles), or None when it is unreadable or its
-    sequences and items do not give the fingerprint stored with them."""
-    import zipfile
-
+    """The dataset in a cache entry, read as plain arrays (no pickles; the zip's CRCs catch a
+    damaged file), or None, with a warning, when it cannot be read as one."""
     try:
         with np.load(entry, allow_pickle=False) as z:
-            flat, offsets = z["sequences"].astype(np.int64), z["offsets"]
-            items, users = z["items"].tolist(), z["users"].tolist()
-            dropped, fp = int(z["dropped"]), str(z["fingerprint"])
-        ds = Dataset(name=spec.name, sequences=np.split(flat, offsets[1:-1]), items=items, users=users,
-                     dropped_users=dropped, spec=spec)
-        if len(ds.sequences) == len(users) and ds.fingerprint() == fp:
-            return ds
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        pass
-    warnings.warn(f"{entry}: a damaged dataset cache entry; reading {spec.path} again", EdgeKDWarning, stacklevel=3)
-    return None
+            a = {k: z[k] for k in ("sequences", "offsets", "items", "item_offsets", "users", "user_offsets",
+                                   "dropped")}
+        offsets = a["offsets"]
+        if offsets.dtype != np.int64 or offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(a["sequences"]) \
+                or (np.diff(offsets) < 1).any() or a["sequences"].ndim != 1 or a["dropped"].shape != ():
+            raise ValueError("inconsistent arrays")
+        users = _ids_from(a["users"], a["user_offsets"])
+        if len(users) != len(offsets) - 1:
+            raise ValueError("inconsistent arrays")
+        return Dataset(name=spec.name, sequences=np.split(a["sequences"].astype(np.int64), offsets[1:-1]),
+                       items=_ids_from(a["items"], a["item_offsets"]), users=users,
+                       dropped_users=int(a["dropped"]), spec=spec)
+    except Exception:  # a cache: whatever is wrong with an entry, the file is read again
+        warnings.warn(f"{entry}: a damaged dataset cache entry; reading {spec.path} again", EdgeKDWarning,
+                      stacklevel=3)
+        return None
 
 
 def _write_cached(entry: Path, ds: Dataset) -> None:
-    """Write the entry whole or not at all (a temporary file, then a rename)."""
-    items, users = np.array(ds.items, dtype=str), np.array(ds.users, dtype=str)
-    if items.tolist() != ds.items or users.tolist() != ds.users:
-        return  # ids numpy's strings do not keep as they are (trailing NULs): not cached
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    """Write the entry whole or not at all (a temporary file of its own, then a rename)."""
+    import tempfile
+
+    tmp = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent)
+        items, item_offsets = _ids_blob(ds.items)
+        users, user_offsets = _ids_blob(ds.users)
+        with os.fdopen(fd, "wb") as f:
             np.savez(f, sequences=np.concatenate(ds.sequences).astype(np.int32),
                      offsets=np.concatenate([[0], np.cumsum([len(s) for s in ds.sequences])]).astype(np.int64),
-                     items=items, users=users, dropped=np.int64(ds.dropped_users), fingerprint=np.array(ds.fingerprint()))
+                     items=items, item_offsets=item_offsets, users=users, user_offsets=user_offsets,
+                     dropped=np.int64(ds.dropped_users))
         os.replace(tmp, entry)
+        tmp = None
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"{entry}: the dataset was not cached ({e})", EdgeKDWarning, stacklevel=3)
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _load_uncached(spec: DataSpec, fast: bool) -> Dataset:

@@ -200,11 +200,13 @@ def _user_time_order(r: np.ndarray, t: np.ndarray) -> np.ndarray:
     if not n:
         return np.zeros(0, dtype=np.int64)
     bits = max(1, (n - 1).bit_length())
-    if 2 * bits > 62:
-        raise Fallback("too many events to pack a rank and a position in 63 bits")
+    if 2 * bits > 62:  # too many events to pack a rank and a position: stable sorts
+        o = np.argsort(t, kind="stable")
+        return o[np.argsort(r[o], kind="stable")]
     low = np.int64((1 << bits) - 1)
     lo, hi = float(t.min()), float(t.max())
-    if hi - lo < 2.0 ** (62 - bits) and (t == np.floor(t)).all():
+    exact = -2.0 ** 53 < lo and hi < 2.0 ** 53  # whole numbers a float64 difference keeps apart
+    if exact and hi - lo < 2.0 ** (62 - bits) and (t == np.floor(t)).all():
         key = (t - lo).astype(np.int64)            # whole-number times: their offsets
     else:
         key = np.unique(t, return_inverse=True)[1].astype(np.int64, copy=False).reshape(-1)  # their ranks

@@ -235,8 +235,11 @@ class SearchConfig:
         caps = {k: v for k, v in (("min_speedup", self.min_speedup), ("min_smaller", self.min_smaller)) if v is not None}
         if self.confidence:  # (searches made before the bound existed resume with --confidence 0)
             caps["confidence"] = self.confidence
+        space = copy.deepcopy(self.space)
+        if not space["prune"].get("max_bytes", True):  # (searches made before prune.max_bytes resume)
+            del space["prune"]["max_bytes"]
         return {"teacher": teacher.sha256, "target": target_name, "min_kept": self.min_kept,
-                "objective": self.objective, "sampler": self.sampler, "seed": self.seed, "space": self.space, **caps}
+                "objective": self.objective, "sampler": self.sampler, "seed": self.seed, "space": space, **caps}
 
     @property
     def kept_key(self) -> str:
@@ -745,16 +748,23 @@ def _table(front: list[dict], chosen: dict | None, cfg: SearchConfig):
     return t
 
 
-def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | None, path: Path) -> Path:
+def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | None, path: Path,
+          cfg: SearchConfig) -> Path:
     import base64
     import html
 
-    rows = "".join(
-        f"<tr><td>{r['number']}{' *' if chosen and chosen['number'] == r['number'] else ''}</td>"
-        f"<td>{html.escape(describe(r['params']))}</td><td>{r['user_attrs']['kept']:.1%}</td>"
-        f"<td>{'-' if r['user_attrs'].get('kept_low') is None else format(r['user_attrs']['kept_low'], '.1%')}</td>"
-        f"<td>{r['user_attrs']['p50_ms']:.3f}</td><td>{r['user_attrs']['size_bytes'] / 1024:.0f}</td>"
-        f"<td>{r['user_attrs']['peak_rss_bytes'] / 1e6:.0f}</td></tr>" for r in front)
+    def row(r: dict) -> str:
+        u = r["user_attrs"]
+        cells = [f"{r['number']}{' *' if chosen and chosen['number'] == r['number'] else ''}",
+                 html.escape(describe(r["params"])), f"{u['kept']:.1%}"]
+        if cfg.confidence:
+            cells.append("-" if u.get("kept_low") is None else f"{u['kept_low']:.1%}")
+        cells += [f"{u['p50_ms']:.3f}", f"{u['speedup_p50']:.1f}x", f"{u['size_bytes'] / 1024:.0f}",
+                  f"{u['size_ratio']:.1f}x", f"{u['peak_rss_bytes'] / 1e6:.0f}", ", ".join(cfg.missed(u)) or "none"]
+        return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+    heads = ["trial", "candidate", "kept (valid)"] + ([f"{cfg.confidence:.0%} lower bound"] if cfg.confidence else []) \
+        + ["p50 ms", "speed-up", "KiB", "smaller", "peak MB", "misses"]
     img = (f"<p><img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'></p>" if png
            else f"<p>No charts: matplotlib is not installed; charts need <code>{html.escape(REPORT_HINT)}</code>.</p>")
     path.write_text(
@@ -762,8 +772,8 @@ def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | Non
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
         f"<h1>edgekd search on {html.escape(summary['target'])}</h1>"
         f"<p>{html.escape(summary['conclusion'])}</p>"
-        "<table><tr><th>trial</th><th>candidate</th><th>kept (valid)</th><th>lower bound</th><th>p50 ms</th><th>KiB</th><th>peak MB</th></tr>"
-        f"{rows}</table>{img}")
+        "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>"
+        f"{''.join(row(r) for r in front)}</table>{img}")
     return path
 
 
@@ -821,7 +831,7 @@ def finish(s: Search, console=None) -> dict:
         (s.run_dir / "front.png").unlink(missing_ok=True)  # an earlier run's front, not this one's
         s.say(f"front.png not drawn: matplotlib is not installed; charts need {REPORT_HINT}")
     summary["front_png"] = str(png) if png else None
-    summary["html"] = str(_html(front, chosen, summary, png, s.run_dir / "search.html"))
+    summary["html"] = str(_html(front, chosen, summary, png, s.run_dir / "search.html", s.cfg))
     write_json(s.run_dir / "front.json", [{"number": r["number"], "params": r["params"], **{
         k: r["user_attrs"].get(k) for k in ("kept", "kept_low", "p50_ms", "size_bytes", "peak_rss_bytes", "speedup_p50",
                                             "size_ratio", "artifact")}} for r in front])

@@ -94,6 +94,6 @@ def dataset_for(a: Artifact, spec: DataSpec | None = None) -> Dataset:
             raise ArtifactError(f"{a.path}: artifact.json does not say which data it was trained on",
                                 hint="pass --data and --format")
         spec = DataSpec(**raw)
-    ds = load_data(spec, cache=a.path.parent / DATASET_CACHE)
+    ds = load_data(spec, cache=Path(a.path).resolve().parent / DATASET_CACHE)  # the store, not the artifact
     a.check_dataset(ds.fingerprint())
     return ds

@@ -265,18 +265,39 @@ def test_a_files_built_dataset_is_cached_and_checked(tmp_path, monkeypatch):
     assert parsed == [1] and "16" in changed.items
     (entry,) = set(cache.glob("*.npz")) - {entry}  # the changed file's own entry
 
-    for damage in (b"not a zip", None):
-        if damage is None:  # a readable entry whose sequences were altered
-            with np.load(entry) as z:
-                fields = dict(z)
-            fields["sequences"] = fields["sequences"][::-1].copy()
-            with open(entry, "wb") as fh:
-                np.savez(fh, **fields)
-        else:
+    with np.load(entry) as z:
+        good = dict(z)
+    for damage in (b"not a zip", {"offsets": good["offsets"].astype(float)}, {"dropped": np.array([1, 2])},
+                   {"user_offsets": good["user_offsets"][:-1]}, {"items": np.array([0xff], dtype=np.uint8),
+                                                                 "item_offsets": np.array([0, 1])}):
+        if isinstance(damage, bytes):
             entry.write_bytes(damage)
+        else:  # a readable zip of mistyped or inconsistent arrays
+            with open(entry, "wb") as fh:
+                np.savez(fh, **{**good, **damage})
         with pytest.warns(EdgeKDWarning, match="damaged dataset cache entry"):
             rebuilt = load_data(DataSpec(format="movielens", path=str(f)), cache=cache)
         assert rebuilt.fingerprint() == changed.fingerprint()
+
+    # the spec is part of the key (but what the model's input does with unknown items)
+    load_data(DataSpec(format="movielens", path=str(f), min_events=4), cache=cache)
+    load_data(DataSpec(format="movielens", path=str(f), unknown_items="skip"), cache=cache)
+    assert len(list(cache.glob("*.npz"))) == 3
+
+
+def test_the_dataset_cache_keeps_long_ids_at_their_own_size(tmp_path):
+    """Ids are stored as UTF-8 bytes, not as a fixed-width array 4 x the longest id per id."""
+    from edgekd.data import DataSpec, load_data
+
+    long_id = "u" * 200_000 + "é"
+    f = tmp_path / "u.data"
+    f.write_text("".join(f"{u}\t{i}\t5\t{k}\n" for k, (u, i) in enumerate(
+        [(long_id, 1), (long_id, 2), (long_id, 3)] + [(f"x{k % 1000}", k % 7) for k in range(3000)])))
+    first = load_data(DataSpec(format="movielens", path=str(f)), cache=tmp_path / "c")
+    (entry,) = (tmp_path / "c").glob("*.npz")
+    assert entry.stat().st_size < 300_000
+    again = load_data(DataSpec(format="movielens", path=str(f)), cache=tmp_path / "c")
+    assert again.users == first.users and long_id in again.users
 
 
 def test_stages_share_the_stores_dataset_cache(tmp_path):

@@ -153,13 +153,27 @@ def test_any_file_loads_the_same_or_fails_the_same_either_way(tmp_path, rows, fm
 
 @settings(max_examples=300, deadline=None)
 @given(events=st.lists(st.tuples(st.integers(0, 5), st.one_of(
-    st.integers(-3, 3).map(float), st.sampled_from([-0.0, 0.5, 1e300, -1e300, 2.0 ** 62])
+    st.integers(-3, 3).map(float), st.sampled_from([-0.0, 0.5, 1e300, -1e300, 2.0 ** 62, 2.0 ** 53 + 2,
+                                                    2.0 ** 53 + 4, 2.0 ** 56 - 1, 2.0 ** 56 + 8])
 )), max_size=60))
 def test_events_order_by_user_then_time_then_file_position(events):
     """The packed-key sorts give a stable sort's order: ties in time keep file order, whole or
-    fractional times, wide or narrow spans."""
+    fractional times, wide or narrow spans (beyond 2**53 a float difference would merge times)."""
     r = np.array([u for u, _ in events], dtype=np.int64)
     t = np.array([x for _, x in events], dtype=np.float64)
     by_time = np.argsort(t, kind="stable")
     expected = by_time[np.argsort(r[by_time], kind="stable")]
     assert data_arrow._user_time_order(r, t).tolist() == expected.tolist()
+
+
+def test_event_order_keeps_times_beyond_2_53_apart():
+    t = np.array([2.0 ** 53 + 4, 2.0 ** 53 + 2, -1.0])  # t - min would merge the first two
+    assert data_arrow._user_time_order(np.zeros(3, dtype=np.int64), t).tolist() == [2, 1, 0]
+
+
+def test_event_order_beyond_packable_sizes_is_the_stable_sort(monkeypatch):
+    """Above 2**31 events a rank and a position no longer pack into 63 bits: stable sorts."""
+    r, t = np.array([1, 0, 1, 0]), np.array([2.0, 1.0, 1.0, 1.0])
+    packed = data_arrow._user_time_order(r, t).tolist()
+    monkeypatch.setattr(data_arrow, "len", lambda a: 2 ** 31 + 1 if a is t else len(a), raising=False)
+    assert data_arrow._user_time_order(r, t).tolist() == packed == [1, 3, 2, 0]

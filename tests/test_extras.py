@@ -175,13 +175,15 @@ def test_report_cli_without_matplotlib(bench_run, tmp_path, monkeypatch, capsys)
 
 
 def test_search_page_without_matplotlib_says_why_it_has_no_chart(tmp_path):
-    from edgekd.search import _html
+    from edgekd.search import SearchConfig, _html
 
-    front = [{"number": 0, "params": {"student": "mlp"}, "user_attrs": {"kept": 0.97, "p50_ms": 0.1,
-                                                                         "size_bytes": 2048, "peak_rss_bytes": 5e7}}]
+    front = [{"number": 0, "params": {"student": "mlp"}, "user_attrs": {
+        "kept": 0.97, "kept_low": 0.91, "p50_ms": 0.1, "speedup_p50": 60.0, "size_bytes": 2048, "size_ratio": 19.0,
+        "peak_rss_bytes": 5e7}}]
     page = _html(front, None, {"target": "local-cpu", "conclusion": "nothing chosen"}, None,
-                 tmp_path / "search.html").read_text()
+                 tmp_path / "search.html", SearchConfig(min_speedup=50, min_smaller=20)).read_text()
     assert "<img" not in page and "pip install &#x27;edgekd[report]&#x27;" in page
+    assert "<td>91.0%</td>" in page and "<td>kept bound, size</td>" in page  # how close it came
 
 
 def test_serve_without_its_extra_names_the_extra_in_one_line(tiny_student):

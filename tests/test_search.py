@@ -1,6 +1,7 @@
 """`edgekd search`: the space, the front, a tiny search end to end, and resuming after kill -9."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -134,6 +135,10 @@ def test_caps_beside_the_budget_decide_what_can_be_chosen():
         ["kept bound", "size"]
     t = _teacher_stub()
     assert "min_smaller" not in plain.identity(t, "local-cpu")   # old run directories resume unchanged
+    assert "max_bytes" not in plain.identity(t, "local-cpu")["space"]["prune"]
+    budgets = copy.deepcopy(DEFAULT_SPACE)
+    budgets["prune"]["max_bytes"] = ["24KB"]
+    assert SearchConfig(space=budgets).identity(t, "local-cpu")["space"]["prune"]["max_bytes"] == ["24KB"]
     assert capped.identity(t, "local-cpu")["min_smaller"] == 20
 
 
