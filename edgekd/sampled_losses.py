@@ -16,6 +16,8 @@ against a few hundred to a few thousand item embeddings only:
   the sampling rate and t in [0, 1] the calibration (t = 1: fully calibrated, t = 0: plain BCE),
   against `negatives` uniform negatives. It counters the overconfidence BCE with few negatives
   learns. The calibration is derived for uniform negatives, so gBCE takes the uniform sampler.
+  Unlike gSASRec, the positive's term keeps full weight and the negatives' terms are averaged
+  (gSASRec's mean over both drowns the positive when negatives are many: see `_gbce`).
 """
 from __future__ import annotations
 
@@ -114,6 +116,9 @@ class SampledLoss:
         keep = (neg[None, :] != target[:, None]).to(h.dtype)              # accidental hits dropped
         # -log(sigmoid(s)^beta) = -beta * log(sigmoid(s)); negatives: -log(1 - sigmoid(s))
         pos_term = -self.beta * F.logsigmoid(pos_logit)
-        neg_term = -(F.logsigmoid(-neg_logits) * keep).sum(1)
-        # gSASRec averages over the positive and its negatives
-        return ((pos_term + neg_term) / (1.0 + keep.sum(1))).mean()
+        neg_term = -(F.logsigmoid(-neg_logits) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        # The positive at full weight, its negatives averaged. gSASRec averages over the positive
+        # and its negatives together, which gives the positive 1/(1 + K) of the loss: with
+        # hundreds of negatives the model then scores every item low, the positive included
+        # (MovieLens-100k, 1,024 negatives: 37% of the full softmax's NDCG@10; benchmarks/scale).
+        return (pos_term + neg_term).mean()

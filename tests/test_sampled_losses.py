@@ -65,7 +65,7 @@ def test_sampled_softmax_with_every_item_a_candidate_and_uniform_q_is_the_full_s
     assert float(smooth.from_hidden(h, target, table)) == pytest.approx(float(full_s), rel=1e-6)
 
 
-def test_gbce_is_gsasrecs_formula():
+def test_gbce_is_gsasrecs_formula_with_the_positive_at_full_weight():
     n = 30
     h, target, table = _inputs(n)
     loss = SampledLoss(n, np.ones(n + 1), negatives=4, loss_type="gbce", gbce_t=0.75)
@@ -77,11 +77,10 @@ def test_gbce_is_gsasrecs_formula():
     want = []
     for i in range(len(target)):
         s_pos = float(h[i] @ table[target[i]])
-        terms = [-loss.beta * math.log(1 / (1 + math.exp(-s_pos)))]
-        for c in neg.tolist():
-            if c != int(target[i]):
-                terms.append(-math.log(1 - 1 / (1 + math.exp(-float(h[i] @ table[c])))))
-        want.append(sum(terms) / len(terms))
+        pos = -loss.beta * math.log(1 / (1 + math.exp(-s_pos)))
+        negs = [-math.log(1 - 1 / (1 + math.exp(-float(h[i] @ table[c])))) for c in neg.tolist()
+                if c != int(target[i])]
+        want.append(pos + sum(negs) / len(negs))  # the positive at weight 1, its negatives averaged
     assert got == pytest.approx(float(np.mean(want)), rel=1e-5)
     # t = 0 is plain BCE (beta 1); all items as negatives: beta 1 whatever t
     assert SampledLoss(n, np.ones(n + 1), 4, loss_type="gbce", gbce_t=0.0).beta == pytest.approx(1.0)
