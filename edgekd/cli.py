@@ -82,7 +82,7 @@ NegativesOpt = typer.Option(None, "--negatives", help="next-item loss: 0 = full 
                             "(in-batch + N negatives). Default: full up to 20,000 items, else 256 sampled")
 SamplerOpt = typer.Option("uniform", "--sampler", help="sampled negatives: uniform or popularity (logQ-corrected)")
 LossTypeOpt = typer.Option("ce", "--loss-type", help="with sampled negatives: ce (sampled softmax) or gbce "
-                           "(gSASRec; on MovieLens-100k 81% of the full softmax, ce 97.5%: see benchmarks/scale)")
+                           "(gSASRec; on MovieLens-100k it ranks well below ce: see benchmarks/scale)")
 
 
 def _json(obj) -> None:
