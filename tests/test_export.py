@@ -198,6 +198,25 @@ def test_topk_exports_return_the_same_items_as_the_full_score_export(fmt, tiny_s
     assert {o["dtype"] for o in a.card["output_spec"]} == {"int32", "float32"}
 
 
+def test_topk_parity_scores_a_chunk_of_users_at_a_time(tiny_student, tiny_ds, store, monkeypatch):
+    """No users x items matrix whole: torch's reference and the file's outputs come a chunk of
+    users at a time, and give what one pass over every user gives."""
+    import sys
+
+    from edgekd.torch_io import load_torch_model
+
+    par = sys.modules["edgekd.export.parity"]  # (the package exports a function of that name)
+
+    a = export(tiny_student, "onnx-fp32", store=store, ds=tiny_ds, topk=5, name="chunked-top5")
+    model = load_torch_model(tiny_student)
+    whole = par.topk_parity(model, a.file, tiny_ds, 5)
+    rows, real = [], par.model_scores
+    monkeypatch.setattr(par, "chunk_users", lambda n: 7)
+    monkeypatch.setattr(par, "model_scores", lambda m, x: rows.append(len(x)) or real(m, x))
+    assert par.topk_parity(model, a.file, tiny_ds, 5) == whole and whole["identical_topk_users"] == 1.0
+    assert max(rows) == 7 and sum(rows) == whole["users"]
+
+
 @pytest.mark.parametrize("fmt", ["onnx-fp32", "tflite-fp32", "onnx-int8", "tflite-int8"])
 def test_gru4rec_student_exports_with_parity(fmt, tiny_teacher, tiny_ds, store):
     from edgekd.distill import DistillConfig, distill

@@ -38,14 +38,16 @@ class TopKHead(nn.Module):
         return TopKHead(self.model.with_int8_tables(), self.k)
 
 
-def run_all_outputs(file: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Every output of an exported model, by dtype kind ('items' int, 'scores' float), one row
-    at a time where the batch is fixed."""
+def run_all_outputs(file: Path, ids: np.ndarray, rows: int | None = None) -> dict[str, np.ndarray]:
+    """Every output of an exported model, by dtype kind ('items' int, 'scores' float), `rows`
+    sequences per call (all at once by default; one at a time where the batch is fixed)."""
     if file.suffix in (".onnx", ".ort"):
         import onnxruntime as ort
 
         s = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-        outs = s.run(None, {s.get_inputs()[0].name: ids.astype(np.int32)})
+        name, step = s.get_inputs()[0].name, rows or max(len(ids), 1)
+        parts = [s.run(None, {name: ids[i:i + step].astype(np.int32)}) for i in range(0, len(ids), step)]
+        outs = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
     else:
         from ..device_runner import _tflite_interpreter
 
@@ -65,8 +67,10 @@ def run_all_outputs(file: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
 def topk_parity(parent: nn.Module, file: Path, ds: Dataset, k: int, users: int | None = 1000) -> dict:
     """The in-graph top-K against torch's top-K of the parent's full scores."""
     x, _, _ = eval_inputs(ds, "valid", parent.maxlen, users)
-    ref = np.argsort(-model_scores(parent, x), axis=1, kind="stable")[:, :k]
-    got = run_all_outputs(file, x)["items"]
+    step = chunk_users(ds.num_items)  # a chunk of users at a time: never users x items whole
+    ref = np.concatenate([np.argsort(-model_scores(parent, x[i:i + step]), axis=1, kind="stable")[:, :k]
+                          for i in range(0, len(x), step)])
+    got = run_all_outputs(file, x, rows=step)["items"]
     same = (got == ref).all(1)
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), ref.tolist())])
     return {"split": "valid", "users": int(len(x)), "k": k, "identical_topk_users": float(same.mean()),
