@@ -33,7 +33,7 @@ import json, resource, sys, time
 from edgekd.data import DataSpec, load_data
 spec = DataSpec(format="movielens", path=sys.argv[1])
 t = time.perf_counter()
-ds = load_data(spec, fast=sys.argv[2] != "old", cache=sys.argv[3] if sys.argv[2] == "cached" else None)
+ds = load_data(spec, fast=sys.argv[2] != "old", store=sys.argv[3] if sys.argv[2] == "cached" else None)
 s = time.perf_counter() - t
 print(json.dumps({"seconds": s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "fingerprint": ds.fingerprint(), "users": ds.num_users, "items": ds.num_items,
@@ -61,9 +61,10 @@ def generate(path: Path, events: int, seed: int = 0) -> None:
     os.replace(tmp, path)
 
 
-def run(path: Path, which: str, cache: Path | None = None) -> dict:
+def run(path: Path, which: str, store: Path | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), which, str(cache)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), which, *([str(store)] if store else [])], env=env,
+                         check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -96,7 +97,7 @@ def main() -> int:
     for r in range(args.rounds):
         order = which if r % 2 == 0 else which[::-1]
         for w in order:
-            rows[w].append(run(path, w, cache))
+            rows[w].append(run(path, w, cache if w == "cached" else None))
             print(f"round {r + 1} {w}: {rows[w][-1]['seconds']:.2f} s, {rows[w][-1]['peak_rss_mb']:.0f} MB",
                   flush=True)
     fps = {x["fingerprint"] for w in which for x in rows[w]}

@@ -129,10 +129,10 @@ def _spec(data: Optional[Path], fmt: Optional[str], synthetic: Optional[list[str
 
 
 def _load(spec, store: Optional[Path] = None):
-    """The dataset, built once per file and store (cached under the store: data.DATASET_CACHE)."""
-    from .data import DATASET_CACHE, load_data
+    """The dataset, built once per file and store (load_data's cache)."""
+    from .data import load_data
 
-    ds = load_data(spec, cache=store / DATASET_CACHE if store is not None else None)
+    ds = load_data(spec, store=store)
     st = ds.stats()
     console.print(f"data: {st['name']}: {st['users']} users, {st['items']} items, {st['events']} events"
                   + (f" ({st['dropped_users']} users with fewer than {spec.min_events} events dropped)"

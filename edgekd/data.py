@@ -504,20 +504,19 @@ def _suggest_large(path: Path) -> None:
                       EdgeKDWarning, stacklevel=3)
 
 
-DATASET_CACHE = ".datasets"  # built datasets, under an artifact store (load_data's `cache`)
+DATASET_CACHE = ".datasets"  # built datasets, under an artifact store (load_data's `store`)
 
 
-def load_data(spec: DataSpec, fast: bool = True, cache: Path | None = None) -> Dataset:
+def load_data(spec: DataSpec, fast: bool = True, store: Path | None = None) -> Dataset:
     """The dataset a spec names. Files in the movielens, sasrec and csv formats are read
     vectorised (pyarrow, numpy) when pyarrow (the [large] extra) is installed and they are
     plainly well formed, else (and with fast=False) line by line in Python, which names the line
     of anything wrong; both give the same dataset.
 
-    With `cache` (a directory: an artifact store's DATASET_CACHE), a file's built dataset is
-    kept there, keyed by the file's sha256, the spec and the loaders' own source, so that later
+    With `store` (an artifact store), a file's built dataset is kept in its DATASET_CACHE, keyed by the file's sha256, the spec and the loaders' own source, so that later
     stages do not parse the file again; an entry that cannot be read is rebuilt."""
-    key = _cache_key(spec) if cache is not None else None
-    entry = Path(cache) / f"{key[0]}.npz" if key else None
+    key = _cache_key(spec) if store is not None else None
+    entry = Path(store) / DATASET_CACHE / f"{key[0]}.npz" if key else None
     if entry is not None and entry.is_file():
         ds = _read_cached(entry, spec)
         if ds is not None:

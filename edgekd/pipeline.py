@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .artifact import Artifact, load_artifact
-from .data import DATASET_CACHE, DataSpec, Dataset, load_data
+from .data import DataSpec, Dataset, load_data
 from .errors import ArtifactError, ConfigError
 
 EXPORTS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
@@ -187,7 +187,7 @@ def run_pipeline(cfg: PipelineConfig, console=None, epochs_bar=None, on_result=N
     say(f"target {target.name}: {target.source}")
     peaks = StagePeaks()
     with peaks.stage("data"):
-        ds: Dataset = load_data(cfg.data, cache=cfg.store / DATASET_CACHE)
+        ds: Dataset = load_data(cfg.data, store=cfg.store)
     say(f"data: {ds.name}: {ds.num_users} users, {ds.num_items} items, {ds.num_events} events"
         + (f" ({ds.dropped_users} users dropped: fewer than {cfg.data.min_events} events)" if ds.dropped_users else ""))
     fp = ds.fingerprint()

@@ -729,22 +729,32 @@ def _plot(rows: list[dict], front: list[dict], chosen: dict | None, cfg: SearchC
     return path
 
 
+def _front_cells(front: list[dict], chosen: dict | None, cfg: SearchConfig) -> tuple[list[str], list[list[str]]]:
+    """The front as the table and the HTML page show it: column names, and each trial's cells."""
+    heads = ["trial", "candidate", "kept"] + ([f"kept, {cfg.confidence:.0%} bound"] if cfg.confidence else []) \
+        + ["p50 ms", "speed-up", "size KiB", "smaller", "peak MB", "misses"]
+    rows = []
+    for r in front:
+        u = r["user_attrs"]
+        low = ["-" if u.get("kept_low") is None else f"{u['kept_low']:.1%}"] if cfg.confidence else []
+        rows.append([str(r["number"]) + (" *" if chosen and chosen["number"] == r["number"] else ""),
+                     describe(r["params"]), f"{u['kept']:.1%}", *low, f"{u['p50_ms']:.3f}",
+                     f"{u['speedup_p50']:.1f}x", f"{u['size_bytes'] / 1024:.0f}", f"{u['size_ratio']:.1f}x",
+                     f"{u['peak_rss_bytes'] / 1e6:.0f}", ", ".join(cfg.missed(u)) or "none"])
+    return heads, rows
+
+
 def _table(front: list[dict], chosen: dict | None, cfg: SearchConfig):
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"Pareto front ({len(front)} trials): validation NDCG@10 kept vs the target's cost")
-    bound = f"kept, {cfg.confidence:.0%} bound" if cfg.confidence else None
-    for col in ("trial", "candidate", "kept", bound, "p50 ms", "speed-up", "size KiB", "smaller", "peak MB", "misses"):
-        if col:
-            t.add_column(col, justify="left" if col in ("candidate", "misses") else "right",
-                         no_wrap=col not in ("candidate", "misses"))
-    for r in front:
-        u = r["user_attrs"]
-        low = [f"{u['kept_low']:.1%}" if u.get("kept_low") is not None else "-"] if bound else []
-        t.add_row(str(r["number"]) + (" *" if chosen and chosen["number"] == r["number"] else ""),
-                  describe(r["params"]), f"{u['kept']:.1%}", *low, f"{u['p50_ms']:.3f}", f"{u['speedup_p50']:.1f}x",
-                  f"{u['size_bytes'] / 1024:.0f}", f"{u['size_ratio']:.1f}x", f"{u['peak_rss_bytes'] / 1e6:.0f}",
-                  ", ".join(cfg.missed(u)) or "none")
+    heads, rows = _front_cells(front, chosen, cfg)
+    for col in heads:
+        wrap = col in ("candidate", "misses")
+        t.add_column(col, justify="left" if wrap else "right", no_wrap=not wrap)
+    for row in rows:
+        t.add_row(*map(escape, row))
     return t
 
 
@@ -753,18 +763,7 @@ def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | Non
     import base64
     import html
 
-    def row(r: dict) -> str:
-        u = r["user_attrs"]
-        cells = [f"{r['number']}{' *' if chosen and chosen['number'] == r['number'] else ''}",
-                 html.escape(describe(r["params"])), f"{u['kept']:.1%}"]
-        if cfg.confidence:
-            cells.append("-" if u.get("kept_low") is None else f"{u['kept_low']:.1%}")
-        cells += [f"{u['p50_ms']:.3f}", f"{u['speedup_p50']:.1f}x", f"{u['size_bytes'] / 1024:.0f}",
-                  f"{u['size_ratio']:.1f}x", f"{u['peak_rss_bytes'] / 1e6:.0f}", ", ".join(cfg.missed(u)) or "none"]
-        return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-
-    heads = ["trial", "candidate", "kept (valid)"] + ([f"{cfg.confidence:.0%} lower bound"] if cfg.confidence else []) \
-        + ["p50 ms", "speed-up", "KiB", "smaller", "peak MB", "misses"]
+    heads, rows = _front_cells(front, chosen, cfg)
     img = (f"<p><img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'></p>" if png
            else f"<p>No charts: matplotlib is not installed; charts need <code>{html.escape(REPORT_HINT)}</code>.</p>")
     path.write_text(
@@ -772,8 +771,9 @@ def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | Non
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
         f"<h1>edgekd search on {html.escape(summary['target'])}</h1>"
         f"<p>{html.escape(summary['conclusion'])}</p>"
-        "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>"
-        f"{''.join(row(r) for r in front)}</table>{img}")
+        "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        + f"</table>{img}")
     return path
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .artifact import Artifact, save_artifact
-from .data import DATASET_CACHE, Dataset, DataSpec, load_data
+from .data import Dataset, DataSpec, load_data
 from .errors import ArtifactError, TrainingError
 from .models import count_parameters, create_model
 
@@ -94,6 +94,6 @@ def dataset_for(a: Artifact, spec: DataSpec | None = None) -> Dataset:
             raise ArtifactError(f"{a.path}: artifact.json does not say which data it was trained on",
                                 hint="pass --data and --format")
         spec = DataSpec(**raw)
-    ds = load_data(spec, cache=Path(a.path).resolve().parent / DATASET_CACHE)  # the store, not the artifact
+    ds = load_data(spec, store=Path(a.path).resolve().parent)  # the artifact's store (resolved: never itself)
     a.check_dataset(ds.fingerprint())
     return ds

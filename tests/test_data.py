@@ -237,23 +237,24 @@ def test_synthetic_data_is_the_same_as_drawing_with_numpy_choice(kw):
 
 
 def test_a_files_built_dataset_is_cached_and_checked(tmp_path, monkeypatch):
-    """load_data(cache=DIR): the first load builds and keeps the dataset under DIR; the next
+    """load_data(store=DIR): the first load builds and keeps the dataset under DIR; the next
     loads it without parsing; a changed file is parsed again; a damaged or tampered entry is
     detected (a warning), rebuilt and replaced."""
     import edgekd.data as data
-    from edgekd.data import DataSpec, load_data
+    from edgekd.data import DATASET_CACHE, DataSpec, load_data
     from edgekd.errors import EdgeKDWarning
 
     f = tmp_path / "u.data"
     f.write_text("".join(f"{u}\t{i}\t5\t{t}\n" for t, (u, i) in enumerate(
         [(1, 10), (1, 11), (1, 12), (2, 10), (2, 13), (2, 11), (2, 14), (3, 12), (3, 10), (3, 15)])))
-    spec, cache = DataSpec(format="movielens", path=str(f)), tmp_path / "store" / ".datasets"
-    first = load_data(spec, cache=cache)
+    store = tmp_path / "store"
+    spec, cache = DataSpec(format="movielens", path=str(f)), store / DATASET_CACHE
+    first = load_data(spec, store=store)
     (entry,) = cache.glob("*.npz")
     parsed = []
     real = data._load_uncached
     monkeypatch.setattr(data, "_load_uncached", lambda *a: parsed.append(1) or real(*a))
-    again = load_data(spec, cache=cache)
+    again = load_data(spec, store=store)
     assert not parsed and again.fingerprint() == first.fingerprint()
     assert (again.items, again.users, again.dropped_users, again.name) == \
         (first.items, first.users, first.dropped_users, first.name)
@@ -261,7 +262,7 @@ def test_a_files_built_dataset_is_cached_and_checked(tmp_path, monkeypatch):
 
     with open(f, "a") as fh:
         fh.write("3\t16\t5\t99\n")
-    changed = load_data(spec, cache=cache)
+    changed = load_data(spec, store=store)
     assert parsed == [1] and "16" in changed.items
     (entry,) = set(cache.glob("*.npz")) - {entry}  # the changed file's own entry
 
@@ -276,27 +277,27 @@ def test_a_files_built_dataset_is_cached_and_checked(tmp_path, monkeypatch):
             with open(entry, "wb") as fh:
                 np.savez(fh, **{**good, **damage})
         with pytest.warns(EdgeKDWarning, match="damaged dataset cache entry"):
-            rebuilt = load_data(DataSpec(format="movielens", path=str(f)), cache=cache)
+            rebuilt = load_data(DataSpec(format="movielens", path=str(f)), store=store)
         assert rebuilt.fingerprint() == changed.fingerprint()
 
     # the spec is part of the key (but what the model's input does with unknown items)
-    load_data(DataSpec(format="movielens", path=str(f), min_events=4), cache=cache)
-    load_data(DataSpec(format="movielens", path=str(f), unknown_items="skip"), cache=cache)
+    load_data(DataSpec(format="movielens", path=str(f), min_events=4), store=store)
+    load_data(DataSpec(format="movielens", path=str(f), unknown_items="skip"), store=store)
     assert len(list(cache.glob("*.npz"))) == 3
 
 
 def test_the_dataset_cache_keeps_long_ids_at_their_own_size(tmp_path):
     """Ids are stored as UTF-8 bytes, not as a fixed-width array 4 x the longest id per id."""
-    from edgekd.data import DataSpec, load_data
+    from edgekd.data import DATASET_CACHE, DataSpec, load_data
 
     long_id = "u" * 200_000 + "é"
     f = tmp_path / "u.data"
     f.write_text("".join(f"{u}\t{i}\t5\t{k}\n" for k, (u, i) in enumerate(
         [(long_id, 1), (long_id, 2), (long_id, 3)] + [(f"x{k % 1000}", k % 7) for k in range(3000)])))
-    first = load_data(DataSpec(format="movielens", path=str(f)), cache=tmp_path / "c")
-    (entry,) = (tmp_path / "c").glob("*.npz")
+    first = load_data(DataSpec(format="movielens", path=str(f)), store=tmp_path / "c")
+    (entry,) = (tmp_path / "c" / DATASET_CACHE).glob("*.npz")
     assert entry.stat().st_size < 300_000
-    again = load_data(DataSpec(format="movielens", path=str(f)), cache=tmp_path / "c")
+    again = load_data(DataSpec(format="movielens", path=str(f)), store=tmp_path / "c")
     assert again.users == first.users and long_id in again.users
 
 

@@ -230,7 +230,9 @@ def _study_states(db: Path) -> dict:
 def test_kill_9_mid_trial_then_the_same_command_finishes_without_counting_twice(tiny_teacher, store, fast_target,
                                                                                tmp_path):
     space = tmp_path / "space.toml"
-    space.write_text(TINY_SPACE.format(model="gru4rec", epochs=4))
+    # enough epochs that the training's checkpoint lives for a while: 4 tiny epochs could start and
+    # finish between two looks for it, and the search then ended before it could be killed
+    space.write_text(TINY_SPACE.format(model="gru4rec", epochs=20))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgekd", "search", str(tiny_teacher.path), "--target", str(fast_target),
            "--trials", "2", "--min-kept", "0.01", "--space", str(space), "--out", str(tmp_path / "models"),
@@ -244,7 +246,7 @@ def test_kill_9_mid_trial_then_the_same_command_finishes_without_counting_twice(
         while time.time() < deadline and p.poll() is None:
             if list((tmp_path / "models").glob(".search-*.checkpoint.pt")):
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)
         assert p.poll() is None, p.stderr.read().decode()
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
