@@ -375,6 +375,11 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                                                         "and scores (6 K bytes a position) instead of running it in "
                                                         "every batch; soft labels over those K. 0: the live teacher. "
                                                         "Default: K=100 above 50,000 items, else 0"),
+            cache_positions: Optional[int] = typer.Option(None, "--cache-positions", help="the teacher cache "
+                                                          "holds this many positions per training window (the "
+                                                          "last always among them); 0: all. Default: all while "
+                                                          "building it takes at most 1e11 teacher scores, else "
+                                                          "as many as fit"),
             data: Optional[Path] = typer.Option(None, "--data", help="train the student on other data than the "
                                                 "teacher's (cross-domain: items matched by original id)"),
             format: Optional[str] = FormatOpt, synthetic: Optional[list[str]] = SynthOpt,
@@ -413,7 +418,8 @@ def distill(teachers: Optional[list[Path]] = typer.Argument(None, help="teacher 
                         mse_weight=mse_weight, rd_weight=rd_weight, rd_k=rd_k, rd_lambda=rd_lambda, rd_mu=rd_mu,
                         rd_warmup=rd_warmup, rrd_weight=rrd_weight, rrd_k=rrd_k, hint_weight=hint_weight,
                         teacher_weights=tuple(teacher_weight) if teacher_weight else None,
-                        init_from_teacher=init_from_teacher, online=online, teacher_cache=teacher_cache, d=d,
+                        init_from_teacher=init_from_teacher, online=online, teacher_cache=teacher_cache,
+                        cache_positions=cache_positions, d=d,
                         blocks=blocks, heads=heads, dropout=dropout, maxlen=maxlen, epochs=epochs,
                         patience=patience, batch_size=batch_size, lr=lr, seed=seed,
                         negatives=negatives, sampler=sampler, loss_type=loss_type)

@@ -60,6 +60,9 @@ class DistillConfig(TrainConfig):
     # K > 0: the teacher's top-K per position computed once (kd_losses.TeacherCache); None: K =
     # AUTO_CACHE_K above CACHE_ABOVE items when the run can use one, else 0 (the card records which)
     teacher_cache: int | None = 0
+    # Positions per training window the cache holds (the last always among them); 0: all; None:
+    # all while the build stays under TeacherCache.MAX_SCORES teacher scores, else as many as fit
+    cache_positions: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -76,6 +79,8 @@ class DistillConfig(TrainConfig):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.teacher_cache is not None and self.teacher_cache < 0:
             raise ConfigError(f"teacher_cache must be >= 0 (0: the teacher runs in every batch), got {self.teacher_cache}")
+        if self.cache_positions is not None and self.cache_positions < 0:
+            raise ConfigError(f"cache_positions must be >= 0 (0: every position), got {self.cache_positions}")
         if self.teacher_cache and self.kd == "on":
             names = parse_losses(self.loss)
             for name, k in (("rd", self.rd_k), ("rrd", self.rrd_k)):
@@ -102,6 +107,8 @@ class DistillConfig(TrainConfig):
         d = super().to_dict()
         if not d["teacher_cache"]:  # cards and checkpoints of runs without one read as before it existed
             del d["teacher_cache"]
+        if d["cache_positions"] is None:  # automatic (the card's teacher_cache says what it kept)
+            del d["cache_positions"]
         return d
 
     def default_name(self, ds_name: str) -> str:

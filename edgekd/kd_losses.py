@@ -14,7 +14,10 @@ The student loss is  CE(student, next item) + sum_term weight_term * term.
 With a teacher cache (`--teacher-cache K`, `TeacherCache`) the frozen teacher runs once, before
 training, and keeps only each position's top-K items and logits (fp16): then `t_logits` are
 [P, K] at the columns `t_idx`, soft labels are the teacher's distribution renormalised over its
-top-K, `mse` matches those K scores, and `rd`/`rrd` read their top-K from the cache.
+top-K, `mse` matches those K scores, and `rd`/`rrd` read their top-K from the cache. Building
+it scores every cached position against the catalogue; above `TeacherCache.MAX_SCORES` such
+scores an automatic cache holds fewer positions per window (`--cache-positions`, the last target
+always among them) and the terms are computed there only, the task loss still at every position.
 
 A teacher cache with a sampled task loss (`--negatives N`, the default above 20,000 items) never
 scores the whole catalogue for the student either (`s_logits` is None): the student is scored
@@ -331,6 +334,8 @@ class DistillLoss(nn.Module):
         self.sampled = sampled
         self.epoch = 1
         self.cache_k = int(getattr(cfg, "teacher_cache", 0))
+        self.cache_positions = getattr(cfg, "cache_positions", 0)
+        self.seed = int(getattr(cfg, "seed", 0))
         self.cache: TeacherCache | None = None
         if self.cache_k:
             if len(teachers) != 1 or self.item_map is not None or getattr(teachers[0], "bidirectional", False):
@@ -346,7 +351,8 @@ class DistillLoss(nn.Module):
     def prepare(self, x_all: torch.Tensor, y_all: torch.Tensor) -> None:
         """Before training (`fit`): the teacher cache over every training window."""
         if self.cache_k:
-            self.cache = TeacherCache(self.teachers[0], x_all, y_all, self.cache_k)
+            self.cache = TeacherCache(self.teachers[0], x_all, y_all, self.cache_k,
+                                      per_window=self.cache_positions, seed=self.seed)
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -366,6 +372,11 @@ class DistillLoss(nn.Module):
             if rows is None:
                 raise RuntimeError("a teacher cache needs the batch's window indices (rows)")
             t_idx, t_val = self.cache.lookup(rows)
+            kept = self.cache.kept_rows(rows)
+            if kept is not None:  # the terms at the cached positions only; the task term saw all
+                keep = kept[:, -mask.shape[1]:][mask]
+                s_h = s_h[keep]
+                s_logits = None if s_logits is None else s_logits[keep]
             b = KDBatch(s_h, s_logits, [], [t_val], self.t_weights, student, self.teachers, self.epoch, t_idx=t_idx,
                         negatives=self.sampled.negatives if bounded else 0)
             return self._combine(task, b)
@@ -428,18 +439,34 @@ class TeacherCache:
     batch's are found from its window indices."""
 
     MAX_BYTES = 4 << 30
+    # The build scores every kept position against the whole catalogue: above this many scores
+    # (about 13 minutes on 2 cores; e.g. 940k positions x 107k items) an automatic cache keeps
+    # fewer positions per window instead, so that its cost stops growing with the catalogue.
+    MAX_SCORES = 10 ** 11
 
     def __init__(self, teacher: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, k: int,
-                 batch_size: int = 256):
+                 batch_size: int = 256, per_window: int | None = 0, seed: int = 0):
         import time
 
         t0 = time.perf_counter()
         mask = y_all > 0
+        n_items = teacher.item_table().shape[0] - 1
+        if per_window is None:  # automatic: every position while the build fits MAX_SCORES
+            per_window = 0 if int(mask.sum()) * n_items <= self.MAX_SCORES else \
+                max(1, self.MAX_SCORES // (len(x_all) * n_items))
+        self.kept = None
+        if per_window:
+            # Each window's last target (the next item a request asks for) and per_window - 1
+            # others drawn at random, once: the KD terms read these, the task loss all positions.
+            key = torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed)).masked_fill(~mask, 2.0)
+            key[:, -1] = key[:, -1].masked_fill(mask[:, -1], -1.0)
+            w = min(per_window, mask.shape[1])
+            self.kept = torch.zeros_like(mask).scatter_(1, key.topk(w, 1, largest=False).indices, True) & mask
+            mask = self.kept
         counts = mask.sum(1)
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
         n_pos = int(counts.sum())
-        n_items = teacher.item_table().shape[0] - 1
         k = min(k, n_items)
         need = n_pos * k * 6
         if need > self.MAX_BYTES:
@@ -460,10 +487,16 @@ class TeacherCache:
                 at += len(i)
         teacher.train(was_training)
         self.info = {"k": k, "positions": n_pos, "bytes": need, "seconds": round(time.perf_counter() - t0, 3)}
+        if per_window:
+            self.info["positions_per_window"] = int(per_window)
+
+    def kept_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Which of windows `rows`' target positions the cache holds ([B, L] bool), or None: all."""
+        return None if self.kept is None else self.kept[rows]
 
     def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached columns [P, K] (int64) and logits [P, K] (float32) of windows `rows`, their
-        positions in the loss's order."""
+        (kept) positions in the loss's order."""
         c = self.counts[rows]
         total = int(c.sum())
         first = torch.repeat_interleave(self.starts[rows], c)

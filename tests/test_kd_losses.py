@@ -335,6 +335,55 @@ def test_a_small_teacher_cache_keeps_each_positions_top_k_in_order(tiny_ds, tiny
     assert 0 < cached["kl_loss"].item() < float("inf")
 
 
+def test_a_cache_of_some_positions_per_window_distils_there_only(tiny_ds, tiny_teacher, tiny_student):
+    """--cache-positions 2: each window's last target and one other; the KD term is the live
+    teacher's at exactly those positions, the task term still reads every position."""
+    from edgekd.data import training_pairs
+    from edgekd.kd_losses import kl_logprob
+    from edgekd.torch_io import load_torch_model
+
+    n = tiny_ds.num_items
+    live, cached, loss = _cached_and_live(tiny_ds, tiny_teacher, "kl", n, tiny_student, cache_positions=2)
+    c = loss.cache
+    teacher = load_torch_model(tiny_teacher).eval()
+    student = load_torch_model(tiny_student).eval()
+    x_all, y_all = (torch.from_numpy(a) for a in training_pairs(tiny_ds.train_sequences(), teacher.maxlen))
+    mask = y_all > 0
+    assert torch.equal(c.kept.sum(1), mask.sum(1).clamp(max=2))
+    assert bool(c.kept[mask[:, -1], -1].all())                     # the last target always kept
+    assert not bool((c.kept & ~mask).any())
+    assert c.info["positions"] == int(c.kept.sum()) and c.info["positions_per_window"] == 2
+    rows = torch.tensor([5, 0, 17, 3, 9])
+    keep = c.kept[rows][mask[rows]]
+    T = DistillConfig().temperature
+    with torch.no_grad():
+        s = student.score(student.hidden(x_all[rows])[mask[rows]][keep])
+        t = teacher.score(teacher.hidden(x_all[rows])[mask[rows]][keep])
+    want = kl_logprob(torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), T)
+    assert cached["kl_loss"].item() == pytest.approx(want.item(), rel=2e-3)
+    assert cached["kl_loss"].item() != pytest.approx(live["kl_loss"].item(), rel=2e-3)
+    assert cached["task_loss"].item() == live["task_loss"].item()
+    # bounded (a sampled task loss: the student scored from its hidden states at the kept positions)
+    full, bounded, _ = _bounded_and_full(tiny_ds, tiny_teacher, tiny_student, "kl", n, 64, cache_positions=2)
+    x, y, rows = _batch(full, tiny_ds, student.maxlen)
+    assert bounded(student, x, y, rows=rows)["kl_loss"].item() == pytest.approx(want.item(), rel=2e-3)
+
+
+def test_an_automatic_cache_keeps_fewer_positions_above_its_score_budget(tiny_ds, tiny_teacher, monkeypatch):
+    from edgekd.data import training_pairs
+    from edgekd.kd_losses import TeacherCache
+    from edgekd.torch_io import load_torch_model
+
+    teacher = load_torch_model(tiny_teacher).eval()
+    x_all, y_all = (torch.from_numpy(a) for a in training_pairs(tiny_ds.train_sequences(), teacher.maxlen))
+    n = teacher.item_table().shape[0] - 1
+    assert TeacherCache(teacher, x_all, y_all, 5, per_window=None).kept is None      # within budget: all
+    monkeypatch.setattr(TeacherCache, "MAX_SCORES", 3 * len(x_all) * n)
+    c = TeacherCache(teacher, x_all, y_all, 5, per_window=None)
+    assert c.info["positions_per_window"] == 3 and c.info["positions"] * n <= TeacherCache.MAX_SCORES
+    assert TeacherCache(teacher, x_all, y_all, 5, per_window=0).kept is None         # asked for all
+
+
 def test_teacher_cache_settings_are_checked(tiny_ds, tiny_teacher):
     from edgekd.torch_io import load_torch_model
 
@@ -342,6 +391,8 @@ def test_teacher_cache_settings_are_checked(tiny_ds, tiny_teacher):
         DistillConfig(loss="rd", teacher_cache=5)
     with pytest.raises(ConfigError, match=">= 0"):
         DistillConfig(teacher_cache=-1)
+    with pytest.raises(ConfigError, match="cache_positions"):
+        DistillConfig(cache_positions=-1)
     t = load_torch_model(tiny_teacher)
     s = create_model("sasrec-student", **DistillConfig(d=8, maxlen=t.maxlen).arch_kwargs(tiny_ds.num_items))
     with pytest.raises(ConfigError, match="hidden states hint needs"):
@@ -451,6 +502,7 @@ def test_bounded_distillation_end_to_end(tiny_ds, tiny_teacher, store):
                         negatives=16)
     a = distill(tiny_teacher, tiny_ds, cfg, store=store, name="tiny-bounded")
     assert a.card["teacher_cache"]["student_outside_draws"] == 16
+    assert "positions_per_window" not in a.card["teacher_cache"]      # every position, within budget
     assert all(math.isfinite(r[f"{n}_loss"]) for r in a.card["history"] for n in ("kl", "rd", "rrd"))
 
 
