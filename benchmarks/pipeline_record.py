@@ -52,7 +52,7 @@ def main() -> int:
         r = json.loads(f.read_text())
         if isinstance(r, dict) and r.get("status") == "ok":
             bench[r["artifact"]["name"]] = _bench(r)
-    wall = re.search(r"Elapsed \(wall clock\) time[^:]*: (\S+)", err)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", err)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
     data = re.search(r"^data: (.*)$", err, re.M)
     sizes = {a: v["size_bytes"] for a, v in arts.items()}
