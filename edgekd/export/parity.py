@@ -91,9 +91,9 @@ def parity(parent: nn.Module, file: Path, ds: Dataset, users: int | None = 1000)
         chunk = x[i:i + step]
         diff = max(diff, float(np.max(np.abs(run_batched(exported, chunk) - model_scores(parent, chunk)))))
     ref, ref_top = evaluate_scores(lambda b: model_scores(parent, b), x, targets, hist, sampled=False,
-                                   never=ds.oov_index)
+                                   never=ds.oov_index, num_items=ds.num_items)
     got, _ = evaluate_scores(lambda b: run_batched(exported, b), x, targets, hist, sampled=False,
-                             reference_topk=ref_top, never=ds.oov_index)
+                             reference_topk=ref_top, never=ds.oov_index, num_items=ds.num_items)
     return {
         "split": "valid", "users": int(len(x)),
         "max_abs_diff": diff,
