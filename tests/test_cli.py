@@ -98,6 +98,17 @@ def test_distill_with_two_teachers_and_combined_losses(tiny_teacher, tmp_path):
     assert len(a.card["parent"]) == 2
 
 
+def test_distill_with_a_teacher_cache_of_some_positions_per_window(tiny_teacher, tmp_path):
+    rc, out, err = run("distill", str(tiny_teacher.path), "--teacher-cache", "20", "--cache-positions", "2",
+                       "--d", "8", "--epochs", "1", "--out", str(tmp_path), "--name", "cached2")
+    assert rc == 0, err
+    from edgekd.artifact import load_artifact
+
+    a = load_artifact(tmp_path / "cached2")
+    assert a.card["teacher_cache"]["positions_per_window"] == 2
+    assert a.card["config"]["distill"]["cache_positions"] == 2
+
+
 def test_unknown_distillation_loss_is_a_usage_error(tiny_teacher, tmp_path):
     rc, _, err = run("distill", str(tiny_teacher.path), "--loss", "kl+dark", "--out", str(tmp_path))
     assert rc == 2
