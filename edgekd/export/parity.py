@@ -68,7 +68,8 @@ def topk_parity(parent: nn.Module, file: Path, ds: Dataset, k: int, users: int |
     """The in-graph top-K against torch's top-K of the parent's full scores."""
     x, _, _ = eval_inputs(ds, "valid", parent.maxlen, users)
     step = chunk_users(ds.num_items)  # a chunk of users at a time: never users x items whole
-    ref = np.concatenate([np.argsort(-model_scores(parent, x[i:i + step]), axis=1, kind="stable")[:, :k]
+    # (a copy of each chunk's first k columns: a slice would keep the chunk's whole argsort alive)
+    ref = np.concatenate([np.argsort(-model_scores(parent, x[i:i + step]), axis=1, kind="stable")[:, :k].copy()
                           for i in range(0, len(x), step)])
     got = run_all_outputs(file, x, rows=step)["items"]
     same = (got == ref).all(1)
