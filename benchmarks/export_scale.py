@@ -42,7 +42,7 @@ def main() -> int:
     ap.add_argument("--scale", action="append", required=True, help="NAME=KEY=VALUE,KEY=VALUE (synthetic settings)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--d", type=int, default=32)
-    ap.add_argument("--topk", type=int, default=10)
+    ap.add_argument("--topk", type=int, default=10, help="the in-graph top-K; 0: files of every item's score")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--users", type=int, default=2000, help="bench: test users scored for accuracy")
     ap.add_argument("--rounds", type=int, default=5)
@@ -72,9 +72,10 @@ def main() -> int:
         row["torch_test_ndcg@10"] = card["metrics"].get("test_ndcg@10")
         exports, files = {}, []
         for fmt in args.formats.split(","):
-            out_name = f"{student}-{fmt}-top{args.topk}"
+            out_name = f"{student}-{fmt}" + (f"-top{args.topk}" if args.topk else "")
             shutil.rmtree(args.store / out_name, ignore_errors=True)
-            r = timed([*edgekd, "export", str(args.store / student), "--target", fmt, "--topk", str(args.topk),
+            r = timed([*edgekd, "export", str(args.store / student), "--target", fmt,
+                       *(["--topk", str(args.topk)] if args.topk else []),
                        "--out", str(args.store), "--name", out_name], logs / f"export-{name}-{fmt}.log")
             if not r["rc"]:
                 c = json.loads((args.store / out_name / "artifact.json").read_text())
@@ -90,10 +91,10 @@ def main() -> int:
         if files:
             res = args.store / "results"
             r = timed([*edgekd, "bench", *files, "--target", "local-cpu", "--threads", "1", "--rounds",
-                       str(args.rounds), "--users", str(args.users), "--results", str(res), "--run", f"bench-{name}",
+                       str(args.rounds), "--users", str(args.users), "--results", str(res), "--run", f"bench-{name}-top{args.topk}",
                        "--out", str(args.store)], logs / f"bench-{name}.log")
             row["bench"] = {"rc": r["rc"], "seconds": r["seconds"]}
-            for f in sorted((res / f"bench-{name}").glob("*__local-cpu.json")):
+            for f in sorted((res / f"bench-{name}-top{args.topk}").glob("*__local-cpu.json")):
                 rec = json.loads(f.read_text())
                 lat = rec.get("latency_ms") or {}
                 acc = rec.get("accuracy") or {}
