@@ -51,6 +51,7 @@ def shares(values: np.ndarray, bins: int) -> list[float]:
 def compute_reference(served, ds, users: int | None = 2000) -> dict:
     """The served model's distributions on the dataset's validation users."""
     from .evaluation import eval_inputs
+    from .metrics import chunk_users
     from .ranking import Encoded
 
     x, _, hist = eval_inputs(ds, "valid", served.maxlen, users)
@@ -59,8 +60,9 @@ def compute_reference(served, ds, users: int | None = 2000) -> dict:
     enc = [Encoded(row, sorted(set(h.tolist()) - {served.oov_index}), len(h), 0) for row, h in zip(x, hist)]
     top1, pop = [], []
     k = min(K, served.max_k)
-    for i in range(0, len(enc), 256):
-        for r in served.recommend(enc[i:i + 256], k):
+    step = chunk_users(served.num_items)  # a chunk of users at a time: never users x items whole
+    for i in range(0, len(enc), step):
+        for r in served.recommend(enc[i:i + step], k):
             if r.scores:
                 top1.append(r.scores[0])
                 pop.extend(item_bin[np.asarray(r.indices) - 1].tolist())

@@ -116,12 +116,14 @@ def items_to_keep(ds: Dataset, coverage: float | None = None, keep_items: int | 
     n = ds.num_items
     if teacher is not None:
         from .evaluation import eval_inputs
+        from .metrics import chunk_users
 
         x, _, _ = eval_inputs(ds, "valid", teacher.maxlen)
         with torch.no_grad():
             mass = torch.zeros(n, dtype=torch.float64)
-            for i in range(0, len(x), 256):
-                mass += torch.softmax(teacher(torch.from_numpy(x[i:i + 256])), -1).double().sum(0)
+            step = chunk_users(n)  # a chunk of users at a time: never users x items whole
+            for i in range(0, len(x), step):
+                mass += torch.softmax(teacher(torch.from_numpy(x[i:i + step])), -1).double().sum(0)
         weight = mass.numpy()
     else:
         weight = np.bincount(np.concatenate(ds.train_sequences()), minlength=n + 1)[1:].astype(np.float64)

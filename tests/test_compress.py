@@ -328,3 +328,17 @@ def test_max_bytes_reads_sizes(text, expect):
             _bytes_ok(text)
     else:
         assert _bytes_ok(text) == expect
+
+
+def test_vocabulary_by_teacher_mass_scores_a_chunk_of_users_at_a_time(tiny_teacher, tiny_ds, monkeypatch):
+    from edgekd import metrics
+    from edgekd.pruning import items_to_keep
+    from edgekd.torch_io import load_torch_model
+
+    teacher = load_torch_model(tiny_teacher).eval()
+    whole = items_to_keep(tiny_ds, coverage=0.8, teacher=teacher)
+    rows, real = [], teacher.forward
+    monkeypatch.setattr(metrics, "MAX_CHUNK_SCORES", 7 * tiny_ds.num_items)
+    monkeypatch.setattr(teacher, "forward", lambda x: rows.append(len(x)) or real(x))
+    assert items_to_keep(tiny_ds, coverage=0.8, teacher=teacher) == whole
+    assert max(rows) == 7 and sum(rows) == tiny_ds.num_users

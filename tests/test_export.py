@@ -394,3 +394,19 @@ def test_bench_times_a_topk_export_and_scores_it_from_its_lists(tiny_student, ti
     assert by["b-top"]["status"] == "ok" and by["b-top"]["latency_ms"]["p50_ms"] > 0
     assert by["b-top"]["accuracy"]["ndcg@10"] == pytest.approx(by["b-full"]["accuracy"]["ndcg@10"], abs=0.01)
     assert "in-graph top-K" in by["b-top"]["accuracy"]["note"]
+
+
+def test_the_drift_reference_scores_a_chunk_of_users_at_a_time(tiny_student, tiny_ds, tmp_path, monkeypatch):
+    """At 510k items its chunks of 256 users held the export at 3 GB: chunks follow the catalogue."""
+    from edgekd import metrics
+    from edgekd.drift_reference import compute_reference
+    from edgekd.ranking import ServedModel
+
+    a = export(tiny_student, "onnx-fp32", store=tmp_path, ds=tiny_ds)
+    served = ServedModel(load_artifact(a.path))
+    whole = compute_reference(served, tiny_ds)
+    rows, real = [], served.recommend
+    monkeypatch.setattr(metrics, "MAX_CHUNK_SCORES", 7 * tiny_ds.num_items)
+    monkeypatch.setattr(served, "recommend", lambda enc, k, **kw: rows.append(len(enc)) or real(enc, k, **kw))
+    assert compute_reference(served, tiny_ds) == whole
+    assert whole["users"] > 7 and max(rows) == 7
