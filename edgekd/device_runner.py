@@ -258,12 +258,14 @@ def topk_batched(model, ids: np.ndarray, seen: np.ndarray, k: int, batch: int = 
         return np.zeros((0, k), dtype=np.int64)
     if getattr(model, "topk_graph", False):  # the graph ranked already: its lists, seen items left out
         return unseen_of(run_batched(model, ids).astype(np.int64) + 1, seen, k)
-    step = model.fixed_batch or batch
+    # One call (a row, or a fixed batch) learns the catalogue's width; then as many rows a call
+    # as SCORE_CHUNK allows (at most `batch`; whole fixed batches).
+    step = model.fixed_batch or 1
     first = run_batched(model, ids[:step])
-    rows = max(step, SCORE_CHUNK // max(1, first.shape[1]) // step * step)
+    rows = max(step, min(batch, SCORE_CHUNK // max(1, first.shape[1])) // step * step)
     tops = [masked_topk(first, seen[:step], k)]
     for i in range(step, len(ids), rows):
-        tops.append(masked_topk(run_batched(model, ids[i:i + rows]), seen[i:i + rows], k))
+        tops.append(masked_topk(run_batched(model, ids[i:i + rows], batch=rows), seen[i:i + rows], k))
     return np.concatenate(tops)
 
 

@@ -352,6 +352,13 @@ def test_the_runners_top_k_is_computed_a_chunk_of_users_at_a_time(monkeypatch):
     got = dr.topk_batched(m, ids, seen, 7, batch=32)
     assert np.array_equal(got, whole)
     assert max(r for r, _ in held) <= 96 and sum(r for r, _ in held) == 1000 and sum(m.calls) == 1000
+    # a catalogue wider than SCORE_CHUNK / batch: fewer rows a call than `batch`, from the first
+    # call on (at 510k items 256-row calls held a bench runner at 4 GB)
+    monkeypatch.setattr(dr, "SCORE_CHUNK", 40 * 10)
+    held.clear()
+    m.calls.clear()
+    assert np.array_equal(dr.topk_batched(m, ids, seen, 7), whole)
+    assert max(m.calls) <= 10 and max(r for r, _ in held) <= 10 and sum(m.calls) == 1000
 
 
 @pytest.mark.parametrize("fmt", ["onnx-fp32", "tflite-fp32"])
