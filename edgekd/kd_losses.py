@@ -440,8 +440,8 @@ class TeacherCache:
 
     MAX_BYTES = 4 << 30
     # The build scores every kept position against the whole catalogue: above this many scores
-    # (about 13 minutes on 2 cores; e.g. 940k positions x 107k items) an automatic cache keeps
-    # fewer positions per window instead, so that its cost stops growing with the catalogue.
+    # (4 to 13 minutes on 2 cores in benchmarks/scale) an automatic cache keeps fewer positions
+    # per window instead, so that its cost stops growing with the catalogue.
     MAX_SCORES = 10 ** 11
 
     def __init__(self, teacher: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, k: int,
