@@ -63,9 +63,8 @@ def generate(path: Path, events: int, seed: int = 0) -> None:
 
 def run(path: Path, which: str, store: Path | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), which, *([str(store)] if store else [])], env=env,
-                         check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), which, *([str(store)] if store else [])],
+                         env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -513,8 +513,9 @@ def load_data(spec: DataSpec, fast: bool = True, store: Path | None = None) -> D
     plainly well formed, else (and with fast=False) line by line in Python, which names the line
     of anything wrong; both give the same dataset.
 
-    With `store` (an artifact store), a file's built dataset is kept in its DATASET_CACHE, keyed by the file's sha256, the spec and the loaders' own source, so that later
-    stages do not parse the file again; an entry that cannot be read is rebuilt."""
+    With `store` (an artifact store), a file's built dataset is kept in its DATASET_CACHE, keyed
+    by the file's sha256, the spec and the loaders' own source, so that later stages do not parse
+    the file again; an entry that cannot be read is rebuilt."""
     key = _cache_key(spec) if store is not None else None
     entry = Path(store) / DATASET_CACHE / f"{key[0]}.npz" if key else None
     if entry is not None and entry.is_file():
