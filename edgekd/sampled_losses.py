@@ -6,11 +6,14 @@ against a few hundred to a few thousand item embeddings only:
 
 * sampled softmax ("ce"): the candidates of a batch are its own targets (in-batch negatives)
   plus `negatives` items drawn once per batch, uniformly or by popularity, shared by every
-  position (mixed negative sampling, Yang et al. 2020). Every candidate's logit is corrected by
-  log of its expected count in the candidate set (the logQ correction of sampled softmax: Bengio &
-  Senecal 2008, Yi et al. 2019), so the loss estimates the full softmax rather than a
-  popularity-biased one; a candidate that equals a position's own target elsewhere in the set
-  is removed for that position (an accidental hit is not a negative).
+  position (mixed negative sampling, Yang et al. 2020), each item once. For a position, every
+  candidate but its own target is a negative whose logit is corrected by minus the log of the
+  probability that the item is among the candidates at all (the logQ correction of sampled
+  softmax, Bengio & Senecal 2008, Yi et al. 2019, in its form for a set without repeats): the
+  sum of exp(logit) / probability over the negatives drawn is then an unbiased estimate of the
+  full softmax's sum over every other item (Horvitz-Thompson), and when the candidates are
+  certain to cover the catalogue the loss is the full softmax exactly. The positive is always
+  present for its own position and is not corrected.
 * gBCE ("gbce", gSASRec: Petrov & Macdonald 2023): binary cross-entropy with the positive's
   probability raised to beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = negatives / (items - 1)
   the sampling rate and t in [0, 1] the calibration (t = 1: fully calibrated, t = 0: plain BCE),
@@ -87,27 +90,36 @@ class SampledLoss:
             return self._gbce(h, target, table)
         return self._sampled_softmax(h, target, table)
 
-    def _sampled_softmax(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        batch_items, pos_col = torch.unique(target, return_inverse=True)
+    def _inclusion_log_prob(self, cand: torch.Tensor, positions: int) -> torch.Tensor:
+        """log P(item in the candidate set) for a position: the other positions' targets (drawn
+        by target popularity) plus the `negatives` draws by q, each with replacement."""
+        log_miss = (positions - 1) * torch.log1p(-self.pop[cand].clamp(max=1 - 1e-12)) \
+            + self.negatives * torch.log1p(-self.q[cand].clamp(max=1 - 1e-12))
+        return torch.log((-torch.expm1(log_miss)).clamp_min(1e-30))
+
+    def candidate_logits(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor):
+        """Each position's corrected logits over the batch's candidates [P, C] and the column of
+        its own target [P]: logsumexp of a row estimates the full softmax's log partition."""
         neg = self._draw(self.negatives) if self.negatives > 0 else target.new_empty(0)
-        cand = torch.cat([batch_items, neg])                              # [C]
+        cand, inverse = torch.unique(torch.cat([target, neg]), return_inverse=True)   # [C]
+        pos_col = inverse[: len(target)]
         logits = h @ table[cand].T                                        # [P, C]
-        # logQ: log of each candidate's expected count among the candidates (its in-batch draws
-        # by target popularity plus its uniform/popularity draws)
-        expected = len(target) * self.pop[cand] + self.negatives * self.q[cand]
-        logits = logits - torch.log(expected.clamp_min(1e-30)).to(logits.dtype)
-        hit = cand[None, :] == target[:, None]
-        hit[torch.arange(len(target)), pos_col] = False                   # the positive stays
-        logits = logits.masked_fill(hit, float("-inf"))
+        correction = self._inclusion_log_prob(cand, len(target)).to(logits.dtype)
+        rows = torch.arange(len(target))
+        pos = logits[rows, pos_col]
+        logits = logits - correction
+        logits[rows, pos_col] = pos                                       # the positive is certain
+        return logits, pos_col
+
+    def _sampled_softmax(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        logits, pos_col = self.candidate_logits(h, target, table)
         logp = torch.log_softmax(logits, dim=1)
         nll = -logp.gather(1, pos_col[:, None]).squeeze(1)
         eps = self.label_smoothing
         if not eps:
             return nll.mean()
-        # label smoothing over the candidates each position keeps (the removed hits excluded)
-        keep = ~hit
-        smooth = -(logp.masked_fill(hit, 0.0).sum(1)) / keep.sum(1)
-        return ((1 - eps) * nll + eps * smooth).mean()
+        # label smoothing spread evenly over the candidates
+        return ((1 - eps) * nll - eps * logp.mean(1)).mean()
 
     def _gbce(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         neg = self._draw(self.negatives)                                  # shared by the batch

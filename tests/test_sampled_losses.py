@@ -25,44 +25,68 @@ def _inputs(n_items=30, d=6, p=12, seed=0):
     return h, target, table
 
 
-def test_sampled_softmax_is_the_logq_corrected_softmax_over_its_candidates():
+def test_sampled_softmax_is_the_inclusion_corrected_softmax_over_its_candidates():
     n = 30
     h, target, table = _inputs(n)
     counts = np.arange(n + 1, dtype=float)
     loss = SampledLoss(n, counts, negatives=5, sampler="popularity")
-    neg = torch.tensor([3, 7, int(target[0]), 7, 11])  # one accidental hit of position 0's target
+    neg = torch.tensor([3, 7, int(target[0]), 7, 11])  # a repeat, and position 0's own target
     loss._draw = lambda k: neg
     got = loss.from_hidden(h, target, table)
 
     pop = counts / counts.sum()
     q = (counts + 1e-12 * (np.arange(n + 1) > 0)) / (counts + 1e-12 * (np.arange(n + 1) > 0)).sum()
-    items = sorted(set(target.tolist()))
-    cand = items + neg.tolist()
+    cand = sorted(set(target.tolist()) | set(neg.tolist()))  # each item once
+    p = len(target)
     want = []
-    for i in range(len(target)):
+    for i in range(p):
         t = int(target[i])
-        logits = []
-        for j, c in enumerate(cand):
-            if c == t and j != items.index(t):
-                continue  # an accidental hit is no negative
-            logits.append(float(h[i] @ table[c]) - math.log(len(target) * pop[c] + 5 * q[c]))
-        pos = float(h[i] @ table[t]) - math.log(len(target) * pop[t] + 5 * q[t])
-        want.append(-pos + math.log(sum(math.exp(v) for v in logits)))
+        logits = [float(h[i] @ table[t])]  # the positive, uncorrected
+        for c in cand:
+            if c != t:  # P(c among the candidates): p - 1 other targets by pop, 5 draws by q
+                incl = 1 - (1 - pop[c]) ** (p - 1) * (1 - q[c]) ** 5
+                logits.append(float(h[i] @ table[c]) - math.log(incl))
+        want.append(-logits[0] + math.log(sum(math.exp(v) for v in logits)))
     assert float(got) == pytest.approx(float(np.mean(want)), rel=1e-5)
 
 
-def test_sampled_softmax_with_every_item_a_candidate_and_uniform_q_is_the_full_softmax():
-    # uniform target distribution + uniform sampler: the correction is the same for every
-    # candidate; with each item once among the candidates the loss is exactly the full CE
+def test_sampled_softmax_certain_to_cover_the_catalogue_is_the_full_softmax_whatever_the_popularity():
+    # when every item is all but certain to be a candidate the correction vanishes: the loss is
+    # the full cross-entropy, even with skewed targets (an expected-count correction is not)
     n = 8
     h, _, table = _inputs(n, p=n)
-    target = torch.arange(1, n + 1)
-    loss = SampledLoss(n, np.r_[0, np.ones(n)], negatives=0, sampler="uniform")
-    full = F.cross_entropy(h @ table[1:].T, target - 1)
-    assert float(loss.from_hidden(h, target, table)) == pytest.approx(float(full), rel=1e-6)
-    smooth = SampledLoss(n, np.r_[0, np.ones(n)], negatives=0, label_smoothing=0.2)
-    full_s = F.cross_entropy(h @ table[1:].T, target - 1, label_smoothing=0.2)
-    assert float(smooth.from_hidden(h, target, table)) == pytest.approx(float(full_s), rel=1e-6)
+    target = torch.tensor([1, 1, 1, 1, 2, 3, 1, 5])
+    counts = np.r_[0.0, 50, 9, 5, 3, 2, 1, 1, 1]
+    for sampler in ("uniform", "popularity"):
+        loss = SampledLoss(n, counts, negatives=20000, sampler=sampler)
+        full = F.cross_entropy(h @ table[1:].T, target - 1)
+        assert float(loss.from_hidden(h, target, table)) == pytest.approx(float(full), rel=1e-4)
+        smooth = SampledLoss(n, counts, negatives=20000, sampler=sampler, label_smoothing=0.2)
+        full_s = F.cross_entropy(h @ table[1:].T, target - 1, label_smoothing=0.2)
+        assert float(smooth.from_hidden(h, target, table)) == pytest.approx(float(full_s), rel=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_sampled_softmax_estimates_the_full_partition_without_bias(sampler):
+    # E[exp(logsumexp of a position's corrected candidate logits)] = the full softmax's partition,
+    # with the other positions' targets drawn by popularity and the negatives by the sampler
+    n, p, k = 40, 6, 8
+    h, _, table = _inputs(n, d=4, p=p, seed=3)
+    counts = np.r_[0.0, 1.0 / np.arange(1, n + 1) ** 1.2]
+    loss = SampledLoss(n, counts, negatives=k, sampler=sampler)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    pop = counts / counts.sum()
+    trials = 8000
+    others = rng.choice(np.arange(n + 1), size=(trials, p - 1), p=pop)
+    est = []
+    for r in range(trials):
+        target = torch.from_numpy(np.r_[5, others[r]]).long()
+        logits, pos_col = loss.candidate_logits(h, target, table)
+        assert float(logits[0, pos_col[0]]) == pytest.approx(float(h[0] @ table[5]), rel=1e-5)
+        est.append(float(torch.logsumexp(logits[0], 0).exp()))
+    full = float(torch.logsumexp(h[0] @ table[1:].T, 0).exp())
+    assert np.mean(est) == pytest.approx(full, rel=0.03)
 
 
 def test_gbce_is_gsasrecs_formula_with_the_positive_at_full_weight():
