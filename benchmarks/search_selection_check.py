@@ -55,7 +55,8 @@ def main() -> int:
     ds = load_data(DataSpec(format=args.format, path=args.data))
     teacher = load_artifact(args.store / args.teacher, store=args.store)
     n = len(ds.eval_split("valid")[0])
-    a_users = sample_users(n, n // 2, seed=args.seed)
+    # A is the sample training validates on with eval_users=n // 2 (evaluation's fixed seed, not --seed)
+    a_users = sample_users(n, n // 2)
     b_users = np.setdiff1d(np.arange(n), a_users)
     tr = {**DEFAULT_SPACE["train"], "epochs": 100, "patience": 10}  # the ML-100k spaces' schedule
 
