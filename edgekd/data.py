@@ -189,6 +189,10 @@ class SyntheticConfig:
     p_markov: float = 0.6
     zipf: float = 1.1
     seed: int = 0
+    # Every item occurs at least this often: the occurrences the draws left short are added to
+    # random users at random places (as in a catalogue whose every item has been seen, like
+    # k-core filtered data). 0 keeps the draws as they are.
+    min_count: int = 0
 
     def __post_init__(self):
         for name in ("users", "items", "mean_length", "tastes", "tastes_per_user", "successors"):
@@ -202,6 +206,8 @@ class SyntheticConfig:
             raise ConfigError(f"synthetic p_markov must be in [0, 1], got {self.p_markov}")
         if self.mean_length < MIN_EVENTS:
             raise ConfigError(f"synthetic mean_length must be >= {MIN_EVENTS}, got {self.mean_length}")
+        if self.min_count < 0:
+            raise ConfigError(f"synthetic min_count must be >= 0, got {self.min_count}")
 
 
 def _cdf(p: np.ndarray) -> np.ndarray:
@@ -237,9 +243,11 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> list[Event]:
     global_cdf = _cdf(popularity / popularity.sum())
 
     events: list[Event] = []
+    lengths = np.empty(cfg.users, dtype=np.int64)
     for user in range(cfg.users):
         length = max(MIN_EVENTS, int(rng.geometric(1.0 / cfg.mean_length)))
         length = min(length, 8 * cfg.mean_length)
+        lengths[user] = length
         tastes = rng.choice(cfg.tastes, size=cfg.tastes_per_user, replace=False)
         mix_cdf = _cdf(rng.dirichlet(np.ones(cfg.tastes_per_user)))
         cur = -1
@@ -254,6 +262,14 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> list[Event]:
                 nxt = global_cdf.searchsorted(rng.random(), side="right")
             cur = int(nxt)
             events.append((f"u{user + 1}", f"i{cur + 1}", float(t)))
+    if cfg.min_count:
+        # drawn after every user's events, so min_count changes nothing that came before
+        counts = np.bincount([int(e[1][1:]) - 1 for e in events], minlength=n)
+        short = np.repeat(np.arange(n), np.maximum(cfg.min_count - counts, 0))
+        users = rng.integers(0, cfg.users, size=len(short))
+        # a place among the user's events: a timestamp strictly between two of theirs (or first)
+        ts = np.floor(rng.random(len(short)) * lengths[users]) - 0.5
+        events.extend((f"u{u + 1}", f"i{i + 1}", float(t)) for u, i, t in zip(users, short, ts))
     return events
 
 

@@ -1,3 +1,4 @@
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,25 @@ def test_synthetic_is_deterministic_by_seed_and_configurable():
     assert len({e[0] for e in a}) == 50
     with pytest.raises(ConfigError, match="tastes_per_user"):
         SyntheticConfig(tastes=1, tastes_per_user=2)
+
+
+def test_synthetic_min_count_puts_every_item_in_use():
+    """min_count=k: each item occurs at least k times, the added occurrences placed among a
+    user's own events; the draws before them are the same events as without it."""
+    base = SyntheticConfig(users=30, items=2000, mean_length=10, tastes=4, seed=3)
+    plain = generate_synthetic(base)
+    assert len({e[1] for e in plain}) < 2000  # the draws alone leave items out
+    for k in (1, 2):
+        ev = generate_synthetic(SyntheticConfig(**{**base.__dict__, "min_count": k}))
+        assert ev[:len(plain)] == plain
+        counts = Counter(e[1] for e in ev)
+        assert len(counts) == 2000 and min(counts.values()) >= k
+        last = {u: max(t for uu, _, t in plain if uu == u) for u in {e[0] for e in plain}}
+        assert all(-0.5 <= t < last[u] for u, _, t in ev[len(plain):])
+    ds = load_data(DataSpec(synthetic={**base.__dict__, "min_count": 1}))
+    assert ds.num_items == 2000
+    with pytest.raises(ConfigError, match="min_count"):
+        SyntheticConfig(min_count=-1)
 
 
 def test_synthetic_has_sequential_structure_popularity_lacks():
