@@ -7,6 +7,12 @@ share of the teacher's NDCG@10 (full ranking) on A and on the other half (B), va
 If selection explained the gap, validation would read higher on A than on B, and B's validation
 would match B's test.
 
+Then a second explanation: which part of the test read moves, its target or its history. Every
+user is read four ways (full ranking, all users; s is the user's whole sequence, training is
+s[:-2]): validation (s[-2] after s[:-2]), test (s[-1] after s[:-1]), the test target after the
+training history (s[-1] after s[:-2]: test without its newest history item, the validation one),
+and the validation target after a history one shorter (s[-2] after s[:-3]).
+
     python benchmarks/search_selection_check.py --data PATH/u.data --store STORE \
         --teacher teacher-sasrec-s0 --student mlp:16 --student sasrec-student:16 --out FILE
 
@@ -46,8 +52,9 @@ def main() -> int:
     from edgekd.artifact import ArtifactError, load_artifact
     from edgekd.data import DataSpec, load_data
     from edgekd.distill import distill
-    from edgekd.evaluation import evaluate_model, sample_users
-    from edgekd.metrics import ndcg_gains
+    from edgekd.data import pad_left
+    from edgekd.evaluation import evaluate_model, model_scores, sample_users
+    from edgekd.metrics import evaluate_scores, ndcg_gains
     from edgekd.search import DEFAULT_SPACE, SearchDistillConfig
     from edgekd.torch_io import load_torch_model
 
@@ -69,7 +76,25 @@ def main() -> int:
             out[split] = ndcg_gains(np.asarray(ranks))
         return out
 
+    seqs = ds.sequences
+    reads = {"valid": ([q[:-2] for q in seqs], [q[-2] for q in seqs]),
+             "test": ([q[:-1] for q in seqs], [q[-1] for q in seqs]),
+             "test_target_after_training_history": ([q[:-2] for q in seqs], [q[-1] for q in seqs]),
+             "valid_target_after_shorter_history": ([q[:-3] for q in seqs], [q[-2] for q in seqs])}
+
+    def read_gains(art) -> dict:
+        m = load_torch_model(art).eval()
+        out = {}
+        for what, (hist, targets) in reads.items():
+            ranks: list = []
+            evaluate_scores(lambda b: model_scores(m, b), pad_left(hist, m.maxlen), np.asarray(targets), hist,
+                            sampled=False, never=ds.oov_index, num_items=ds.num_items, ranks=ranks)
+            out[what] = ndcg_gains(np.asarray(ranks))
+        return out
+
     t_gains = gains(teacher)
+    t_reads = read_gains(teacher)
+    assert all(np.allclose(t_reads[s_], t_gains[s_]) for s_ in ("valid", "test"))  # the same reads as evaluation's
     rows = []
     for spec in args.student:
         model, d = spec.split(":")
@@ -92,10 +117,15 @@ def main() -> int:
         for split in ("valid", "test"):
             for half, idx in (("A", a_users), ("B", b_users)):
                 row[f"kept_{split}_{half}"] = float(g[split][idx].sum() / t_gains[split][idx].sum())
+        r = read_gains(art)
+        row["kept_all_users"] = {what: float(r[what].sum() / t_reads[what].sum()) for what in reads}
+        row["ndcg@10_all_users"] = {what: float(r[what].mean()) for what in reads}
         rows.append(row)
         print(row, flush=True)
     save("search_selection_check.py", {"users": n, "A (early stopping)": len(a_users), "B (held out)": len(b_users),
-                                        "teacher": args.teacher, "rows": rows}, args.out)
+                                        "teacher": args.teacher,
+                                        "teacher_ndcg@10_all_users": {w: float(v.mean()) for w, v in t_reads.items()},
+                                        "rows": rows}, args.out)
     return 0
 
 
