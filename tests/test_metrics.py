@@ -48,6 +48,21 @@ def test_topk_masks_seen_and_orders_best_first():
     assert topk(scores, [np.array([2])], k=2).tolist() == [[4, 3]]
 
 
+def test_topk_is_the_best_unseen_items_best_first_ties_in_item_order_never_nan():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, size=(30, 60)).astype(np.float32)  # many ties
+    scores[:, 7] = np.nan
+    hist = [rng.choice(np.arange(1, 61), size=6, replace=False) for _ in range(30)]
+    top = topk(scores, hist, k=10)
+    for u in range(30):
+        s = np.where(np.isnan(scores[u]), -np.inf, scores[u])
+        s[hist[u] - 1] = -np.inf
+        got = top[u] - 1
+        assert sorted(s[got].tolist(), reverse=True) == sorted(s.tolist(), reverse=True)[:10]  # the best
+        assert sorted(got.tolist(), key=lambda j: (-s[j], j)) == got.tolist()  # best first, ties by item
+    assert top.dtype == np.int64 and 8 not in top
+
+
 def test_ranks_from_topk_agree_with_full_ranks():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(50, 40))
