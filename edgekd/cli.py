@@ -489,7 +489,8 @@ def quantize(artifact: Path = typer.Argument(..., help="torch artifact directory
 def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a student)"),
           method: str = typer.Option("unstructured", help="unstructured: global magnitude (zeros in a dense "
                                      "file); structured: remove attention width, FFN units (and --dims) for a "
-                                     "smaller dense model; vocabulary: keep the items that cover --coverage"),
+                                     "smaller dense model; vocabulary: keep the items that cover --coverage; "
+                                     "window: read only the last --window items of a history"),
           sparsity: float = typer.Option(0.5, help="unstructured: share of the weights set to zero; structured: "
                                          "share of the non-embedding parameters removed"),
           dims: float = typer.Option(0.0, help="structured: share of the embedding width d removed too"),
@@ -501,6 +502,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
                                                   "500000): a phone's download limit", callback=_bytes_ok),
           budget_precision: str = typer.Option("int8", help="vocabulary: the export precision --max-bytes is "
                                                "for: int8 or fp32"),
+          window: Optional[int] = typer.Option(None, help="window: how many of a history's latest items the "
+                                               "model reads (less than its maxlen)"),
           by: str = typer.Option("interactions", help="vocabulary: rank items by 'interactions' or 'teacher' "
                                  "(its probability mass on validation users)"),
           unknown: str = typer.Option("skip", help="vocabulary: what the model's input does with a pruned "
@@ -518,7 +521,7 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
     from .compress import PruneConfig, prune as run
 
     cfg = PruneConfig(method=method, sparsity=sparsity, dims=dims, coverage=coverage, keep_items=keep_items,
-                      max_bytes=max_bytes, budget_precision=budget_precision, by=by, unknown=unknown,
+                      max_bytes=max_bytes, budget_precision=budget_precision, by=by, unknown=unknown, window=window,
                       recover_epochs=recover_epochs, recover_from=recover_from, lr=lr, seed=seed, rounds=rounds)
     a = load_artifact(artifact, store)
     with _epochs("recover (distil)", max(recover_epochs, 1)) as progress:
@@ -529,7 +532,9 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
                           f"{m['parent_non_embedding_params']:,})",
             "vocabulary": f"{p.card['pruning'].get('items_kept')} of {p.card['pruning'].get('items_before')} items "
                           f"kept" + (f" (weights {b['estimated_bytes']:,} bytes at {b['precision']}, budget "
-                                     f"{b['max_bytes']:,})" if (b := p.card['pruning'].get('size_budget')) else "")}[method]
+                                     f"{b['max_bytes']:,})" if (b := p.card['pruning'].get('size_budget')) else ""),
+            "window": f"window {p.card['pruning'].get('window')} items (was {p.card['pruning'].get('window_before')}; "
+                      f"{p.card['pruning'].get('test_histories_cut', 0) * 100:.1f}% of test histories are longer)"}[method]
     console.print(f"pruned {p.name}: {what}, test NDCG@10 {m['test_ndcg@10']:.4f} "
                   f"({m['test_ndcg@10_vs_parent'] * 100:.1f}% of the parent), file {m['size']['size_bytes']} bytes "
                   f"(parent {m['size']['parent_size_bytes']}), gzip {m['size']['gzip_bytes']} "

@@ -1,6 +1,7 @@
-"""Model surgery for `edgekd prune`: structured pruning (a genuinely smaller dense SASRec) and
-vocabulary pruning (a smaller catalogue with one out-of-vocabulary item). Each returns a new
-model and the keyword arguments that rebuild it, so the result is an ordinary artifact.
+"""Model surgery for `edgekd prune`: structured pruning (a genuinely smaller dense SASRec),
+vocabulary pruning (a smaller catalogue with one out-of-vocabulary item) and window pruning
+(a shorter input window). Each returns a new model and the keyword arguments that rebuild it,
+so the result is an ordinary artifact.
 
 Importance scores are magnitude-based: an attention dimension matters by how much it feeds
 the query-key product and the value-output path, an FFN unit by the product of the norms of
@@ -208,3 +209,26 @@ def vocabulary_prune(model: nn.Module, arch: str, kwargs: dict, ds: Dataset, kee
             "unknown_items": unknown}
     return new.eval(), new_kwargs, new_ds, info
 
+
+
+def window_prune(model: nn.Module, arch: str, kwargs: dict, window: int) -> tuple[nn.Module, dict, dict]:
+    """The model reading only the last `window` items of a history (its maxlen cut to `window`):
+    every request then embeds and attends over `window` positions instead of maxlen, which is
+    most of an edge student's encoder cost at batch 1. Positions are right-aligned in every
+    model, so the kept position rows are the last `window` (a recency-weighted MLP keeps the
+    weights of the `window` nearest distances): a history no longer than the window scores
+    exactly as before; only the older items of longer histories are dropped."""
+    old = int(kwargs["maxlen"])
+    if not 1 <= window < old:
+        raise ConfigError(f"--window must be between 1 and the model's window - 1 ({old - 1}), got {window}")
+    new_kwargs = {**kwargs, "maxlen": int(window)}
+    new = create_model(arch, **new_kwargs)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k == "pos_emb.weight":
+            v = v[-window:]
+        elif k == "recency":
+            v = v[:window]
+        state[k] = v
+    new.load_state_dict(state)
+    return new.eval(), new_kwargs, {"window_before": old, "window": int(window)}

@@ -148,6 +148,65 @@ def test_prune_config_errors():
         PruneConfig(method="vocabulary", coverage=0)
 
 
+@pytest.mark.parametrize("arch,extra", [("sasrec", {"blocks": 2, "heads": 2}), ("bert4rec", {"blocks": 1}),
+                                        ("mlp", {"pool": "weighted"}), ("gru4rec", {})])
+def test_window_pruning_scores_the_last_items_as_the_full_model_does(arch, extra):
+    """A history no longer than the window scores exactly as before; a longer one as its last
+    `window` items did in the full model (positions are right-aligned in every model)."""
+    import torch
+
+    from edgekd.models import create_model
+    from edgekd.pruning import window_prune
+
+    torch.manual_seed(0)
+    kw = {"num_items": 30, "maxlen": 12, "d": 16, "dropout": 0.0, **extra}
+    m = create_model(arch, **kw).eval()
+    if arch == "mlp":   # distinct distance weights, so that a wrong slice shows
+        with torch.no_grad():
+            m.recency.copy_(torch.randn(12))   # not linear: softmax ignores a constant shift
+    new, new_kw, info = window_prune(m, arch, kw, 5)
+    assert new_kw["maxlen"] == 5 and info == {"window_before": 12, "window": 5} and new.maxlen == 5
+    short = torch.zeros(3, 12, dtype=torch.long)
+    short[:, -4:] = torch.randint(1, 31, (3, 4))      # 4 items: within the window
+    long = torch.randint(1, 31, (3, 12))              # 12 items: the window reads the last 5
+    read = 4 if arch == "bert4rec" else 5             # BERT4Rec's window holds the mask token too
+    with torch.no_grad():
+        assert torch.allclose(new(short[:, -5:]), m(short), atol=1e-5)
+        trimmed = long.clone()
+        trimmed[:, :-read] = 0
+        assert torch.allclose(new(long[:, -5:]), m(trimmed), atol=1e-5)
+        if arch != "gru4rec":
+            assert not torch.allclose(new(long[:, -5:]), m(long), atol=1e-5)   # the older items did count
+    again = create_model(arch, **new_kw).eval()      # rebuilt from the kwargs an artifact stores
+    again.load_state_dict(new.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(again(long[:, -5:]), new(long[:, -5:]))
+    for bad in (0, 12, 40):
+        with pytest.raises(ConfigError, match="--window must be between 1 and"):
+            window_prune(m, arch, kw, bad)
+
+
+def test_window_pruning_of_the_student_is_an_artifact_with_a_shorter_input(tiny_student, tiny_ds, store):
+    from edgekd.compress import PruneConfig, prune
+    from edgekd.evaluation import evaluate_model
+    from edgekd.torch_io import load_torch_model
+
+    w = tiny_student.card["arch_kwargs"]["maxlen"] // 2
+    p = prune(tiny_student, PruneConfig(method="window", window=w), store=store)
+    assert p.name == f"{tiny_student.name}-window{w}" and p.card["arch_kwargs"]["maxlen"] == w
+    hist, _ = tiny_ds.eval_split("test")
+    assert p.card["pruning"]["test_histories_cut"] == pytest.approx(sum(len(h) > w for h in hist) / len(hist))
+    assert p.card["config"]["prune"]["window"] == w
+    model = load_torch_model(p)
+    assert model.maxlen == w and model.pos_emb.weight.shape[0] == w
+    again, _ = evaluate_model(model, tiny_ds, "test", sampled=False)
+    assert p.metrics["test_ndcg@10"] == pytest.approx(again["ndcg@10"])
+    with pytest.raises(ConfigError, match="--window N"):
+        PruneConfig(method="window")
+    with pytest.raises(ConfigError, match="--window N"):
+        PruneConfig(method="vocabulary", window=5)
+
+
 def test_structured_pruning_keeps_the_function_when_nothing_important_is_removed():
     """Widths that carry nothing (zeroed units) are the ones removed, and the output is unchanged."""
     import torch
