@@ -4,7 +4,11 @@ selection edgekd used until 2026-12-07) against `edgekd.metrics.topk` (torch.top
 in alternating rounds in one process, alone and inside a whole `evaluate_scores` call (full
 ranks, 100 sampled negatives, top-10), over the same random scores and histories.
 
-    python benchmarks/topk_eval.py --items 1000000 --users 64 --rounds 5 [--threads 2] [--out FILE]
+With --runner: the device runner's accuracy-pass selection instead (it must run without
+torch): the former `masked_topk` (argpartition of every row) against the current one (a
+block-maximum prefilter, then argpartition of the candidates), in alternating rounds.
+
+    python benchmarks/topk_eval.py --items 1000000 --users 64 --rounds 5 [--threads 2] [--runner] [--out FILE]
 """
 from __future__ import annotations
 
@@ -32,6 +36,39 @@ def numpy_topk(scores, histories, k=metrics.K):
     return np.take_along_axis(part, order, 1) + 1
 
 
+def runner_argpartition(scores, seen, k):
+    """The device runner's former selection: argpartition of every negated, masked row."""
+    s = np.array(scores, dtype=np.float32, copy=True)
+    rows = np.repeat(np.arange(len(s)), seen.shape[1])
+    cols = seen.reshape(-1) - 1
+    ok = cols >= 0
+    s[rows[ok], cols[ok]] = -np.inf
+    k = min(k, s.shape[1])
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1) + 1
+
+
+def compare_runner(scores, hist, rounds):
+    """Old and new runner selections, alternating which goes first; the same values chosen?"""
+    from edgekd.device_runner import masked_topk
+
+    seen = np.stack(hist)
+    old, new = runner_argpartition(scores, seen, metrics.K), masked_topk(scores, seen, metrics.K)
+    same = bool(np.array_equal(np.take_along_axis(scores, old - 1, 1), np.take_along_axis(scores, new - 1, 1)))
+    times = {"argpartition": [], "prefilter": []}
+    pairs = [("argpartition", runner_argpartition), ("prefilter", masked_topk)]
+    for r in range(rounds):
+        for name, fn in (pairs if r % 2 == 0 else pairs[::-1]):
+            t = time.perf_counter()
+            fn(scores, seen, metrics.K)
+            times[name].append(time.perf_counter() - t)
+    ratios = [o / n for o, n in zip(times["argpartition"], times["prefilter"])]
+    return {"seconds": {k: [round(x, 4) for x in v] for k, v in times.items()},
+            "old_over_new_per_round": [round(x, 2) for x in ratios],
+            "old_over_new_median": round(statistics.median(ratios), 2), "same_top10_values": same}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -39,6 +76,7 @@ def main() -> int:
     ap.add_argument("--history", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--runner", action="store_true", help="the device runner's selection, old against new")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -47,6 +85,10 @@ def main() -> int:
     hist = [rng.choice(np.arange(1, a.items + 1), size=a.history, replace=False) for _ in range(a.users)]
     targets = np.array([rng.integers(1, a.items + 1) for _ in range(a.users)])
     inputs = np.arange(a.users)[:, None]
+    if a.runner:
+        save("topk_eval.py", {"items": a.items, "users": a.users, "history": a.history, "rounds": a.rounds,
+                              "what": "device runner masked_topk", **compare_runner(scores, hist, a.rounds)}, a.out)
+        return 0
 
     def evaluate(fn):
         saved, metrics.topk = metrics.topk, fn

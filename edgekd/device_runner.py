@@ -281,17 +281,43 @@ def unseen_of(items: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+BLOCK = 1024  # masked_topk's prefilter: columns a block
+
+
+def top_blocks(s: np.ndarray, k: int) -> np.ndarray | None:
+    """Columns of each row of `s` that hold a top-k of it: the columns of the k blocks (BLOCK
+    columns each) with the largest maxima, and the columns after the last whole block. An item
+    outside them is at most the k-th largest of those maxima, which are all candidates, so a
+    top-k of the candidates is a top-k of the row. NaN is ignored in a block's maximum (a block
+    of NaN only sorts last). One pass over the row instead of a partition of it: at a million
+    items the partition was 72% of a runner's accuracy pass. None when rows are too short for
+    it to pay (under 4k whole blocks)."""
+    whole = s.shape[1] // BLOCK
+    if whole < 4 * k:
+        return None
+    peak = np.fmax.reduce(s[:, :whole * BLOCK].reshape(len(s), whole, BLOCK), axis=2)
+    best = np.argpartition(-peak, k - 1, axis=1)[:, :k]
+    cols = (best[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(len(s), -1)
+    tail = np.broadcast_to(np.arange(whole * BLOCK, s.shape[1]), (len(s), s.shape[1] - whole * BLOCK))
+    return np.concatenate([cols, tail], axis=1)
+
+
 def masked_topk(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
-    """1-based item indices of the k best items not in `seen` (0-padded), best first."""
+    """1-based item indices of the k best items not in `seen` (0-padded), best first (ties in
+    no set order; NaN last)."""
     s = np.array(scores, dtype=np.float32, copy=True)
     rows = np.repeat(np.arange(len(s)), seen.shape[1])
     cols = seen.reshape(-1) - 1
     ok = cols >= 0
     s[rows[ok], cols[ok]] = -np.inf
     k = min(k, s.shape[1])
+    cand = top_blocks(s, k)
+    if cand is not None:
+        s = np.take_along_axis(s, cand, 1)
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1) + 1
+    top = np.take_along_axis(part, order, 1)
+    return (top if cand is None else np.take_along_axis(cand, top, 1)) + 1
 
 
 # ---------------------------------------------------------------- measurement

@@ -417,3 +417,39 @@ def test_the_drift_reference_scores_a_chunk_of_users_at_a_time(tiny_student, tin
     monkeypatch.setattr(served, "recommend", lambda enc, k, **kw: rows.append(len(enc)) or real(enc, k, **kw))
     assert compute_reference(served, tiny_ds) == whole
     assert whole["users"] > 7 and max(rows) == 7
+
+
+@pytest.mark.parametrize("block", [4, 1024])
+def test_the_runners_topk_is_a_true_topk_with_or_without_the_block_prefilter(block, monkeypatch):
+    """masked_topk against a full sort of every row, on rows narrower and wider than the block
+    prefilter needs (4 * k whole blocks), with ties, NaN, -inf and seen items: the values it
+    returns are the row's k largest unseen values, best first, NaN last, each item once."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from edgekd import device_runner as dr
+
+    monkeypatch.setattr(dr, "BLOCK", block)
+
+    @settings(max_examples=60, deadline=None)
+    @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 70 * block), k=st.integers(1, 12),
+           ties=st.booleans(), nans=st.floats(0, 0.5))
+    def check(seed, n, k, ties, nans):
+        rng = np.random.default_rng(seed)
+        rows = 3
+        s = (rng.integers(-3, 4, size=(rows, n)) if ties else rng.normal(size=(rows, n))).astype(np.float32)
+        s[rng.random((rows, n)) < nans] = np.nan
+        s[rng.random((rows, n)) < 0.05] = -np.inf
+        s[0, -1] = 100.0    # the best item in the columns after the last whole block
+        seen = rng.integers(0, n + 1, size=(rows, 4))
+        got = dr.masked_topk(s, seen, k)
+        masked = s.copy()
+        for r in range(rows):
+            masked[r, seen[r][seen[r] > 0] - 1] = -np.inf
+        want = -np.sort(-masked, axis=1)[:, :min(k, n)]      # NaN sorts last
+        assert got.shape == want.shape and got.min() >= 1 and got.max() <= n
+        assert all(len(set(row)) == len(row) for row in got.tolist())
+        vals = np.take_along_axis(masked, got - 1, 1)
+        assert np.array_equal(vals, want, equal_nan=True)
+
+    check()
