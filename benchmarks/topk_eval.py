@@ -37,16 +37,15 @@ def numpy_topk(scores, histories, k=metrics.K):
 
 
 def runner_argpartition(scores, seen, k):
-    """The device runner's former selection: argpartition of every negated, masked row."""
-    s = np.array(scores, dtype=np.float32, copy=True)
-    rows = np.repeat(np.arange(len(s)), seen.shape[1])
-    cols = seen.reshape(-1) - 1
-    ok = cols >= 0
-    s[rows[ok], cols[ok]] = -np.inf
-    k = min(k, s.shape[1])
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1) + 1
+    """The device runner's former selection: masked_topk without its block prefilter (a block
+    wider than the row leaves no whole block), i.e. argpartition of every negated, masked row."""
+    from edgekd import device_runner as dr
+
+    saved, dr.BLOCK = dr.BLOCK, scores.shape[1] + 1
+    try:
+        return dr.masked_topk(scores, seen, k)
+    finally:
+        dr.BLOCK = saved
 
 
 def compare_runner(scores, hist, rounds):
