@@ -533,7 +533,8 @@ def prune(artifact: Path = typer.Argument(..., help="torch artifact directory (a
             "vocabulary": f"{p.card['pruning'].get('items_kept')} of {p.card['pruning'].get('items_before')} items "
                           f"kept" + (f" (weights {b['estimated_bytes']:,} bytes at {b['precision']}, budget "
                                      f"{b['max_bytes']:,})" if (b := p.card['pruning'].get('size_budget')) else ""),
-            "window": f"window {p.card['pruning'].get('window')} items (was {p.card['pruning'].get('window_before')}; "
+            "window": f"window {p.card['pruning'].get('window')} positions (was {p.card['pruning'].get('window_before')}; "
+                      f"reads the last {p.card['pruning'].get('history_items')} history items, "
                       f"{p.card['pruning'].get('test_histories_cut', 0) * 100:.1f}% of test histories are longer)"}[method]
     console.print(f"pruned {p.name}: {what}, test NDCG@10 {m['test_ndcg@10']:.4f} "
                   f"({m['test_ndcg@10_vs_parent'] * 100:.1f}% of the parent), file {m['size']['size_bytes']} bytes "

@@ -189,7 +189,7 @@ def prune(a: Artifact, cfg: PruneConfig = PruneConfig(), *, store: Path = DEFAUL
     elif cfg.method == "window":
         model, kwargs, info = window_prune(model, a.card["arch"], kwargs, cfg.window)
         hist, _ = ds.eval_split("test")
-        info["test_histories_cut"] = float(np.mean([len(h) > cfg.window for h in hist])) if hist else 0.0
+        info["test_histories_cut"] = float(np.mean([len(h) > info["history_items"] for h in hist])) if hist else 0.0
     else:
         count = cfg.keep_items
         if cfg.max_bytes:

@@ -231,4 +231,6 @@ def window_prune(model: nn.Module, arch: str, kwargs: dict, window: int) -> tupl
             v = v[:window]
         state[k] = v
     new.load_state_dict(state)
-    return new.eval(), new_kwargs, {"window_before": old, "window": int(window)}
+    # the history items a request reads: BERT4Rec's window holds its mask token too
+    items = int(window) - (1 if getattr(new, "mask_id", None) is not None else 0)
+    return new.eval(), new_kwargs, {"window_before": old, "window": int(window), "history_items": items}

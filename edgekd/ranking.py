@@ -19,6 +19,7 @@ import numpy as np
 
 from .artifact import Artifact
 from .data import OOV_ID, pad_left
+from .device_runner import masked_topk
 from .errors import ArtifactError
 
 # what each payload suffix is, as bench names it for a target's `runtimes` table
@@ -154,24 +155,24 @@ class ServedModel:
                                  f"and {self.num_items} items")
         if not np.isfinite(scores).all():
             raise InferenceError(f"{self.name}: the model returned non-finite scores")
+        banned = [set(e.seen) if exclude_seen else set() for e in encoded]
+        if self.oov_index is not None:
+            for b in banned:
+                b.add(self.oov_index)
+        if idx is None:  # the runner's top-K selection (block-max prefilter at large catalogues)
+            seen = np.zeros((want, max(1, max(len(b) for b in banned))), dtype=np.int64)
+            for r, b in enumerate(banned):
+                seen[r, :len(b)] = sorted(b)
+            top = masked_topk(scores, seen, k) - 1
         out = []
-        for r, e in enumerate(encoded):
-            banned = set(e.seen) if exclude_seen else set()
-            if self.oov_index is not None:
-                banned.add(self.oov_index)
-            if idx is None:
-                s = scores[r].astype(np.float32, copy=True)
-                if banned:
-                    s[np.fromiter(banned, dtype=np.int64) - 1] = -np.inf
-                kk = min(k, self.num_items)
-                part = np.argpartition(-s, kk - 1)[:kk]
-                order = part[np.argsort(-s[part], kind="stable")]
-                cols = [int(c) for c in order if np.isfinite(s[c])]
-                vals = [float(s[c]) for c in cols]
+        for r in range(want):
+            if idx is None:  # fewer than k when every other item is banned
+                cols = [int(c) for c in top[r] if c + 1 not in banned[r]]
+                vals = [float(scores[r, c]) for c in cols]
             else:
                 cols, vals = [], []
                 for c, v in zip(idx[r].tolist(), scores[r].tolist()):
-                    if c + 1 not in banned and len(cols) < k:
+                    if c + 1 not in banned[r] and len(cols) < k:
                         cols.append(int(c))
                         vals.append(float(v))
             out.append(Recommendation([self.items[c] for c in cols], vals, [c + 1 for c in cols]))

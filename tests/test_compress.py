@@ -165,11 +165,12 @@ def test_window_pruning_scores_the_last_items_as_the_full_model_does(arch, extra
         with torch.no_grad():
             m.recency.copy_(torch.randn(12))   # not linear: softmax ignores a constant shift
     new, new_kw, info = window_prune(m, arch, kw, 5)
-    assert new_kw["maxlen"] == 5 and info == {"window_before": 12, "window": 5} and new.maxlen == 5
+    read = 4 if arch == "bert4rec" else 5             # BERT4Rec's window holds the mask token too
+    assert new_kw["maxlen"] == 5 and new.maxlen == 5
+    assert info == {"window_before": 12, "window": 5, "history_items": read}
     short = torch.zeros(3, 12, dtype=torch.long)
     short[:, -4:] = torch.randint(1, 31, (3, 4))      # 4 items: within the window
-    long = torch.randint(1, 31, (3, 12))              # 12 items: the window reads the last 5
-    read = 4 if arch == "bert4rec" else 5             # BERT4Rec's window holds the mask token too
+    long = torch.randint(1, 31, (3, 12))              # 12 items: the window reads the last `read`
     with torch.no_grad():
         assert torch.allclose(new(short[:, -5:]), m(short), atol=1e-5)
         trimmed = long.clone()

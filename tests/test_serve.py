@@ -100,6 +100,16 @@ def test_recommend_ranks_like_the_model_and_excludes_seen(client, serve_store):
     assert r2["scores"] == sorted(r2["scores"], reverse=True) and len(r2["items"]) == 20
 
 
+def test_k_beyond_the_unseen_items_returns_only_unseen_ones(client, serve_store):
+    items = _items(serve_store)
+    k = 10
+    history = items[: len(items) - 3]  # three items unseen
+    r = client.post("/v1/recommend", json={"history": history, "k": k})
+    assert r.status_code == 200, r.text
+    got = r.json()["items"]
+    assert sorted(got) == sorted(items[len(items) - 3:])
+
+
 def test_unknown_ids_are_skipped_without_an_oov_index(client, serve_store):
     items = _items(serve_store)
     known = [items[1], items[2]]
