@@ -125,6 +125,8 @@ def main() -> int:
                      "search_kept": u["kept"], "search_kept_low": u.get("kept_low"),
                      "speedup_p50": u["speedup_p50"], "size_ratio": u["size_ratio"],
                      "shift": float(st.sum() / tt.sum() - sv.sum() / tv.sum()),
+                     "valid_kept_90": [float(np.quantile(kv, q)) for q in (0.05, 0.95)],
+                     "test_kept_90": [float(np.quantile(kt, q)) for q in (0.05, 0.95)],
                      "shift_90": [float(np.quantile(kt - kv, q)) for q in (0.05, 0.95)],
                      "shift_at_or_below_zero": float(np.mean(kt - kv <= 0)),
                      "by_target_popularity": pop})
