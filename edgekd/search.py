@@ -58,6 +58,7 @@ OBJECTIVES = {"p50": ("latency p50 ms", "p50_ms"), "size": ("size bytes", "size_
 SAMPLERS = ("tpe", "nsga2", "random")
 PARITY_USERS = 1000  # export parity's validation users: the teacher is scored on the same ones
 BOOTSTRAP = 2000     # paired bootstrap resamples for kept_low
+INTERVAL = 0.9       # the two-sided interval reported with the chosen model's test share
 BENCH_RUN = "bench"
 
 DEFAULT_SPACE: dict = {
@@ -505,9 +506,9 @@ class Search:
             raise EdgeKDError(f"bench of {a.name} on {self.target.name} {rec['status']}: {rec.get('error')}")
         return rec
 
-    def _valid_gains(self, a: Artifact) -> "np.ndarray":
-        """The exported file's NDCG@10 per validation user (the users the teacher's were on),
-        from its own outputs on its own dataset (a pruned vocabulary keeps every user)."""
+    def _valid_gains(self, a: Artifact, split: str = "valid", users: int | None = PARITY_USERS) -> "np.ndarray":
+        """The exported file's NDCG@10 per user of `split` (validation: the users the teacher's
+        were on), from its own outputs on its own dataset (a pruned vocabulary keeps every user)."""
         from .device_runner import load_model, run_batched
         from .evaluation import eval_inputs
         from .metrics import evaluate_scores, ndcg_gains
@@ -520,7 +521,7 @@ class Search:
         ds = self._datasets[key]
         if ds.users != self.ds.users:
             raise EdgeKDError(f"{a.name}: its dataset's users are not the teacher's; kept cannot be paired by user")
-        x, targets, hist = eval_inputs(ds, "valid", int(a.card["arch_kwargs"]["maxlen"]), PARITY_USERS)
+        x, targets, hist = eval_inputs(ds, split, int(a.card["arch_kwargs"]["maxlen"]), users)
         m = load_model(str(a.file), "auto", threads=1)
         ranks: list = []
         evaluate_scores(lambda b: run_batched(m, b), x, targets, hist, sampled=False, never=ds.oov_index,
@@ -612,10 +613,9 @@ class Search:
             self.say(f"stopped after {attempts} attempts: too many trials failed")
 
 
-def paired_ratio_bound(student: "np.ndarray", teacher: "np.ndarray", confidence: float, seed: int = 0,
-                       resamples: int = BOOTSTRAP) -> float:
-    """Lower one-sided bound at `confidence` of sum(student) / sum(teacher) over users, by a
-    paired bootstrap: each resample draws users with replacement and keeps both figures of each."""
+def _paired_ratios(student, teacher, seed: int, resamples: int) -> "np.ndarray":
+    """sum(student) / sum(teacher) over users in each of `resamples` paired bootstrap resamples:
+    each draws users with replacement and keeps both figures of each."""
     import numpy as np
 
     s, t = np.asarray(student, dtype=np.float64), np.asarray(teacher, dtype=np.float64)
@@ -626,7 +626,26 @@ def paired_ratio_bound(student: "np.ndarray", teacher: "np.ndarray", confidence:
     for start in range(0, resamples, 250):  # [250, users] index draws at a time
         idx = rng.integers(0, len(s), size=(min(250, resamples - start), len(s)))
         ratios.append(s[idx].sum(1) / np.maximum(t[idx].sum(1), 1e-12))
-    return float(np.quantile(np.concatenate(ratios), 1.0 - confidence))
+    return np.concatenate(ratios)
+
+
+def paired_ratio_bound(student: "np.ndarray", teacher: "np.ndarray", confidence: float, seed: int = 0,
+                       resamples: int = BOOTSTRAP) -> float:
+    """Lower one-sided bound at `confidence` of sum(student) / sum(teacher) over users, by a
+    paired bootstrap."""
+    import numpy as np
+
+    return float(np.quantile(_paired_ratios(student, teacher, seed, resamples), 1.0 - confidence))
+
+
+def paired_ratio_interval(student: "np.ndarray", teacher: "np.ndarray", confidence: float = 0.9, seed: int = 0,
+                          resamples: int = BOOTSTRAP) -> tuple[float, float]:
+    """Two-sided interval at `confidence` of the same ratio: how far the users alone move it."""
+    import numpy as np
+
+    r = _paired_ratios(student, teacher, seed, resamples)
+    tail = (1.0 - confidence) / 2
+    return float(np.quantile(r, tail)), float(np.quantile(r, 1.0 - tail))
 
 
 def describe(params: dict) -> str:
@@ -777,6 +796,24 @@ def _html(front: list[dict], chosen: dict | None, summary: dict, png: Path | Non
     return path
 
 
+def _test_interval(s: Search, a: Artifact, users: int) -> dict:
+    """How far the users alone move the chosen file's test share: a paired bootstrap of its
+    per-user test NDCG@10 against the teacher's, both read on this machine (the file's figure
+    above is its target's; on a remote target the two may differ by the runtimes' rounding)."""
+    from .evaluation import evaluate_model
+    from .metrics import ndcg_gains
+    from .torch_io import load_torch_model
+
+    ranks: list = []
+    evaluate_model(load_torch_model(s.teacher), s.ds, "test", sampled=False, users=users, ranks=ranks)
+    teacher = ndcg_gains(ranks)
+    gains = s._valid_gains(a, "test", users)
+    lo, hi = paired_ratio_interval(gains, teacher, INTERVAL, seed=s.cfg.seed)
+    return {"kept_here": float(gains.sum() / max(teacher.sum(), 1e-12)), "kept_interval": [lo, hi],
+            "interval": f"{INTERVAL:.0%} paired bootstrap over the test users ({BOOTSTRAP} resamples) of this "
+                        f"machine's read of the same file and teacher: how far the users alone move the share"}
+
+
 def finish(s: Search, console=None) -> dict:
     """Write the trial records, the front (JSON, PNG, HTML), the chosen artifact with its
     lineage and its test figures (read here, once), and print the front."""
@@ -812,6 +849,7 @@ def finish(s: Search, console=None) -> dict:
                 "teacher_ndcg@10": base["accuracy"]["ndcg@10"],
                 "kept": rec["accuracy"]["ndcg@10"] / base["accuracy"]["ndcg@10"] if base["accuracy"]["ndcg@10"] else None,
                 "users": rec["accuracy"]["users"], "source": "the chosen file's own outputs on the target"}
+        test.update(_test_interval(s, a, rec["accuracy"]["users"]))
         summary["chosen"] = {"trial": chosen["number"], "params": chosen["params"], "validation": chosen["user_attrs"],
                              "artifact": str(a.path), "copy": str(dest), "lineage": lineage(a), "test": test}
         u = chosen["user_attrs"]
@@ -821,7 +859,9 @@ def finish(s: Search, console=None) -> dict:
             + (f" (at least {u['kept_low']:.1%} at {s.cfg.confidence:.0%} confidence)" if u.get("kept_low") is not None else "")
             + f" (budget {s.cfg.min_kept:.0%}) at {u['speedup_p50']:.1f}x the teacher's speed and "
             f"{u['size_ratio']:.1f}x smaller on {s.target.name}; on test (read once, now): "
-            f"{test['kept']:.1%} of the teacher's NDCG@10")
+            f"{test['kept']:.1%} of the teacher's NDCG@10"
+            + (f" ({INTERVAL:.0%} interval over the users {test['kept_interval'][0]:.1%} to "
+               f"{test['kept_interval'][1]:.1%})" if test.get("kept_interval") else ""))
     else:
         summary["chosen"] = None
         summary["conclusion"] = (f"no completed trial meets {s.cfg.constraints_text()}: nothing chosen "

@@ -119,6 +119,21 @@ def test_paired_ratio_bound():
         paired_ratio_bound(t[:5], t, 0.9)
 
 
+def test_paired_ratio_interval():
+    from edgekd.search import paired_ratio_bound, paired_ratio_interval
+
+    rng = np.random.default_rng(0)
+    t = rng.random(900) * (rng.random(900) < 0.3)
+    assert paired_ratio_interval(0.9 * t, t) == pytest.approx((0.9, 0.9))   # a fixed share: no spread
+    noisy = np.where(rng.random(900) < 0.5, t, np.roll(t, 1))
+    point = noisy.sum() / t.sum()
+    lo, hi = paired_ratio_interval(noisy, t, 0.8)
+    assert lo < point < hi
+    assert lo == pytest.approx(paired_ratio_bound(noisy, t, 0.9))   # its lower end is the one-sided 90% bound
+    lo90, hi90 = paired_ratio_interval(noisy, t, 0.9)
+    assert lo90 < lo and hi < hi90
+
+
 def test_caps_beside_the_budget_decide_what_can_be_chosen():
     """--min-speedup / --min-smaller: constraints the chosen model meets as well as the budget
     (the MovieLens-100k case: the fastest model within the budget was 15x smaller, not 20x)."""
@@ -202,6 +217,12 @@ def test_tiny_search_completes_reuses_its_student_and_chooses_under_the_budget(t
     assert [x["stage"] for x in chosen["lineage"]][0] == "exported"
     assert chosen["lineage"][-1]["sha256"] == tiny_teacher.sha256
     assert chosen["test"]["split"] == "test" and 0 <= chosen["test"]["ndcg@10"] <= 1
+    # the test share with the users' spread: read here from the same file, so the same share
+    test = chosen["test"]
+    assert test["kept_here"] == pytest.approx(test["kept"], rel=1e-6)
+    lo, hi = test["kept_interval"]
+    assert lo <= test["kept"] <= hi and lo < hi
+    assert f"interval over the users {lo:.1%} to {hi:.1%}" in summary["conclusion"]
     assert (run / "chosen" / Path(chosen["artifact"]).name / "artifact.json").is_file()
     assert (run / "search.html").is_file()
     if charts_available():  # the [report] extra
