@@ -506,7 +506,7 @@ class Search:
             raise EdgeKDError(f"bench of {a.name} on {self.target.name} {rec['status']}: {rec.get('error')}")
         return rec
 
-    def _valid_gains(self, a: Artifact, split: str = "valid", users: int | None = PARITY_USERS) -> "np.ndarray":
+    def _gains(self, a: Artifact, split: str = "valid", users: int | None = PARITY_USERS) -> "np.ndarray":
         """The exported file's NDCG@10 per user of `split` (validation: the users the teacher's
         were on), from its own outputs on its own dataset (a pruned vocabulary keeps every user)."""
         from .device_runner import load_model, run_batched
@@ -547,7 +547,7 @@ class Search:
             valid = float(exported.metrics["parity"]["ndcg@10"])
             kept_low = None
             if self.cfg.confidence:
-                gains = self._valid_gains(exported)
+                gains = self._gains(exported)
                 if abs(float(gains.mean()) - valid) > 1e-6:  # the same users and file as the export's parity
                     raise EdgeKDError(f"{exported.name}: per-user validation NDCG@10 averages {gains.mean():.6f}, "
                                       f"its parity says {valid:.6f}")
@@ -807,7 +807,7 @@ def _test_interval(s: Search, a: Artifact, users: int) -> dict:
     ranks: list = []
     evaluate_model(load_torch_model(s.teacher), s.ds, "test", sampled=False, users=users, ranks=ranks)
     teacher = ndcg_gains(ranks)
-    gains = s._valid_gains(a, "test", users)
+    gains = s._gains(a, "test", users)
     lo, hi = paired_ratio_interval(gains, teacher, INTERVAL, seed=s.cfg.seed)
     return {"kept_here": float(gains.sum() / max(teacher.sum(), 1e-12)), "kept_interval": [lo, hi],
             "interval": f"{INTERVAL:.0%} paired bootstrap over the test users ({BOOTSTRAP} resamples) of this "
@@ -859,9 +859,8 @@ def finish(s: Search, console=None) -> dict:
             + (f" (at least {u['kept_low']:.1%} at {s.cfg.confidence:.0%} confidence)" if u.get("kept_low") is not None else "")
             + f" (budget {s.cfg.min_kept:.0%}) at {u['speedup_p50']:.1f}x the teacher's speed and "
             f"{u['size_ratio']:.1f}x smaller on {s.target.name}; on test (read once, now): "
-            f"{test['kept']:.1%} of the teacher's NDCG@10"
-            + (f" ({INTERVAL:.0%} interval over the users {test['kept_interval'][0]:.1%} to "
-               f"{test['kept_interval'][1]:.1%})" if test.get("kept_interval") else ""))
+            f"{test['kept']:.1%} of the teacher's NDCG@10 ({INTERVAL:.0%} interval over the users "
+            f"{test['kept_interval'][0]:.1%} to {test['kept_interval'][1]:.1%})")
     else:
         summary["chosen"] = None
         summary["conclusion"] = (f"no completed trial meets {s.cfg.constraints_text()}: nothing chosen "
