@@ -32,25 +32,13 @@ RESAMPLES = 4000
 
 
 def per_user(a, split: str):
-    """NDCG@10 per user and each user's target (dataset ids) for artifact `a` on `split`."""
-    from edgekd.device_runner import load_model, run_batched
-    from edgekd.evaluation import eval_inputs
-    from edgekd.metrics import evaluate_scores, ndcg_gains
+    """NDCG@10 per user (every user, as the search reads them), the artifact's dataset, and
+    each user's target in it."""
+    from edgekd.search import per_user_ndcg
     from edgekd.torch_io import dataset_for
 
     ds = dataset_for(a)
-    ranks: list = []
-    if a.format == "torch":  # the teacher: scored as the search scores it
-        from edgekd.evaluation import evaluate_model
-        from edgekd.torch_io import load_torch_model
-
-        evaluate_model(load_torch_model(a), ds, split, sampled=False, ranks=ranks)
-        return ndcg_gains(ranks), ds, ds.eval_split(split)[1]
-    x, targets, hist = eval_inputs(ds, split, int(a.card["arch_kwargs"]["maxlen"]))
-    m = load_model(str(a.file), "auto", threads=1)
-    evaluate_scores(lambda b: run_batched(m, b), x, targets, hist, sampled=False, never=ds.oov_index,
-                    num_items=ds.num_items, ranks=ranks)
-    return ndcg_gains(ranks), ds, targets
+    return per_user_ndcg(a, ds, split), ds, ds.eval_split(split)[1]
 
 
 def main() -> int:

@@ -508,10 +508,7 @@ class Search:
 
     def _gains(self, a: Artifact, split: str = "valid", users: int | None = PARITY_USERS) -> "np.ndarray":
         """The exported file's NDCG@10 per user of `split` (validation: the users the teacher's
-        were on), from its own outputs on its own dataset (a pruned vocabulary keeps every user)."""
-        from .device_runner import load_model, run_batched
-        from .evaluation import eval_inputs
-        from .metrics import evaluate_scores, ndcg_gains
+        were on), on its own dataset (a pruned vocabulary keeps every user)."""
         from .torch_io import dataset_for
 
         # keyed by the spec, not the fingerprint: `unknown_items` changes the inputs only
@@ -521,12 +518,7 @@ class Search:
         ds = self._datasets[key]
         if ds.users != self.ds.users:
             raise EdgeKDError(f"{a.name}: its dataset's users are not the teacher's; kept cannot be paired by user")
-        x, targets, hist = eval_inputs(ds, split, int(a.card["arch_kwargs"]["maxlen"]), users)
-        m = load_model(str(a.file), "auto", threads=1)
-        ranks: list = []
-        evaluate_scores(lambda b: run_batched(m, b), x, targets, hist, sampled=False, never=ds.oov_index,
-                        num_items=ds.num_items, ranks=ranks)
-        return ndcg_gains(ranks)
+        return per_user_ndcg(a, ds, split, users)
 
     def objective(self, trial) -> tuple[float, float]:
         trial.set_user_attr("pid", os.getpid())
@@ -611,6 +603,29 @@ class Search:
             attempts += 1
         if self.finished() < self.cfg.trials and attempts >= 3 * self.cfg.trials:
             self.say(f"stopped after {attempts} attempts: too many trials failed")
+
+
+def per_user_ndcg(a: Artifact, ds, split: str, users: int | None = None) -> "np.ndarray":
+    """NDCG@10 per user of `split` (full ranking, seen items excluded; a fixed sample of `users`,
+    all by default): a torch artifact scored in torch, an exported file by its own outputs."""
+    from .metrics import ndcg_gains
+
+    ranks: list = []
+    if a.format == "torch":
+        from .evaluation import evaluate_model
+        from .torch_io import load_torch_model
+
+        evaluate_model(load_torch_model(a), ds, split, sampled=False, users=users, ranks=ranks)
+    else:
+        from .device_runner import load_model, run_batched
+        from .evaluation import eval_inputs
+        from .metrics import evaluate_scores
+
+        x, targets, hist = eval_inputs(ds, split, int(a.card["arch_kwargs"]["maxlen"]), users)
+        m = load_model(str(a.file), "auto", threads=1)
+        evaluate_scores(lambda b: run_batched(m, b), x, targets, hist, sampled=False, never=ds.oov_index,
+                        num_items=ds.num_items, ranks=ranks)
+    return ndcg_gains(ranks)
 
 
 def _paired_ratios(student, teacher, seed: int, resamples: int) -> "np.ndarray":
@@ -800,13 +815,7 @@ def _test_interval(s: Search, a: Artifact, users: int) -> dict:
     """How far the users alone move the chosen file's test share: a paired bootstrap of its
     per-user test NDCG@10 against the teacher's, both read on this machine (the file's figure
     above is its target's; on a remote target the two may differ by the runtimes' rounding)."""
-    from .evaluation import evaluate_model
-    from .metrics import ndcg_gains
-    from .torch_io import load_torch_model
-
-    ranks: list = []
-    evaluate_model(load_torch_model(s.teacher), s.ds, "test", sampled=False, users=users, ranks=ranks)
-    teacher = ndcg_gains(ranks)
+    teacher = per_user_ndcg(s.teacher, s.ds, "test", users)
     gains = s._gains(a, "test", users)
     lo, hi = paired_ratio_interval(gains, teacher, INTERVAL, seed=s.cfg.seed)
     return {"kept_here": float(gains.sum() / max(teacher.sum(), 1e-12)), "kept_interval": [lo, hi],
